@@ -1,0 +1,99 @@
+"""The `automoe` command: thin verbs over the library's typed functions."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+
+from . import __version__
+from .config import ArchConfig, ConfigError, SearchSpace
+
+
+def _arch_from_arg(space: SearchSpace, value: str) -> ArchConfig:
+    """`dense`, `switch`, `smallest`, `largest` or a JSON file holding an ArchConfig."""
+    named = {"dense": space.dense_baseline, "switch": space.switch_baseline,
+             "smallest": space.smallest, "largest": space.largest}
+    if value in named:
+        return named[value]()
+    path = Path(value)
+    if not path.is_file():
+        raise ConfigError(f"--arch {value!r}: not one of {sorted(named)} and no such JSON file")
+    return ArchConfig.load(path)
+
+
+def cmd_info(args: argparse.Namespace) -> int:
+    """Print an architecture's size/FLOPs summary and run one forward pass on random tokens."""
+    import time
+
+    import torch
+
+    from .modeling import MoETransformer
+    from .search.flops import cost
+
+    space = SearchSpace.preset(args.space)
+    arch = _arch_from_arg(space, args.arch)
+    c = cost(arch)
+    print(f"search space   {space.name}: d_model {list(space.d_model)}, decoder layers "
+          f"{list(space.decoder_layers)}, FFN {list(space.ffn_dims)}, up to {space.max_experts} experts")
+    print(f"architecture   {args.arch}: enc {arch.encoder_layers} x d{arch.encoder_embed_dim}, "
+          f"dec {arch.decoder_layers} x d{arch.decoder_embed_dim}, experts enc {list(arch.encoder_experts)} "
+          f"dec {list(arch.decoder_experts)}")
+    print(f"parameters     {c.total_params / 1e6:.2f}M total, {c.embedding_params / 1e6:.2f}M embedding, "
+          f"{c.active_params / 1e6:.2f}M active per token (non-embedding)")
+    print(f"FLOPs          {c.flops / 1e9:.3f} G (30+30 tokens) + {c.output_projection_flops / 1e9:.3f} G "
+          f"output projection = {c.gflops:.3f} G")
+    torch.manual_seed(0)
+    model = MoETransformer(arch).eval()
+    src = torch.randint(4, arch.vocab_size, (1, 30))
+    tgt = torch.randint(4, arch.vocab_size, (1, 30))
+    start = time.perf_counter()
+    with torch.no_grad():
+        out = model(src, tgt)
+    ms = (time.perf_counter() - start) * 1000
+    print(f"forward pass   logits {tuple(out.logits.shape)} in {ms:.1f} ms (random weights, 1x30 -> 1x30)")
+    if args.json:
+        print(json.dumps({"arch": arch.to_dict(), "cost": c.to_dict()}))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of the `automoe` command."""
+    parser = argparse.ArgumentParser(
+        prog="automoe",
+        description="Find fast sparse Mixture-of-Experts translation models and ship them for CPU inference.",
+    )
+    parser.add_argument("--version", action="version", version=f"automoe {__version__}")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
+    verbs = parser.add_subparsers(dest="verb", metavar="VERB")
+
+    info = verbs.add_parser("info", help="size, FLOPs and one forward pass of an architecture",
+                            description=cmd_info.__doc__)
+    info.add_argument("--space", default="small", choices=["small", "wmt14", "tiny"], help="search space preset")
+    info.add_argument("--arch", default="dense",
+                      help="dense | switch | smallest | largest | path to an ArchConfig JSON (default: dense)")
+    info.add_argument("--json", action="store_true", help="also print the summary as one JSON line")
+    info.set_defaults(func=cmd_info)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the `automoe` console script."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 0
+    try:
+        return args.func(args)
+    except (ConfigError, ValueError, FileNotFoundError) as e:
+        print(f"automoe {args.verb}: error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,22 @@
+"""Extract one subnet of a supernet into a standalone sparse MoE checkpoint."""
+
+from __future__ import annotations
+
+import torch
+
+from .config import ArchConfig
+from .modeling import MoETransformer
+from .supernet import SuperTransformer
+
+
+@torch.no_grad()
+def extract_subnet(supernet: SuperTransformer, arch: ArchConfig) -> MoETransformer:
+    """Copy the prefix-sliced supernet weights of `arch` into a new `MoETransformer(arch)`.
+
+    The result owns its (small) weights; it shares no storage with the supernet and computes
+    exactly what `supernet(src, tgt, arch)` computes.
+    """
+    weights = supernet.subnet_weights(arch)
+    model = MoETransformer(arch)
+    model.load_state_dict({name: w.detach().clone() for name, w in weights.items()}, strict=True)
+    return model.eval()
