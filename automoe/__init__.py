@@ -5,7 +5,7 @@ from .config import ArchConfig, ConfigError, SearchSpace
 __version__ = "0.1.0"
 
 __all__ = ["ArchConfig", "ConfigError", "SearchSpace", "MoETransformer", "SuperTransformer",
-           "extract_subnet", "__version__"]
+           "extract_subnet", "Translator", "__version__"]
 
 
 def __getattr__(name):
@@ -16,6 +16,9 @@ def __getattr__(name):
     if name == "SuperTransformer":
         from .supernet import SuperTransformer
         return SuperTransformer
+    if name == "Translator":
+        from automoe.serve import Translator
+        return Translator
     if name == "extract_subnet":
         from .extract import extract_subnet
         return extract_subnet

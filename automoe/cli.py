@@ -137,6 +137,72 @@ def cmd_train_model(args: argparse.Namespace) -> int:
     return 0
 
 
+def _load_eval_model(args: argparse.Namespace):
+    """A Translator for MODEL: a model folder, or a supernet run folder with --arch (inherited weights)."""
+    from automoe.serve.translator import Translator
+
+    from .data import load_tokenizer
+
+    folder = Path(args.model)
+    if (folder / "supernet.safetensors").exists():
+        from .extract import extract_subnet
+        from .train import load_supernet
+
+        if not args.arch:
+            raise ConfigError(f"{folder} is a supernet run: pass --arch (largest, smallest or an ArchConfig JSON)")
+        supernet = load_supernet(folder)
+        arch = _arch_from_arg(supernet.space, args.arch)
+        model = extract_subnet(supernet, arch)  # in memory only: nothing is written
+        return Translator(model, load_tokenizer(args.data), engine=args.engine, threads=args.threads), arch
+    if args.arch:
+        raise ConfigError("--arch applies to a supernet run folder only; a model folder has its own config")
+    translator = Translator.from_pretrained(args.model, engine=args.engine, threads=args.threads)
+    return translator, translator.model.config
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    """Translate a dataset split (beam search) and print BLEU/chrF with sacrebleu signatures as one JSON line."""
+    from .evaluate import evaluate
+    from .search.flops import cost
+
+    translator, arch = _load_eval_model(args)
+    record = evaluate(translator, args.data, split=args.split, beam=args.beam, limit=args.limit,
+                      hypotheses_file=args.hypotheses)
+    record = {"model": str(args.model), "arch_name": args.arch or None, **record,
+              "params": cost(arch).total_params, "arch": arch.to_dict()}
+    line = json.dumps(record)
+    print(line)
+    if args.results:
+        with open(args.results, "a", encoding="utf-8") as f:
+            f.write(line + "\n")
+    return 0
+
+
+def _stdin_lines() -> list[str]:
+    raw = sys.stdin.buffer.read()
+    lines = []
+    for n, chunk in enumerate(raw.split(b"\n"), 1):
+        try:
+            lines.append(chunk.decode("utf-8").rstrip("\r"))
+        except UnicodeDecodeError as e:
+            raise ValueError(f"stdin line {n} is not valid UTF-8 (byte 0x{chunk[e.start]:02x} at column "
+                             f"{e.start + 1}); re-encode the input as UTF-8") from None
+    if lines and lines[-1] == "" and raw.endswith(b"\n"):
+        lines.pop()
+    return lines
+
+
+def cmd_translate(args: argparse.Namespace) -> int:
+    """Translate sentences given as arguments, or one per line on stdin, to stdout (same order)."""
+    from automoe.serve.translator import Translator
+
+    translator = Translator.from_pretrained(args.model, engine=args.engine, threads=args.threads)
+    sentences = args.sentences or _stdin_lines()
+    for line in translator.translate(sentences, beam=args.beam, max_length=args.max_length):
+        print(line)
+    return 0
+
+
 def _add_train_args(p: argparse.ArgumentParser) -> None:
     from .config import TrainConfig
 
@@ -223,6 +289,28 @@ def build_parser() -> argparse.ArgumentParser:
     mod.add_argument("--init-from", default=None, help="supernet run folder to inherit weights from")
     _add_train_args(mod)
     mod.set_defaults(func=cmd_train_model)
+
+    ev = verbs.add_parser("eval", help="BLEU/chrF of a model on a dataset split", description=cmd_eval.__doc__)
+    ev.add_argument("model", help="model folder or Hub id, or a supernet run folder (with --arch)")
+    ev.add_argument("--data", required=True, help="dataset folder")
+    ev.add_argument("--split", default="test", choices=["train", "dev", "test"])
+    ev.add_argument("--beam", type=int, default=4)
+    ev.add_argument("--limit", type=int, default=None, help="only the first N pairs")
+    ev.add_argument("--arch", default=None, help="with a supernet: largest | smallest | dense | ArchConfig JSON")
+    ev.add_argument("--engine", default="torch", help="inference engine")
+    ev.add_argument("--threads", type=int, default=None)
+    ev.add_argument("--hypotheses", default=None, help="also write the translations to this file")
+    ev.add_argument("--results", default=None, help="append the JSON line to this JSONL file")
+    ev.set_defaults(func=cmd_eval)
+
+    tr = verbs.add_parser("translate", help="translate arguments or stdin lines", description=cmd_translate.__doc__)
+    tr.add_argument("model", help="model folder or Hub repo id")
+    tr.add_argument("sentences", nargs="*", help="sentences (default: read stdin, one per line)")
+    tr.add_argument("--engine", default="torch", help="inference engine")
+    tr.add_argument("--beam", type=int, default=4)
+    tr.add_argument("--max-length", type=int, default=None, help="output token limit")
+    tr.add_argument("--threads", type=int, default=None)
+    tr.set_defaults(func=cmd_translate)
     return parser
 
 

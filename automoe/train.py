@@ -265,6 +265,18 @@ def _load_checkpoint(path: Path, task: Task, optimizer) -> tuple[LoopState, dict
     return LoopState(**meta["loop"]), meta
 
 
+def _truncate_log(path: Path, update: int) -> None:
+    """Drop log records written after the checkpoint we resume from (a killed run logs ahead of it)."""
+    if not path.exists():
+        return
+    lines = path.read_text(encoding="utf-8").splitlines()
+    kept = [line for line in lines if line.strip() and json.loads(line).get("update", 0) <= update]
+    if len(kept) != len(lines):
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.write_text("".join(line + "\n" for line in kept), encoding="utf-8")
+        os.replace(tmp, path)
+
+
 def git_commit() -> str | None:
     """The current git commit of the automoe source tree, if it is a checkout."""
     try:
@@ -308,6 +320,8 @@ def run_training(task: Task, cfg: TrainConfig, run_dir: str | Path, *, resume: b
         for p in params:
             dist.broadcast(p.data, 0)
     main = rank == 0
+    if main:
+        _truncate_log(run_dir / "train.jsonl", state.update)
     log = open(run_dir / "train.jsonl", "a", encoding="utf-8") if main else None
     write = lambda rec: (log.write(json.dumps(rec) + "\n"), log.flush()) if main else None  # noqa: E731
 
@@ -404,6 +418,7 @@ def train_supernet(space: SearchSpace, cfg: TrainConfig, run_dir: str | Path, *,
     """Train the weight-sharing supernet of `space`; writes `run_dir/supernet.safetensors` and
     `run_dir/space.json` at every checkpoint."""
     run_dir = Path(run_dir)
+    torch.manual_seed(cfg.seed)  # the initial weights depend on the seed only
     task = SupernetTask(space, cfg)
 
     def on_save(task, state, data):
@@ -434,6 +449,7 @@ def train_model(arch: ArchConfig, cfg: TrainConfig, out_dir: str | Path, run_dir
     model folder `out_dir` (config with provenance, safetensors, tokenizer) at every checkpoint."""
     from .extract import extract_subnet
 
+    torch.manual_seed(cfg.seed)  # the initial weights depend on the seed only
     init = None
     if init_from is not None and not resume:
         init = extract_subnet(load_supernet(init_from), arch)
