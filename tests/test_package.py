@@ -39,6 +39,13 @@ def test_cli_help_and_version():
     assert out.returncode == 0 and out.stdout.strip() == f"automoe {automoe.__version__}"
 
 
+@pytest.mark.parametrize("verb", [["info"], ["data", "build"], ["train", "supernet"], ["train", "model"],
+                                  ["eval"], ["translate"]])
+def test_every_verb_has_help(verb):
+    out = _cli(*verb, "--help")
+    assert out.returncode == 0 and f"usage: automoe {' '.join(verb)}" in out.stdout
+
+
 @pytest.mark.parametrize("arch", ["dense", "smallest"])
 def test_cli_info_prints_summary(arch):
     out = _cli("info", "--space", "tiny", "--arch", arch)
