@@ -1,14 +1,18 @@
 """Greedy and beam-search decoding with the KV cache of `MoETransformer`.
 
-Beam search keeps `beam` hypotheses per sentence; a hypothesis that emits EOS stays in the beam
-with a frozen score (it can only be extended by padding at zero cost), and the final choice
-normalises scores by length ** length_penalty (fairseq's convention, EOS counted). With beam 1
-this is exactly greedy decoding.
+Beam search follows the Hugging Face / ONNX Runtime `BeamSearch` algorithm exactly, so that the
+exported beam-search graph and this reference give the same tokens: every step takes the top
+2*beam continuations; one ending in EOS (among the first `beam`) becomes a finished hypothesis
+scored `sum log p / length ** length_penalty` (length counts BOS, not EOS); the others (up to
+`beam`) stay open. A sentence is done when it has `beam` finished hypotheses and no open one can
+beat the worst of them; at `max_length` the open ones are finished as they are.
+`max_length` counts generated tokens (EOS included).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import heapq
+from dataclasses import dataclass, field
 
 import torch
 
@@ -22,7 +26,8 @@ class Generation:
     tokens: list[list[int]]
     scores: list[float]  # length-normalised log-probability of each output
     encoder_routing: list[list[list[int]]] | None = None  # [sentence][source token][layer] expert id
-    # [sentence][decoder input position: BOS, y_1 .. y_n][layer] expert id
+    # [sentence][decoder input position: BOS, y_1 .. y_n][layer] expert id; a hypothesis cut at
+    # max_length never fed its last token back, so it has no row for it
     decoder_routing: list[list[list[int]]] | None = None
 
 
@@ -45,13 +50,38 @@ def _routing_lists(src: torch.Tensor, routing: torch.Tensor, pad_id: int) -> lis
     return [r[s.ne(pad_id)].tolist() for s, r in zip(src, routing)]
 
 
+@dataclass
+class _Hypotheses:
+    """The best `beam` finished hypotheses of one sentence (a min-heap on score)."""
+
+    beam: int
+    length_penalty: float
+    heap: list = field(default_factory=list)  # (score, counter, tokens, routing)
+    done: bool = False
+
+    def add(self, tokens: list[int], sum_logprobs: float, routing) -> None:
+        score = sum_logprobs / len(tokens) ** self.length_penalty
+        if len(self.heap) < self.beam or score > self.heap[0][0]:
+            heapq.heappush(self.heap, (score, len(self.heap) + 1e-9 * score, tokens, routing))
+            if len(self.heap) > self.beam:
+                heapq.heappop(self.heap)
+
+    def is_done(self, best_sum_logprobs: float, length: int) -> bool:
+        if len(self.heap) < self.beam:
+            return False
+        return self.heap[0][0] >= best_sum_logprobs / length ** self.length_penalty
+
+    def best(self):
+        return max(self.heap, key=lambda h: h[0])
+
+
 @torch.no_grad()
 def generate(model: MoETransformer, src: torch.Tensor, *, beam: int = 4, max_length: int | None = None,
              length_penalty: float = 1.0, return_routing: bool = False) -> Generation:
-    """Translate right-padded source ids `src` [B, S] with beam search (`beam=1`: greedy).
+    """Translate right-padded source ids `src` [B, S] with beam search.
 
     Returns the best hypothesis of each sentence. With `return_routing`, also the top-1 expert
-    that each source token and each output token took in every layer.
+    that each source token and each decoder input token took in every layer.
     """
     if beam < 1:
         raise ValueError(f"beam must be >= 1, got {beam}")
@@ -60,52 +90,65 @@ def generate(model: MoETransformer, src: torch.Tensor, *, beam: int = 4, max_len
     max_length = max_length or default_max_length(model, S)
     if not 1 <= max_length <= cfg.max_positions:
         raise ValueError(f"max_length={max_length} must be in 1..max_positions={cfg.max_positions}")
-    if beam > cfg.vocab_size:
-        raise ValueError(f"beam={beam} exceeds the vocabulary size {cfg.vocab_size}")
+    if 2 * beam > cfg.vocab_size:
+        raise ValueError(f"beam={beam} is too large for the vocabulary size {cfg.vocab_size}")
     encoded = model.encode(src)
     rows = torch.arange(B, device=src.device).repeat_interleave(beam)  # [B*K] source row of each hypothesis
     state = model.init_state(encoded).reorder(rows)
-    tokens = torch.full((B * beam, 1), cfg.bos_id, dtype=torch.long, device=src.device)  # [B*K, 1]
-    scores = torch.zeros(B, beam, device=src.device)
-    scores[:, 1:] = float("-inf")  # all hypotheses start identical: expand only the first
-    finished = torch.zeros(B * beam, dtype=torch.bool, device=src.device)
-    lengths = torch.zeros(B * beam, device=src.device)  # output length including EOS
-    routes = []  # per step [B*K, layers], re-indexed with the beams
-    offsets = (torch.arange(B, device=src.device) * beam).unsqueeze(1)  # [B, 1]
+    seqs = torch.full((B * beam, 1), cfg.bos_id, dtype=torch.long, device=src.device)  # [B*K, L], BOS first
+    beam_scores = torch.zeros(B, beam, device=src.device)
+    beam_scores[:, 1:] = -1e9  # all hypotheses start identical: expand only the first
+    beam_scores = beam_scores.view(-1)  # [B*K]
+    hyps = [_Hypotheses(beam, length_penalty) for _ in range(B)]
+    routes = torch.zeros(B * beam, 0, len(model.decoder_layers), dtype=torch.long)  # [B*K, L, layers]
 
-    for step in range(max_length):
-        logits, state, _, routing = model.decode(tokens[:, -1:], state)  # [B*K, 1, V]
-        logp = logits[:, -1].float().log_softmax(dim=-1)  # [B*K, V]
-        if step == max_length - 1:  # out of room: every open hypothesis must end now
-            eos_logp = logp[:, cfg.eos_id].clone()
-            logp.fill_(float("-inf"))
-            logp[:, cfg.eos_id] = eos_logp
-        logp[finished] = float("-inf")
-        logp[finished, cfg.pad_id] = 0.0  # a finished hypothesis only grows by free padding
-        V = logp.shape[-1]
-        candidates = (scores.view(B * beam, 1) + logp).view(B, beam * V)  # [B, K*V]
-        scores, flat = candidates.topk(beam, dim=-1)  # [B, K]
-        origin = (offsets + flat // V).view(-1)  # [B*K] hypothesis each new one extends
-        new_tokens = (flat % V).view(-1, 1)  # [B*K, 1]
-        tokens = torch.cat([tokens.index_select(0, origin), new_tokens], dim=1)
-        state = state.reorder(origin)
-        was_finished = finished.index_select(0, origin)
-        lengths = lengths.index_select(0, origin) + (~was_finished).float()
-        finished = was_finished | new_tokens.view(-1).eq(cfg.eos_id)
+    for _ in range(max_length):
+        length = seqs.shape[1]
+        logits, state, _, routing = model.decode(seqs[:, -1:], state)  # [B*K, 1, V]
         if return_routing:
-            routes = [r.index_select(0, origin) for r in routes + [routing[:, -1]]]
-        if finished.all():
+            routes = torch.cat([routes, routing[:, -1:].cpu()], dim=1)
+        logp = logits[:, -1].float().log_softmax(dim=-1)  # [B*K, V]
+        V = logp.shape[-1]
+        scores = (logp + beam_scores[:, None]).view(B, beam * V)  # [B, K*V]
+        top_scores, top_idx = scores.topk(2 * beam, dim=-1)  # [B, 2K]
+        next_scores = torch.zeros(B, beam, device=src.device)
+        next_tokens = torch.full((B, beam), cfg.pad_id, dtype=torch.long, device=src.device)
+        next_rows = torch.zeros(B, beam, dtype=torch.long, device=src.device)
+        top_scores_l, top_idx_l = top_scores.tolist(), top_idx.tolist()
+        for b in range(B):
+            if hyps[b].done:
+                continue
+            filled = 0
+            for j in range(2 * beam):
+                row, token, score = b * beam + top_idx_l[b][j] // V, top_idx_l[b][j] % V, top_scores_l[b][j]
+                if token == cfg.eos_id:
+                    if j < beam:  # EOS only counts among the first `beam` candidates
+                        hyps[b].add(seqs[row].tolist(), score, routes[row] if return_routing else None)
+                    continue
+                next_scores[b, filled], next_tokens[b, filled], next_rows[b, filled] = score, token, row
+                filled += 1
+                if filled == beam:
+                    break
+            hyps[b].done = hyps[b].is_done(max(top_scores_l[b]), length)
+        if all(h.done for h in hyps):
             break
+        flat_rows = next_rows.view(-1)
+        seqs = torch.cat([seqs.index_select(0, flat_rows), next_tokens.view(-1, 1)], dim=1)
+        beam_scores = next_scores.view(-1)
+        state = state.reorder(flat_rows)
+        if return_routing:
+            routes = routes.index_select(0, flat_rows.cpu())
+    for b, h in enumerate(hyps):  # out of length: the open hypotheses finish as they are
+        if not h.done:
+            for row in range(b * beam, (b + 1) * beam):
+                h.add(seqs[row].tolist(), beam_scores[row].item(), routes[row] if return_routing else None)
 
-    normalised = scores / lengths.view(B, beam).clamp(min=1) ** length_penalty  # [B, K]
-    best = normalised.argmax(dim=-1)  # [B]
-    pick = (offsets.view(-1) + best)  # [B]
-    out_tokens = [_strip(model, row[1:].tolist()) for row in tokens.index_select(0, pick)]
-    generation = Generation(out_tokens, normalised.gather(1, best[:, None]).view(-1).tolist())
+    best = [h.best() for h in hyps]
+    tokens = [_strip(model, hyp[2][1:]) for hyp in best]
+    generation = Generation(tokens, [hyp[0] for hyp in best])
     if return_routing:
         generation.encoder_routing = _routing_lists(src, encoded.routing, cfg.pad_id)
-        dec = torch.stack(routes, dim=1).index_select(0, pick)  # [B, steps, layers]
-        generation.decoder_routing = [dec[i, : len(t) + 1].tolist() for i, t in enumerate(out_tokens)]
+        generation.decoder_routing = [hyp[3][: len(t) + 1].tolist() for hyp, t in zip(best, tokens)]
     return generation
 
 
@@ -118,11 +161,9 @@ def greedy(model: MoETransformer, src: torch.Tensor, *, max_length: int | None =
     state = model.init_state(model.encode(src))
     tokens = torch.full((B, 1), cfg.bos_id, dtype=torch.long, device=src.device)
     done = torch.zeros(B, dtype=torch.bool, device=src.device)
-    for step in range(max_length):
+    for _ in range(max_length):
         logits, state, _, _ = model.decode(tokens[:, -1:], state)
         nxt = logits[:, -1].argmax(dim=-1)  # [B]
-        if step == max_length - 1:
-            nxt = torch.full_like(nxt, cfg.eos_id)
         nxt = torch.where(done, torch.full_like(nxt, cfg.pad_id), nxt)
         tokens = torch.cat([tokens, nxt[:, None]], dim=1)
         done = done | nxt.eq(cfg.eos_id)

@@ -125,7 +125,7 @@ class Translator:
             out.append(RoutedTranslation(
                 text=self.tokenizer.decode(tokens),
                 source_pieces=[self.tokenizer.id_to_piece(t) for t in ids],
-                target_pieces=["<s>"] + [self.tokenizer.id_to_piece(t) for t in tokens],
+                target_pieces=(["<s>"] + [self.tokenizer.id_to_piece(t) for t in tokens])[: len(gen.decoder_routing[row])],
                 encoder_routing=gen.encoder_routing[row],
                 decoder_routing=gen.decoder_routing[row],
             ))
