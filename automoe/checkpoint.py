@@ -133,36 +133,56 @@ def check_state_dict(expected: dict, found: dict, source: str) -> None:
 
 
 def resolve_model_dir(path_or_repo: str | Path, revision: str | None = None,
-                      cache_dir: str | Path | None = None, token: str | None = None) -> Path:
+                      cache_dir: str | Path | None = None, token: str | None = None,
+                      local_dir: str | Path | None = None) -> Path:
     """A local model folder as is, or a Hub repo id downloaded (configs, safetensors, tokenizer,
-    card and export files only) through huggingface_hub; honours HF_ENDPOINT, HF_TOKEN and
-    HF_HUB_OFFLINE."""
+    card and export files only: `HUB_ALLOW_PATTERNS`) through huggingface_hub into its cache (or
+    `local_dir`). `HF_ENDPOINT` and `HF_TOKEN` are read at call time; with `HF_HUB_OFFLINE=1` a
+    cached copy is used. A repo whose weights are only pickles is refused with a `CheckpointError`."""
     local = Path(path_or_repo)
     if local.is_dir():
+        if revision is not None:
+            logger.warning("%s is a local folder: revision=%r is ignored", local, revision)
         return local
     text = str(path_or_repo)
-    if local.exists() or text.startswith((".", "/", "~")) or text.count("/") != 1:
+    if local.exists() or text.startswith((".", "/", "~")) or text.count("/") != 1 or not all(text.split("/")):
         raise CheckpointError(f"{text}: no such model folder (and not a Hub repo id of the form 'org/name')")
     from huggingface_hub import HfApi, snapshot_download
+    from huggingface_hub.errors import LocalEntryNotFoundError, RepositoryNotFoundError, RevisionNotFoundError
 
+    endpoint = os.environ.get("HF_ENDPOINT", "").strip().rstrip("/") or None
+    offline = _env_true("HF_HUB_OFFLINE")
+    where = f"{text!r} (revision {revision or 'main'!r})"
     try:
         folder = Path(snapshot_download(text, revision=revision, cache_dir=cache_dir, token=token,
+                                        local_dir=local_dir, endpoint=endpoint, local_files_only=offline,
                                         allow_patterns=HUB_ALLOW_PATTERNS))
+    except LocalEntryNotFoundError as e:
+        raise CheckpointError(f"{where} is not in the local Hub cache and the Hub cannot be reached"
+                              f"{' (HF_HUB_OFFLINE is set)' if offline else ''}: {e}") from e
+    except (RepositoryNotFoundError, RevisionNotFoundError) as e:
+        raise CheckpointError(f"{where} not found on the Hub at {endpoint or 'the default endpoint'} "
+                              f"(private repos need HF_TOKEN): {e}") from e
     except Exception as e:  # huggingface_hub raises many types; the message says which
-        raise CheckpointError(f"could not download {text!r} (revision {revision!r}) from the Hub: {e}") from e
-    if not (folder / WEIGHTS_NAME).exists() and not (folder / CONFIG_NAME).exists():
+        raise CheckpointError(f"could not download {where} from the Hub: {e}") from e
+    weights = [WEIGHTS_NAME, "model.bin"]  # safetensors, or a CTranslate2 export folder
+    if not any((folder / name).is_file() for name in weights) and not any(folder.glob("*.onnx")):
         try:
-            files = HfApi(token=token).list_repo_files(text, revision=revision)
+            files = HfApi(endpoint=endpoint, token=token).list_repo_files(text, revision=revision)
         except Exception:  # offline: report what we have
-            files = []
+            files = [str(p.relative_to(folder)) for p in folder.rglob("*") if p.is_file()]
         pickles = [f for f in files if f.endswith(PICKLE_SUFFIXES)]
         if pickles:
             raise CheckpointError(
-                f"Hub repo {text!r} has only pickled weights {pickles}; automoe loads safetensors only "
-                "(pickles can run arbitrary code)"
+                f"Hub repo {where} has only pickled weights {pickles}; automoe loads safetensors only "
+                "(pickles can run arbitrary code when loaded): convert them to model.safetensors"
             )
-        raise CheckpointError(f"Hub repo {text!r} has no {CONFIG_NAME} / {WEIGHTS_NAME}")
+        raise CheckpointError(f"Hub repo {where} has no {WEIGHTS_NAME} (files: {sorted(files)})")
     return folder
+
+
+def _env_true(name: str) -> bool:
+    return os.environ.get(name, "").strip().upper() in {"1", "ON", "YES", "TRUE"}
 
 
 class HubMixin:

@@ -7,6 +7,10 @@ scored `sum log p / length ** length_penalty` (length counts BOS, not EOS); the 
 `beam`) stay open. A sentence is done when it has `beam` finished hypotheses and no open one can
 beat the worst of them; at `max_length` the open ones are finished as they are.
 `max_length` counts generated tokens (EOS included).
+
+ONNX Runtime's own scorer reads the stopping score of sentence b > 0 of a batch from a shifted
+window, so its BeamSearch graph equals this reference exactly at batch size 1 (which is how
+`automoe.serve` runs it); batches go through `beam_search` with an ONNX Runtime stepper instead.
 """
 
 from __future__ import annotations
@@ -37,10 +41,9 @@ def default_max_length(model: MoETransformer, src_len: int) -> int:
 
 
 def _strip(model: MoETransformer, ids: list[int]) -> list[int]:
-    cfg = model.config
     out = []
     for t in ids:
-        if t in (cfg.eos_id, cfg.pad_id):
+        if t in (model.config.eos_id, model.config.pad_id):
             break
         out.append(t)
     return out
@@ -75,45 +78,56 @@ class _Hypotheses:
         return max(self.heap, key=lambda h: h[0])
 
 
-@torch.no_grad()
-def generate(model: MoETransformer, src: torch.Tensor, *, beam: int = 4, max_length: int | None = None,
-             length_penalty: float = 1.0, return_routing: bool = False) -> Generation:
-    """Translate right-padded source ids `src` [B, S] with beam search.
+class TorchStepper:
+    """Beam-search view of a `MoETransformer`: encode once, then one `step` per output position.
 
-    Returns the best hypothesis of each sentence. With `return_routing`, also the top-1 expert
-    that each source token and each decoder input token took in every layer.
+    Other engines (ONNX Runtime) provide the same two methods, so `beam_search` serves them all.
     """
-    if beam < 1:
-        raise ValueError(f"beam must be >= 1, got {beam}")
-    cfg = model.config
-    B, S = src.shape
-    max_length = max_length or default_max_length(model, S)
-    if not 1 <= max_length <= cfg.max_positions:
-        raise ValueError(f"max_length={max_length} must be in 1..max_positions={cfg.max_positions}")
-    if 2 * beam > cfg.vocab_size:
-        raise ValueError(f"beam={beam} is too large for the vocabulary size {cfg.vocab_size}")
-    encoded = model.encode(src)
-    rows = torch.arange(B, device=src.device).repeat_interleave(beam)  # [B*K] source row of each hypothesis
-    state = model.init_state(encoded).reorder(rows)
-    seqs = torch.full((B * beam, 1), cfg.bos_id, dtype=torch.long, device=src.device)  # [B*K, L], BOS first
-    beam_scores = torch.zeros(B, beam, device=src.device)
+
+    def __init__(self, model: MoETransformer, src: torch.Tensor, copies: int):
+        self.model = model
+        self.encoded = model.encode(src)
+        rows = torch.arange(src.shape[0], device=src.device).repeat_interleave(copies)  # [B*K]
+        self.state = model.init_state(self.encoded).reorder(rows)
+
+    def step(self, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """tokens [N, 1] -> (next-token logits [N, V], top-1 expert per decoder layer [N, layers])."""
+        logits, self.state, _, routing = self.model.decode(tokens, self.state)
+        return logits[:, -1], routing[:, -1]
+
+    def reorder(self, rows: torch.Tensor) -> None:
+        """Keep (and duplicate) the cached rows `rows` [N] to follow the surviving hypotheses."""
+        self.state = self.state.reorder(rows)
+
+
+@torch.no_grad()
+def beam_search(stepper, batch_size: int, *, beam: int, max_length: int, bos_id: int, eos_id: int,
+                pad_id: int, length_penalty: float = 1.0, track_routing: bool = False):
+    """Beam search over any stepper holding `batch_size * beam` rows (see module docstring).
+
+    Returns, per sentence, (score, token ids starting with BOS, decoder routing [positions, layers] or None).
+    """
+    B = batch_size
+    seqs = torch.full((B * beam, 1), bos_id, dtype=torch.long)  # [B*K, L], BOS first
+    beam_scores = torch.zeros(B, beam)
     beam_scores[:, 1:] = -1e9  # all hypotheses start identical: expand only the first
     beam_scores = beam_scores.view(-1)  # [B*K]
     hyps = [_Hypotheses(beam, length_penalty) for _ in range(B)]
-    routes = torch.zeros(B * beam, 0, len(model.decoder_layers), dtype=torch.long)  # [B*K, L, layers]
+    routes = None  # [B*K, L, layers]
 
     for _ in range(max_length):
         length = seqs.shape[1]
-        logits, state, _, routing = model.decode(seqs[:, -1:], state)  # [B*K, 1, V]
-        if return_routing:
-            routes = torch.cat([routes, routing[:, -1:].cpu()], dim=1)
-        logp = logits[:, -1].float().log_softmax(dim=-1)  # [B*K, V]
+        logits, routing = stepper.step(seqs[:, -1:])  # [B*K, V]
+        if track_routing:
+            step_routes = routing.cpu().unsqueeze(1)
+            routes = step_routes if routes is None else torch.cat([routes, step_routes], dim=1)
+        logp = logits.float().log_softmax(dim=-1).cpu()  # [B*K, V]
         V = logp.shape[-1]
         scores = (logp + beam_scores[:, None]).view(B, beam * V)  # [B, K*V]
         top_scores, top_idx = scores.topk(2 * beam, dim=-1)  # [B, 2K]
-        next_scores = torch.zeros(B, beam, device=src.device)
-        next_tokens = torch.full((B, beam), cfg.pad_id, dtype=torch.long, device=src.device)
-        next_rows = torch.zeros(B, beam, dtype=torch.long, device=src.device)
+        next_scores = torch.zeros(B, beam)
+        next_tokens = torch.full((B, beam), pad_id, dtype=torch.long)
+        next_rows = torch.zeros(B, beam, dtype=torch.long)
         top_scores_l, top_idx_l = top_scores.tolist(), top_idx.tolist()
         for b in range(B):
             if hyps[b].done:
@@ -121,9 +135,9 @@ def generate(model: MoETransformer, src: torch.Tensor, *, beam: int = 4, max_len
             filled = 0
             for j in range(2 * beam):
                 row, token, score = b * beam + top_idx_l[b][j] // V, top_idx_l[b][j] % V, top_scores_l[b][j]
-                if token == cfg.eos_id:
+                if token == eos_id:
                     if j < beam:  # EOS only counts among the first `beam` candidates
-                        hyps[b].add(seqs[row].tolist(), score, routes[row] if return_routing else None)
+                        hyps[b].add(seqs[row].tolist(), score, routes[row] if track_routing else None)
                     continue
                 next_scores[b, filled], next_tokens[b, filled], next_rows[b, filled] = score, token, row
                 filled += 1
@@ -135,20 +149,46 @@ def generate(model: MoETransformer, src: torch.Tensor, *, beam: int = 4, max_len
         flat_rows = next_rows.view(-1)
         seqs = torch.cat([seqs.index_select(0, flat_rows), next_tokens.view(-1, 1)], dim=1)
         beam_scores = next_scores.view(-1)
-        state = state.reorder(flat_rows)
-        if return_routing:
-            routes = routes.index_select(0, flat_rows.cpu())
+        stepper.reorder(flat_rows)
+        if track_routing:
+            routes = routes.index_select(0, flat_rows)
     for b, h in enumerate(hyps):  # out of length: the open hypotheses finish as they are
         if not h.done:
             for row in range(b * beam, (b + 1) * beam):
-                h.add(seqs[row].tolist(), beam_scores[row].item(), routes[row] if return_routing else None)
+                h.add(seqs[row].tolist(), beam_scores[row].item(), routes[row] if track_routing else None)
+    return [(hyp[0], hyp[2], hyp[3]) for hyp in (h.best() for h in hyps)]
 
-    best = [h.best() for h in hyps]
-    tokens = [_strip(model, hyp[2][1:]) for hyp in best]
-    generation = Generation(tokens, [hyp[0] for hyp in best])
+
+def check_generation_args(cfg, beam: int, max_length: int) -> None:
+    """Raise a clear ValueError for a beam or length the model cannot decode with."""
+    if beam < 1:
+        raise ValueError(f"beam must be >= 1, got {beam}")
+    if not 1 <= max_length <= cfg.max_positions:
+        raise ValueError(f"max_length={max_length} must be in 1..max_positions={cfg.max_positions}")
+    if 2 * beam > cfg.vocab_size:
+        raise ValueError(f"beam={beam} is too large for the vocabulary size {cfg.vocab_size}")
+
+
+@torch.no_grad()
+def generate(model: MoETransformer, src: torch.Tensor, *, beam: int = 4, max_length: int | None = None,
+             length_penalty: float = 1.0, return_routing: bool = False) -> Generation:
+    """Translate right-padded source ids `src` [B, S] with beam search (`beam=1` equals greedy).
+
+    Returns the best hypothesis of each sentence. With `return_routing`, also the top-1 expert
+    that each source token and each decoder input token took in every layer.
+    """
+    cfg = model.config
+    max_length = max_length or default_max_length(model, src.shape[1])
+    check_generation_args(cfg, beam, max_length)
+    stepper = TorchStepper(model, src, beam)
+    best = beam_search(stepper, src.shape[0], beam=beam, max_length=max_length, bos_id=cfg.bos_id,
+                       eos_id=cfg.eos_id, pad_id=cfg.pad_id, length_penalty=length_penalty,
+                       track_routing=return_routing)
+    tokens = [_strip(model, ids[1:]) for _, ids, _ in best]
+    generation = Generation(tokens, [score for score, _, _ in best])
     if return_routing:
-        generation.encoder_routing = _routing_lists(src, encoded.routing, cfg.pad_id)
-        generation.decoder_routing = [hyp[3][: len(t) + 1].tolist() for hyp, t in zip(best, tokens)]
+        generation.encoder_routing = _routing_lists(src, stepper.encoded.routing, cfg.pad_id)
+        generation.decoder_routing = [r[: len(t) + 1].tolist() for (_, _, r), t in zip(best, tokens)]
     return generation
 
 

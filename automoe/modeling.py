@@ -207,9 +207,10 @@ class MoETransformer(nn.Module, HubMixin):
         x = x + sinusoidal_positions(positions, dim).to(x.dtype)
         return F.dropout(x, self.config.dropout, self.training)
 
-    def encode(self, src: torch.Tensor) -> Encoded:
-        """Run the encoder on right-padded source ids `src` [B, S]."""
-        token_mask = src.ne(self.config.pad_id)  # [B, S]
+    def encode(self, src: torch.Tensor, token_mask: torch.Tensor | None = None) -> Encoded:
+        """Run the encoder on right-padded source ids `src` [B, S]; `token_mask` [B, S] (True for
+        real tokens) defaults to `src != pad_id`."""
+        token_mask = src.ne(self.config.pad_id) if token_mask is None else token_mask.bool()  # [B, S]
         attn_mask = token_mask[:, None, None, :]  # [B, 1, 1, S]
         x = self._embed(src, self.config.encoder_embed_dim)
         states, aux, routes = [], src.new_zeros((), dtype=torch.float32), []
@@ -239,7 +240,8 @@ class MoETransformer(nn.Module, HubMixin):
         T = tgt.shape[1]
         d = self.config.decoder_embed_dim
         x = self._embed(tgt, d, offset=past)
-        self_mask = torch.ones(T, past + T, dtype=torch.bool, device=tgt.device).tril(past)  # [T, P+T]
+        # One new position may attend to every cached one: no mask (keeps the exported step graph simple).
+        self_mask = None if T == 1 else torch.ones(T, past + T, dtype=torch.bool, device=tgt.device).tril(past)
         aux, routes, present = x.new_zeros((), dtype=torch.float32), [], []
         for i, layer in enumerate(self.decoder_layers):
             x, kv, layer_aux, routing = layer(

@@ -61,6 +61,10 @@ def load_balancing_loss(probs: torch.Tensor, experts: torch.Tensor,
     return n * (fraction * mean_prob).sum()
 
 
+def _tracing() -> bool:
+    return torch.jit.is_tracing() or torch.compiler.is_compiling()
+
+
 class Expert(nn.Module):
     """One feed-forward expert: fc2(dropout(relu(fc1(x)))) with its own hidden width."""
 
@@ -109,8 +113,8 @@ class MoEFeedForward(nn.Module):
         out = torch.zeros_like(flat)  # [N, d]
         for e, expert in enumerate(self.experts):
             token, slot = (chosen == e).nonzero(as_tuple=True)  # tokens routed to e
-            if token.numel() == 0:
-                continue
+            if token.numel() == 0 and not _tracing():
+                continue  # a data-dependent skip must not be baked into an exported graph
             y = expert(flat[token]) * gates[token, slot].unsqueeze(-1)  # [n_e, d]
             out.index_add_(0, token, y.to(out.dtype))
         flat_mask = None if mask is None else mask.reshape(B * T)
