@@ -157,7 +157,7 @@ def _load_eval_model(args: argparse.Namespace):
     if args.arch:
         raise ConfigError("--arch applies to a supernet run folder only; a model folder has its own config")
     translator = Translator.from_pretrained(args.model, engine=args.engine, threads=args.threads)
-    return translator, translator.model.config
+    return translator, translator.config
 
 
 def cmd_eval(args: argparse.Namespace) -> int:

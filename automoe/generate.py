@@ -35,8 +35,8 @@ class Generation:
     decoder_routing: list[list[list[int]]] | None = None
 
 
-def default_max_length(model: MoETransformer, src_len: int) -> int:
-    """Output length limit: 1.5 x source + 10, within the model's positions."""
+def default_max_length(model, src_len: int) -> int:
+    """Output length limit: 1.5 x source + 10, within the model's positions (`model.config`)."""
     return min(model.config.max_positions, int(1.5 * src_len) + 10)
 
 

@@ -14,14 +14,15 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 
-def router_probabilities(x: torch.Tensor, router_weight: torch.Tensor) -> torch.Tensor:
+def router_probabilities(x: torch.Tensor, router: nn.Linear) -> torch.Tensor:
     """Router distribution p(e | x) = softmax(x R^T) over the n experts, computed in fp32.
 
-    x: [N, d] tokens, router_weight: [n, d]. Returns [N, n]. Switch Transformers compute the router
-    in fp32 for stability, so this runs outside autocast.
+    x: [N, d] tokens, router: a bias-free Linear(d, n). Returns [N, n]. Switch Transformers compute
+    the router in fp32 for stability, so this runs outside autocast (and exporters keep it fp32:
+    its graph nodes are named after the `router` module).
     """
     with torch.autocast(device_type=x.device.type, enabled=False):
-        logits = F.linear(x.float(), router_weight.float())  # [N, n]
+        logits = router(x.float())  # [N, n]
     return logits.softmax(dim=-1)
 
 
@@ -106,7 +107,7 @@ class MoEFeedForward(nn.Module):
         if self.router is None:
             zeros = torch.zeros(B, T, dtype=torch.long, device=x.device)
             return self.experts[0](x), x.new_zeros(()).float(), zeros
-        probs = router_probabilities(flat, self.router.weight)  # [N, n]
+        probs = router_probabilities(flat, self.router)  # [N, n]
         gates, chosen = top_k_route(probs, self.top_k)  # [N, k], [N, k]
         if not self.router_scale:
             gates = torch.ones_like(gates)

@@ -1,16 +1,22 @@
-"""One `Translator` API over the inference engines (torch now; onnxruntime and ctranslate2 with
-the export stage). It tokenizes with the model's SentencePiece model, batches by length, decodes
-and detokenizes, and always returns one output per input line in input order."""
+"""One `Translator` API over the inference engines: torch, onnxruntime and ctranslate2.
+
+It tokenizes with the model's SentencePiece model, batches by length, decodes with the chosen
+engine and detokenizes, and always returns one output per input line in input order.
+"""
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
 logger = logging.getLogger(__name__)
 
-ENGINES = ("torch",)
+ENGINES = ("torch", "onnxruntime", "ctranslate2")
+EXPORT_TARGETS = {"onnxruntime": "onnxruntime", "ctranslate2": "ctranslate2"}
 
 
 @dataclass
@@ -24,37 +30,105 @@ class RoutedTranslation:
     decoder_routing: list[list[int]]  # [decoder input position][decoder layer] expert id
 
 
-class Translator:
-    """Translate sentences with a trained automoe model.
+def export_cache_dir() -> Path:
+    """Where model folders are exported on the fly (AUTOMOE_CACHE or ~/.cache/automoe/exports)."""
+    root = os.environ.get("AUTOMOE_CACHE") or Path.home() / ".cache" / "automoe"
+    return Path(root) / "exports"
 
-    >>> Translator.from_pretrained("models/dense-bible-en-de").translate(["In the beginning was the Word."])
-    """
 
-    def __init__(self, model, tokenizer, *, engine: str = "torch", threads: int | None = None,
-                 max_batch_tokens: int = 4000):
-        if engine not in ENGINES:
-            raise ValueError(f"engine={engine!r} is not available; choose one of {list(ENGINES)}")
-        self.model = model
-        self.tokenizer = tokenizer
-        self.engine = engine
-        self.threads = threads
-        self.max_batch_tokens = max_batch_tokens
-        self.max_source_tokens = model.config.max_positions
+def _cached_export(model_dir: Path, engine: str, quantize: str | None) -> Path:
+    """Export `model_dir` for `engine` into the cache once (keyed by the weights' checksum)."""
+    from automoe.checkpoint import WEIGHTS_NAME
 
-    @classmethod
-    def from_pretrained(cls, path_or_repo: str | Path, *, engine: str = "torch", revision: str | None = None,
-                        threads: int | None = None, **kwargs) -> "Translator":
-        """Load a model folder (or Hub repo id) and its SentencePiece model."""
-        if engine not in ENGINES:
-            raise ValueError(f"engine={engine!r} is not available; choose one of {list(ENGINES)}")
+    digest = hashlib.sha256((model_dir / WEIGHTS_NAME).read_bytes()).hexdigest()[:16]
+    folder = export_cache_dir() / f"{digest}-{engine}-{quantize or 'fp32'}"
+    if (folder / "export_info.json").exists():
+        return folder
+    logger.info("exporting %s for %s (%s) into %s", model_dir, engine, quantize or "fp32", folder)
+    if engine == "onnxruntime":
+        from automoe.export.onnx import to_onnx
+
+        return to_onnx(model_dir, folder, quantize=quantize, force=True)
+    from automoe.export.ctranslate2 import to_ctranslate2
+
+    return to_ctranslate2(model_dir, folder, quantize=quantize, force=True)
+
+
+def load_engine(folder: Path, engine: str | None, quantize: str | None, threads: int | None):
+    """An engine for a model folder or an export folder (exporting a model folder on the fly)."""
+    from automoe.checkpoint import read_model_config
+
+    info_path = folder / "export_info.json"
+    if info_path.exists():
+        target = json.loads(info_path.read_text(encoding="utf-8")).get("target")
+        if engine not in (None, target):
+            raise ValueError(f"{folder} is a {target} export; it cannot run with engine={engine!r}")
+        engine = target
+    engine = engine or "torch"
+    if engine not in ENGINES:
+        raise ValueError(f"engine={engine!r} is not available; choose one of {list(ENGINES)}")
+    from .engines import OnnxEngine, TorchEngine
+
+    if engine == "torch":
+        if info_path.exists():
+            raise ValueError(f"{folder} is an export folder; engine='torch' needs a model folder")
         from automoe.modeling import MoETransformer
 
-        model = MoETransformer.from_pretrained(path_or_repo, revision=revision)
-        return cls(model, load_model_tokenizer(model.source_dir, model.meta), engine=engine, threads=threads,
-                   **kwargs)
+        return TorchEngine(MoETransformer.from_pretrained(folder), threads)
+    if not info_path.exists():
+        folder = _cached_export(folder, engine, quantize)
+    if engine == "onnxruntime":
+        return OnnxEngine(folder, threads)
+    from .ct2 import CTranslate2Engine
+
+    read_model_config(folder)  # strict config check before loading
+    return CTranslate2Engine(folder, threads)
+
+
+class Translator:
+    """Translate sentences with a trained automoe model on any engine.
+
+    >>> Translator.from_pretrained("models/dense-bible-en-de", engine="onnxruntime").translate(["Jesus wept."])
+    """
+
+    def __init__(self, model_or_engine, tokenizer, *, engine: str = "torch", threads: int | None = None,
+                 max_batch_tokens: int = 4000):
+        from .engines import TorchEngine
+
+        if hasattr(model_or_engine, "translate_ids"):
+            self.backend = model_or_engine
+        elif engine == "torch":
+            self.backend = TorchEngine(model_or_engine, threads)
+        else:
+            raise ValueError("pass an engine object, or a MoETransformer with engine='torch'")
+        self.engine = self.backend.name
+        self.config = self.backend.config
+        self.model = getattr(self.backend, "model", None)  # the torch model (torch engine only)
+        self.tokenizer = tokenizer
+        self.threads = threads
+        self.max_batch_tokens = max_batch_tokens
+        self.max_source_tokens = self.config.max_positions
+
+    @classmethod
+    def from_pretrained(cls, path_or_repo: str | Path, *, engine: str | None = None, quantize: str | None = None,
+                        revision: str | None = None, threads: int | None = None, **kwargs) -> "Translator":
+        """Load a model folder, an export folder or a Hub repo id, with its SentencePiece model.
+
+        `engine` defaults to torch for a model folder and to the export's runtime for an export
+        folder; a model folder with engine onnxruntime/ctranslate2 is exported once (with
+        `quantize`, e.g. "int8") into `export_cache_dir()`.
+        """
+        from automoe.checkpoint import read_model_config, resolve_model_dir
+
+        if engine is not None and engine not in ENGINES:
+            raise ValueError(f"engine={engine!r} is not available; choose one of {list(ENGINES)}")
+        folder = resolve_model_dir(path_or_repo, revision=revision)
+        backend = load_engine(folder, engine, quantize, threads)
+        _, meta = read_model_config(folder)
+        return cls(backend, load_model_tokenizer(folder, meta), threads=threads, **kwargs)
 
     def _encode(self, sentences: list[str]) -> list[list[int] | None]:
-        cfg = self.model.config
+        cfg = self.config
         out = []
         for i, line in enumerate(sentences):
             if not isinstance(line, str):
@@ -85,21 +159,14 @@ class Translator:
         return batches
 
     def _run(self, sentences: list[str], beam: int, max_length: int | None, routing: bool):
-        import torch
+        from automoe.generate import default_max_length
 
-        from automoe.generate import generate
-
-        if self.threads:
-            torch.set_num_threads(self.threads)
         encoded = self._encode(sentences)
         results: list = [None] * len(sentences)
-        pad = self.model.config.pad_id
         for batch in self._batches(encoded):
-            width = max(len(encoded[i]) for i in batch)
-            src = torch.full((len(batch), width), pad, dtype=torch.long)
-            for row, i in enumerate(batch):
-                src[row, : len(encoded[i])] = torch.tensor(encoded[i])
-            gen = generate(self.model, src, beam=beam, max_length=max_length, return_routing=routing)
+            ids = [encoded[i] for i in batch]
+            limit = max_length or default_max_length(self, max(len(x) for x in ids))
+            gen = self.backend.translate_ids(ids, beam=beam, max_length=limit, routing=routing)
             for row, i in enumerate(batch):
                 results[i] = (gen, row)
         return encoded, results

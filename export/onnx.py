@@ -1,0 +1,250 @@
+"""Export a model folder to ONNX Runtime: any architecture of any search space.
+
+An export folder holds
+  encoder.onnx      encoder + the first decoder step (the BeamSearch "encoder" subgraph):
+                    encoder_input_ids, encoder_attention_mask, decoder_input_ids ->
+                    logits, encoder_hidden_states, present self/cross K/V of every decoder layer
+  decoder.onnx      one decoder step with the KV cache: input_ids, encoder_attention_mask,
+                    past self K/V, cross K/V -> logits, present self K/V
+  beam_search.onnx  both wrapped in ONNX Runtime's com.microsoft.BeamSearch operator (T5 layout):
+                    a whole translation in one `session.run`, usable with onnxruntime alone
+  config.json, spm.model, export_info.json
+Batch, source and cache lengths are dynamic. MoE layers export as gather / expert / scatter-add
+over the tokens routed to each expert; routers stay fp32 under int8 quantization.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import shutil
+import tempfile
+import warnings
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+
+from automoe.checkpoint import CONFIG_NAME, WEIGHTS_NAME, read_model_config
+from automoe.modeling import DecoderState, MoETransformer
+
+logger = logging.getLogger(__name__)
+
+ENCODER_FILE, DECODER_FILE, BEAM_FILE = "encoder.onnx", "decoder.onnx", "beam_search.onnx"
+OPSET = 17
+QUANTIZATIONS = (None, "int8")
+
+
+def _require(module: str, extra: str = "onnx"):
+    try:
+        return __import__(module)
+    except ImportError as e:
+        raise ImportError(f"{module} is needed for ONNX export/inference: pip install 'automoe[{extra}]'") from e
+
+
+def kv_names(prefix: str, kind: str, layers: int) -> list[str]:
+    """[prefix_key_kind_0, prefix_value_kind_0, ...] in the order the BeamSearch operator expects."""
+    return [f"{prefix}_{t}_{kind}_{i}" for i in range(layers) for t in ("key", "value")]
+
+
+class EncoderInit(nn.Module):
+    """Encoder and first decoder step, with the BeamSearch T5 encoder-subgraph signature."""
+
+    def __init__(self, model: MoETransformer):
+        super().__init__()
+        self.model = model
+
+    def forward(self, encoder_input_ids, encoder_attention_mask, decoder_input_ids):
+        encoded = self.model.encode(encoder_input_ids.long(), encoder_attention_mask)
+        state = self.model.init_state(encoded)
+        logits, state, _, _ = self.model.decode(decoder_input_ids.long(), state)  # [B, 1, V]
+        outputs = [logits, encoded.states[-1]]
+        for k, v in state.self_kv + state.cross_kv:
+            outputs += [k, v]
+        return tuple(outputs)
+
+
+class DecoderStep(nn.Module):
+    """One incremental decoder step, with the BeamSearch T5 decoder-subgraph signature."""
+
+    def __init__(self, model: MoETransformer):
+        super().__init__()
+        self.model = model
+
+    def forward(self, input_ids, encoder_attention_mask, *past):
+        n = len(self.model.decoder_layers)
+        self_kv = [(past[2 * i], past[2 * i + 1]) for i in range(n)]
+        cross_kv = [(past[2 * n + 2 * i], past[2 * n + 2 * i + 1]) for i in range(n)]
+        mask = encoder_attention_mask.bool()
+        cross_masks = [mask.repeat(1, layer.last_k)[:, None, None, :] for layer in self.model.decoder_layers]
+        logits, state, _, _ = self.model.decode(input_ids.long(), DecoderState(cross_kv, cross_masks, self_kv))
+        outputs = [logits]
+        for k, v in state.self_kv:
+            outputs += [k, v]
+        return tuple(outputs)
+
+
+def _example(model: MoETransformer):
+    """Small example inputs with padding, for tracing (batch 2, source 5, cache length 2)."""
+    cfg = model.config
+    src = torch.full((2, 5), 4 % cfg.vocab_size, dtype=torch.int32)
+    src[0] = torch.arange(5, dtype=torch.int32) % cfg.vocab_size
+    mask = torch.ones(2, 5, dtype=torch.int32)
+    src[1, 3:], mask[1, 3:] = cfg.pad_id, 0
+    start = torch.full((2, 1), cfg.bos_id, dtype=torch.int32)
+    return src, mask, start
+
+
+def export_graphs(model: MoETransformer, out_dir: Path) -> tuple[Path, Path]:
+    """Trace `model` into encoder.onnx and decoder.onnx (TorchScript exporter, opset 17)."""
+    n = len(model.decoder_layers)
+    model = model.float().eval()
+    src, mask, start = _example(model)
+    enc_in = ["encoder_input_ids", "encoder_attention_mask", "decoder_input_ids"]
+    enc_out = ["logits", "encoder_hidden_states"] + kv_names("present", "self", n) + kv_names("present", "cross", n)
+    dyn = {"encoder_input_ids": {0: "batch", 1: "src"}, "encoder_attention_mask": {0: "batch", 1: "src"},
+           "decoder_input_ids": {0: "batch"}, "logits": {0: "batch"}, "encoder_hidden_states": {0: "batch", 1: "src"}}
+    for i in range(n):
+        for t in ("key", "value"):
+            dyn[f"present_{t}_self_{i}"] = {0: "batch"}
+            dyn[f"present_{t}_cross_{i}"] = {0: "batch", 2: f"memory_{i}"}
+    encoder_init = EncoderInit(model)
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # tracer warnings about Python ints from shapes are expected
+        torch.onnx.export(encoder_init, (src, mask, start), str(out_dir / ENCODER_FILE), input_names=enc_in,
+                          output_names=enc_out, dynamic_axes=dyn, opset_version=OPSET, dynamo=False)
+        past = list(encoder_init(src, mask, start)[2:])
+        step = DecoderStep(model)
+        tokens = torch.full((2, 1), 5 % model.config.vocab_size, dtype=torch.int32)
+        past = list(step(tokens, mask, *past)[1:]) + past[2 * n:]  # a cache of length 2
+        dec_in = ["input_ids", "encoder_attention_mask"] + kv_names("past", "self", n) + kv_names("past", "cross", n)
+        dec_out = ["logits"] + kv_names("present", "self", n)
+        dyn = {"input_ids": {0: "batch"}, "encoder_attention_mask": {0: "batch", 1: "src"}, "logits": {0: "batch"}}
+        for i in range(n):
+            for t in ("key", "value"):
+                dyn[f"past_{t}_self_{i}"] = {0: "batch", 2: "past"}
+                dyn[f"past_{t}_cross_{i}"] = {0: "batch", 2: f"memory_{i}"}
+                dyn[f"present_{t}_self_{i}"] = {0: "batch", 2: "past_plus_1"}
+        torch.onnx.export(step, (tokens, mask, *past), str(out_dir / DECODER_FILE), input_names=dec_in,
+                          output_names=dec_out, dynamic_axes=dyn, opset_version=OPSET, dynamo=False)
+    return out_dir / ENCODER_FILE, out_dir / DECODER_FILE
+
+
+def quantize_int8(path: Path) -> None:
+    """Dynamic int8 quantization of every constant-weight MatMul except the routers, in place."""
+    onnx = _require("onnx")
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    graph = onnx.load(str(path)).graph
+    routers = [node.name for node in graph.node if "/router/" in node.name]
+    tmp = path.with_name(path.stem + ".int8.onnx")
+    quantize_dynamic(str(path), str(tmp), weight_type=QuantType.QInt8, op_types_to_quantize=["MatMul"],
+                     nodes_to_exclude=routers)
+    os.replace(tmp, path)
+
+
+def build_beam_search(encoder: Path, decoder: Path, out: Path, config) -> None:
+    """Wrap the two graphs in a com.microsoft.BeamSearch node (model_type 1: encoder-decoder)."""
+    onnx = _require("onnx")
+    from onnx import TensorProto, helper
+
+    enc, dec = onnx.load(str(encoder)), onnx.load(str(decoder))
+    enc.graph.name, dec.graph.name = "encoder", "decoder"
+    node = helper.make_node(
+        "BeamSearch",
+        ["input_ids", "max_length", "min_length", "num_beams", "num_return_sequences", "length_penalty",
+         "repetition_penalty", "", "", "attention_mask"],
+        ["sequences", "sequences_scores"], domain="com.microsoft", name="beam_search",
+        eos_token_id=config.eos_id, pad_token_id=config.pad_id, decoder_start_token_id=config.bos_id,
+        no_repeat_ngram_size=0, early_stopping=0, model_type=1, encoder=enc.graph, decoder=dec.graph,
+    )
+    scalar = lambda name, t: helper.make_tensor_value_info(name, t, [1])  # noqa: E731
+    inputs = [helper.make_tensor_value_info("input_ids", TensorProto.INT32, ["batch", "src"]),
+              scalar("max_length", TensorProto.INT32), scalar("min_length", TensorProto.INT32),
+              scalar("num_beams", TensorProto.INT32), scalar("num_return_sequences", TensorProto.INT32),
+              scalar("length_penalty", TensorProto.FLOAT), scalar("repetition_penalty", TensorProto.FLOAT),
+              helper.make_tensor_value_info("attention_mask", TensorProto.INT32, ["batch", "src"])]
+    outputs = [helper.make_tensor_value_info("sequences", TensorProto.INT32, ["batch", "returned", "length"]),
+               helper.make_tensor_value_info("sequences_scores", TensorProto.FLOAT, ["batch", "returned"])]
+    graph = helper.make_graph([node], "automoe_beam_search", inputs, outputs)
+    opsets = {o.domain: o.version for o in list(enc.opset_import) + list(dec.opset_import)}
+    opsets["com.microsoft"] = 1
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid(d, v) for d, v in opsets.items()],
+                              ir_version=enc.ir_version)
+    onnx.save(model, str(out))
+
+
+def sha256_file(path: Path) -> str:
+    """Hex sha256 of a file."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def prepare_out_dir(out_dir: Path, force: bool) -> Path:
+    """Refuse an existing output folder unless `force`; return a temporary sibling to write into."""
+    if out_dir.exists() and any(out_dir.iterdir()) and not force:
+        raise FileExistsError(f"{out_dir} exists and is not empty; pass force=True (--force) to replace it")
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    return Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
+
+
+def finish_out_dir(tmp: Path, out_dir: Path) -> None:
+    """Move a completed temporary folder into place (replacing an old export)."""
+    if out_dir.exists():
+        shutil.rmtree(out_dir)
+    os.replace(tmp, out_dir)
+
+
+def copy_model_files(model_dir: Path, tmp: Path, meta: dict) -> None:
+    """Copy config.json and the tokenizer so an export folder describes itself."""
+    shutil.copyfile(model_dir / CONFIG_NAME, tmp / CONFIG_NAME)
+    tok = (meta.get("tokenizer") or {}).get("file")
+    if tok:
+        shutil.copyfile(model_dir / tok, tmp / tok)
+
+
+def tool_versions(*modules: str) -> dict:
+    """Versions of the named Python packages (for export_info.json)."""
+    out = {}
+    for name in modules:
+        try:
+            out[name] = __import__(name).__version__
+        except ImportError:
+            out[name] = None
+    return out
+
+
+def to_onnx(model_dir: str | Path, out_dir: str | Path, *, quantize: str | None = None, force: bool = False) -> Path:
+    """Export a model folder to an ONNX Runtime folder (see the module docstring); returns it."""
+    if quantize not in QUANTIZATIONS:
+        raise ValueError(f"quantize={quantize!r} must be one of {list(QUANTIZATIONS)}")
+    _require("onnxruntime")
+    _require("onnx")
+    model_dir, out_dir = Path(model_dir), Path(out_dir)
+    arch, meta = read_model_config(model_dir)
+    model = MoETransformer.from_pretrained(model_dir)
+    tmp = prepare_out_dir(out_dir, force)
+    try:
+        encoder, decoder = export_graphs(model, tmp)
+        if quantize == "int8":
+            quantize_int8(encoder)
+            quantize_int8(decoder)
+        build_beam_search(encoder, decoder, tmp / BEAM_FILE, arch)
+        copy_model_files(model_dir, tmp, meta)
+        info = {"format": "automoe-onnx", "target": "onnxruntime", "quantization": quantize, "opset": OPSET,
+                "files": {"encoder": ENCODER_FILE, "decoder": DECODER_FILE, "beam_search": BEAM_FILE},
+                "source": str(model_dir), "source_sha256": sha256_file(model_dir / WEIGHTS_NAME),
+                "arch": arch.to_dict(), "tokenizer": meta.get("tokenizer"),
+                "versions": tool_versions("automoe", "torch", "onnx", "onnxruntime")}
+        (tmp / "export_info.json").write_text(json.dumps(info, indent=2) + "\n", encoding="utf-8")
+        finish_out_dir(tmp, out_dir)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    logger.info("exported %s to %s (%s)", model_dir, out_dir, quantize or "fp32")
+    return out_dir

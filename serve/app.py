@@ -1,0 +1,436 @@
+"""Gradio demo: translate English -> German, compare models' speed, and look at MoE routing.
+
+    from automoe.serve.app import launch
+    launch({"automoe": "models/automoe-bible", "dense": "models/dense-bible"}, data_dir="data/bible-en-de")
+
+Three tabs, each also a named API endpoint for `gradio_client`:
+  Translate (`/translate`)  model + engine + beam -> German text, measured ms, a status line
+  Compare   (`/compare`)    the same input through every loaded model -> a table of outputs and ms
+  Routing   (`/routing`)    which expert every source and target token took in every layer, the
+                            per-layer expert widths, and the raw routing as JSON
+
+The logic lives in `DemoBackend` (plain Python, no gradio) so it can be tested and reused; the
+Gradio layer in `build_app` only wires widgets to it. Binds 127.0.0.1 unless told otherwise.
+"""
+
+from __future__ import annotations
+
+import html
+import logging
+import threading
+import time
+from collections import Counter
+from pathlib import Path
+
+from .translator import ENGINES, Translator
+
+logger = logging.getLogger(__name__)
+
+BUILTIN_EXAMPLES = [
+    "In the beginning God created the heavens and the earth.",
+    "Jesus wept.",
+    "Peace be with you.",
+    "The Lord is my shepherd; I shall not want.",
+    "Love your neighbour as yourself.",
+    "They went up into the upper room, where they were staying.",
+]
+# Colour of expert 0, 1, 2, ... in the routing view (colour-blind friendly Okabe-Ito palette).
+EXPERT_COLOURS = ["#E69F00", "#56B4E9", "#009E73", "#F0E442", "#0072B2", "#D55E00", "#CC79A7", "#999999"]
+DENSE_COLOUR = "#e5e7eb"
+COMPARE_HEADERS = ["model", "type", "experts per layer (enc | dec)", "ms", "vs dense", "German"]
+WIDTH_HEADERS = ["stack", "layer", "experts", "expert widths", "tokens per expert (this input)"]
+
+
+class InputError(ValueError):
+    """The user's input cannot be translated; the message is shown in the app."""
+
+
+def model_kind(arch) -> str:
+    """'dense', 'Switch (n experts)' (same number of equal experts everywhere) or 'AutoMoE'."""
+    layers = tuple(arch.encoder_ffn) + tuple(arch.decoder_ffn)
+    if all(len(w) == 1 for w in layers):
+        return "dense"
+    if len({w for w in layers}) == 1 and len(set(layers[0])) == 1:
+        return f"Switch ({len(layers[0])} experts)"
+    return "AutoMoE"
+
+
+def _experts_summary(arch) -> str:
+    enc = " ".join(str(n) for n in arch.encoder_experts)
+    dec = " ".join(str(n) for n in arch.decoder_experts)
+    return f"{enc} | {dec}"
+
+
+def _names(models) -> dict[str, str]:
+    """{display name: folder or Hub id} from a dict or a list of folders / Hub ids."""
+    if isinstance(models, dict):
+        named = {str(k): str(v) for k, v in models.items()}
+    else:
+        named = {}
+        for m in models:
+            path = Path(m)
+            base = path.name if path.exists() else str(m)
+            name, n = base, 2
+            while name in named:
+                name, n = f"{base}-{n}", n + 1
+            named[name] = str(m)
+    if not named:
+        raise ValueError("no models given: pass model folders or Hub repo ids")
+    return named
+
+
+def discover_models(root: str | Path = "models") -> dict[str, str]:
+    """Every model folder (one with config.json + model.safetensors) directly under `root`, by name."""
+    root = Path(root)
+    if not root.is_dir():
+        return {}
+    return {p.name: str(p) for p in sorted(root.iterdir())
+            if (p / "config.json").is_file() and (p / "model.safetensors").is_file()}
+
+
+def load_examples(data_dir: str | Path | None, n: int = 8, max_chars: int = 160) -> list[str]:
+    """Up to `n` short English sentences from the test split of a dataset folder, else built-ins."""
+    if data_dir is not None:
+        from automoe.evaluate import read_split
+
+        try:
+            sources, _ = read_split(data_dir, "test")
+        except (OSError, ValueError) as e:
+            logger.warning("no example sentences from %s (%s): using built-in ones", data_dir, e)
+        else:
+            picked = [s for s in sources if 10 <= len(s) <= max_chars][:n]
+            if picked:
+                return picked
+    return BUILTIN_EXAMPLES[:n]
+
+
+class DemoBackend:
+    """What the app does, without gradio: cached Translators, input checks, timing, routing views.
+
+    `models`: {name: folder or Hub id} or a list of them (named by folder name / id). `default`:
+    the model selected at start (the first one unless given). Translators are loaded once per
+    (model, engine) and kept; `preload` loads every model with the first engine up front so a bad
+    path fails at start and the first request is not slow.
+    """
+
+    def __init__(self, models, default: str | None = None, *, engines: tuple[str, ...] | None = None,
+                 threads: int | None = None, max_chars: int = 1000, max_lines: int = 8,
+                 default_beam: int = 4, preload: bool = True):
+        self.models = _names(models)
+        self.default = default or next(iter(self.models))
+        if self.default not in self.models:
+            raise ValueError(f"default model {self.default!r} is not one of {list(self.models)}")
+        self.engines = tuple(engines or ENGINES)
+        unknown = [e for e in self.engines if e not in ENGINES]
+        if unknown:
+            raise ValueError(f"engines {unknown} are not available; choose from {list(ENGINES)}")
+        self.threads = threads
+        self.max_chars = max_chars
+        self.max_lines = max_lines
+        self.default_beam = default_beam
+        self._cache: dict[tuple[str, str], Translator] = {}
+        self._lock = threading.Lock()
+        if preload:
+            for name in self.models:
+                self.translator(name, self.engines[0])
+
+    # ------------------------------------------------------------------------ models
+    def translator(self, name: str, engine: str = "torch") -> Translator:
+        """The cached Translator for (model name, engine), loaded on first use."""
+        if name not in self.models:
+            raise InputError(f"unknown model {name!r}; choose one of {list(self.models)}")
+        if engine not in self.engines:
+            raise InputError(f"engine {engine!r} is not available; choose one of {list(self.engines)}")
+        key = (name, engine)
+        with self._lock:
+            if key not in self._cache:
+                start = time.perf_counter()
+                try:
+                    tr = Translator.from_pretrained(self.models[name], engine=engine, threads=self.threads)
+                except Exception as e:  # shown to the user, not a crash
+                    raise InputError(f"could not load model {name!r} with engine {engine!r}: {e}") from e
+                tr.translate(["Warm up."], beam=1, max_length=4)
+                logger.info("loaded %s (%s) in %.1f s", name, engine, time.perf_counter() - start)
+                self._cache[key] = tr
+            return self._cache[key]
+
+    def arch(self, name: str):
+        return self.translator(name, self.engines[0]).model.config
+
+    def model_choices(self) -> list[str]:
+        return list(self.models)
+
+    def moe_models(self) -> list[str]:
+        """Names of the loaded models that have at least one MoE layer."""
+        return [n for n in self.models if not self.arch(n).is_dense]
+
+    # ------------------------------------------------------------------------ input checks
+    def _lines(self, text: str | None) -> list[str]:
+        text = (text or "").strip()
+        if not text:
+            raise InputError("Type an English sentence (or pick an example) and press Translate.")
+        if len(text) > self.max_chars:
+            raise InputError(f"The input is {len(text)} characters long; this demo translates at most "
+                             f"{self.max_chars}. Please shorten it.")
+        lines = [line.strip() for line in text.splitlines() if line.strip()]
+        if len(lines) > self.max_lines:
+            raise InputError(f"The input has {len(lines)} lines; this demo translates at most {self.max_lines} "
+                             "sentences (one per line) at a time.")
+        return lines
+
+    @staticmethod
+    def _check_length(tr: Translator, lines: list[str], name: str) -> None:
+        limit = tr.max_source_tokens
+        for i, line in enumerate(lines, 1):
+            n = len(tr.tokenizer.encode(line, out_type=int)) + 1  # + EOS
+            if n > limit:
+                which = f"Sentence {i}" if len(lines) > 1 else "The sentence"
+                raise InputError(f"{which} is too long: {n} tokens, but model {name!r} reads at most {limit} "
+                                 "tokens. Please shorten it or split it into several lines.")
+
+    @staticmethod
+    def _beam(beam) -> int:
+        try:
+            beam = int(beam)
+        except (TypeError, ValueError):
+            raise InputError(f"beam must be a whole number, got {beam!r}") from None
+        if not 1 <= beam <= 8:
+            raise InputError(f"beam must be between 1 and 8, got {beam}")
+        return beam
+
+    # ------------------------------------------------------------------------ the three views
+    def translate(self, text: str, model: str, engine: str, beam: int) -> tuple[str, float | None, str]:
+        """(German text or a message, ms or None, status line)."""
+        try:
+            lines = self._lines(text)
+            beam = self._beam(beam)
+            tr = self.translator(model, engine)
+            self._check_length(tr, lines, model)
+        except InputError as e:
+            return str(e), None, f"⚠️ {e}"
+        start = time.perf_counter()
+        out = tr.translate(lines, beam=beam)
+        ms = (time.perf_counter() - start) * 1000
+        per = f" ({ms / len(lines):.1f} ms per sentence)" if len(lines) > 1 else ""
+        status = f"**{ms:.1f} ms**{per} · model `{model}` · engine `{engine}` · beam {beam}"
+        return "\n".join(out), round(ms, 2), status
+
+    def compare(self, text: str, engine: str, beam: int) -> tuple[list[list], str]:
+        """(one table row per model: COMPARE_HEADERS, status line)."""
+        try:
+            lines = self._lines(text)
+            beam = self._beam(beam)
+        except InputError as e:
+            return [], f"⚠️ {e}"
+        rows, dense_ms = [], None
+        for name in self.models:
+            try:
+                tr = self.translator(name, engine)
+                self._check_length(tr, lines, name)
+            except InputError as e:
+                rows.append([name, "", "", None, "", f"⚠️ {e}"])
+                continue
+            start = time.perf_counter()
+            out = tr.translate(lines, beam=beam)
+            ms = round((time.perf_counter() - start) * 1000, 2)
+            kind = model_kind(tr.model.config)
+            if kind == "dense" and dense_ms is None:
+                dense_ms = ms
+            rows.append([name, kind, _experts_summary(tr.model.config), ms, "", "\n".join(out)])
+        for row in rows:
+            if dense_ms and row[3]:
+                row[4] = f"{dense_ms / row[3]:.2f}x"
+        done = [r for r in rows if r[3] is not None]
+        status = (f"{len(done)} of {len(rows)} models · engine `{engine}` · beam {beam} · one run each, in order: "
+                  "timings on a shared machine are indicative only")
+        return rows, status
+
+    def routing(self, text: str, model: str, beam: int) -> tuple[str, str, list[list], dict]:
+        """(German text or a message, routing HTML, WIDTH_HEADERS rows, raw routing dict)."""
+        try:
+            lines = self._lines(text)
+            beam = self._beam(beam)
+            if len(lines) > 1:
+                raise InputError("The routing view shows one sentence at a time: enter a single line.")
+            tr = self.translator(model, "torch")
+            self._check_length(tr, lines, model)
+        except InputError as e:
+            return str(e), f"<p class='routing-message'>⚠️ {html.escape(str(e))}</p>", [], {}
+        routed = tr.translate_with_routing(lines, beam=beam)[0]
+        arch = tr.model.config
+        raw = {"model": model, "source_pieces": routed.source_pieces, "target_pieces": routed.target_pieces,
+               "encoder_routing": routed.encoder_routing, "decoder_routing": routed.decoder_routing,
+               "encoder_ffn": [list(w) for w in arch.encoder_ffn], "decoder_ffn": [list(w) for w in arch.decoder_ffn]}
+        return routed.text, routing_html(routed, arch, model), width_rows(routed, arch), raw
+
+
+def width_rows(routed, arch) -> list[list]:
+    """One row per layer: stack, layer, experts, widths ('dense' for one expert), tokens per expert."""
+    rows = []
+    for stack, ffn, routes in (("encoder", arch.encoder_ffn, routed.encoder_routing),
+                               ("decoder", arch.decoder_ffn, routed.decoder_routing)):
+        for layer, widths in enumerate(ffn):
+            if len(widths) == 1:
+                rows.append([stack, layer, 1, f"dense ({widths[0]})", "dense"])
+                continue
+            counts = Counter(r[layer] for r in routes if layer < len(r))
+            rows.append([stack, layer, len(widths), " · ".join(f"E{i}: {w}" for i, w in enumerate(widths)),
+                         " · ".join(f"E{i}: {counts.get(i, 0)}" for i in range(len(widths)))])
+    return rows
+
+
+def _piece(p: str) -> str:
+    return html.escape(p.replace("\u2581", "\u00b7") if p != "\u2581" else "\u00b7")
+
+
+def _stack_table(title: str, pieces: list[str], routes: list[list[int]], ffn) -> str:
+    head = "".join(f"<th class='tok'>{_piece(p)}</th>" for p in pieces)
+    body = []
+    for layer, widths in enumerate(ffn):
+        dense = len(widths) == 1
+        label = (f"L{layer} <span class='w'>dense {widths[0]}</span>" if dense
+                 else f"L{layer} <span class='w'>{' '.join(str(w) for w in widths)}</span>")
+        cells = []
+        for t, p in enumerate(pieces):
+            if t >= len(routes) or layer >= len(routes[t]):
+                cells.append("<td class='cell' title='not fed back to the decoder'>–</td>")
+            elif dense:
+                cells.append(f"<td class='cell' style='background:{DENSE_COLOUR}' "
+                             f"title='{_piece(p)}: dense FFN, width {widths[0]}'>·</td>")
+            else:
+                e = routes[t][layer]
+                colour = EXPERT_COLOURS[e % len(EXPERT_COLOURS)]
+                width = widths[e] if e < len(widths) else "?"
+                cells.append(f"<td class='cell' style='background:{colour}' "
+                             f"title='{_piece(p)}: layer {layer} expert {e} (width {width})'>{e}</td>")
+        body.append(f"<tr><th class='layer'>{label}</th>{''.join(cells)}</tr>")
+    return (f"<h4>{title}</h4><div class='scroll'><table class='routing'><tr><th></th>{head}</tr>"
+            f"{''.join(body)}</table></div>")
+
+
+def routing_html(routed, arch, model: str) -> str:
+    """Coloured-token tables: one row per layer, one column per token, cell = expert id."""
+    n_max = max(len(w) for w in tuple(arch.encoder_ffn) + tuple(arch.decoder_ffn))
+    legend = " ".join(f"<span class='chip' style='background:{EXPERT_COLOURS[i % len(EXPERT_COLOURS)]}'>"
+                      f"expert {i}</span>" for i in range(n_max) if n_max > 1)
+    legend += f" <span class='chip' style='background:{DENSE_COLOUR}'>dense layer</span>"
+    style = ("<style>.routing{border-collapse:collapse;font-size:13px}.routing th,.routing td{border:1px solid #fff;"
+             "padding:2px 5px;text-align:center;color:#111}.routing th.tok{font-weight:normal;background:#f3f4f6}"
+             ".routing th.layer{text-align:left;white-space:nowrap;background:#f9fafb}.routing .w{color:#6b7280;"
+             "font-size:11px}.scroll{overflow-x:auto}.chip{padding:1px 6px;border-radius:4px;color:#111;"
+             "font-size:12px}</style>")
+    return (f"{style}<div class='routing-view'><p>Model <b>{html.escape(model)}</b> ({model_kind(arch)}). Each cell "
+            f"is the expert a token was routed to in that layer (top-1); the layer label lists the expert "
+            f"widths.</p><p>{legend}</p>"
+            f"{_stack_table('Encoder (source tokens)', routed.source_pieces, routed.encoder_routing, arch.encoder_ffn)}"
+            f"{_stack_table('Decoder (target tokens, as fed back)', routed.target_pieces, routed.decoder_routing, arch.decoder_ffn)}"
+            "</div>")
+
+
+def _gradio():
+    try:
+        import gradio as gr
+    except ImportError as e:
+        raise ImportError("the demo needs gradio: pip install 'automoe[demo]'") from e
+    return gr
+
+
+def build_app(models, default: str | None = None, *, data_dir: str | Path | None = None,
+              engines: tuple[str, ...] | None = None, threads: int | None = None, concurrency_limit: int = 2,
+              max_queue: int = 64, max_chars: int = 1000, preload: bool = True,
+              backend: DemoBackend | None = None):
+    """The Gradio Blocks app (queued: `concurrency_limit` requests at a time, `max_queue` waiting).
+
+    `models`: {name: folder or Hub id} or a list of them; `default`: the model selected at start
+    (default: the first); `data_dir`: a dataset folder whose test split gives the examples.
+    """
+    gr = _gradio()
+    be = backend or DemoBackend(models, default, engines=engines, threads=threads, max_chars=max_chars,
+                                preload=preload)
+    examples = [[s] for s in load_examples(data_dir)]
+    examples_label = "Examples (test set)" if data_dir else "Examples"
+    names = be.model_choices()
+    moe = [n for n in names if not be.arch(n).is_dense] if preload else names
+    routing_default = be.default if be.default in moe else (moe[0] if moe else be.default)
+    engine0 = be.engines[0]
+    summary = " · ".join(f"`{n}` ({model_kind(be.arch(n))})" for n in names) if preload else ", ".join(names)
+
+    with gr.Blocks(title="automoe: fast sparse MoE translation") as demo:
+        gr.Markdown("# automoe English → German\nSparse Mixture-of-Experts translation models found by "
+                    f"architecture search, running on CPU. Models: {summary}.")
+        with gr.Tab("Translate", id="translate"):
+            with gr.Row():
+                model = gr.Dropdown(names, value=be.default, label="Model", elem_id="model")
+                engine = gr.Dropdown(list(be.engines), value=engine0, label="Engine", elem_id="engine")
+                beam = gr.Slider(1, 8, value=be.default_beam, step=1, label="Beam size", elem_id="beam")
+            with gr.Row():
+                source = gr.Textbox(label="English", lines=4, placeholder="Type an English sentence (one per line)",
+                                    max_length=max_chars + 1, elem_id="en-input")
+                target = gr.Textbox(label="German", lines=4, interactive=False, elem_id="de-output")
+            with gr.Row():
+                button = gr.Button("Translate", variant="primary", elem_id="translate-btn")
+                ms = gr.Number(label="Measured time (ms)", interactive=False, elem_id="ms")
+            status = gr.Markdown(elem_id="status")
+            gr.Examples(examples, inputs=[source], label=examples_label)
+            button.click(be.translate, [source, model, engine, beam], [target, ms, status], api_name="translate")
+            source.submit(be.translate, [source, model, engine, beam], [target, ms, status],
+                          api_visibility="private")
+
+        with gr.Tab("Compare", id="compare"):
+            gr.Markdown("The same input through every loaded model, one after another, with the measured time.")
+            with gr.Row():
+                c_source = gr.Textbox(label="English", lines=3, max_length=max_chars + 1, elem_id="compare-input",
+                                      scale=3)
+                with gr.Column(scale=1):
+                    c_engine = gr.Dropdown(list(be.engines), value=engine0, label="Engine")
+                    c_beam = gr.Slider(1, 8, value=be.default_beam, step=1, label="Beam size")
+            c_button = gr.Button("Compare models", variant="primary", elem_id="compare-btn")
+            c_table = gr.Dataframe(headers=COMPARE_HEADERS, datatype=["str", "str", "str", "number", "str", "str"],
+                                   interactive=False, wrap=True, label="Outputs and measured time",
+                                   elem_id="compare-table")
+            c_status = gr.Markdown()
+            gr.Examples(examples, inputs=[c_source], label=examples_label)
+            c_button.click(be.compare, [c_source, c_engine, c_beam], [c_table, c_status], api_name="compare")
+
+        with gr.Tab("Routing", id="routing"):
+            gr.Markdown("Which expert each source and target token took in each layer of an MoE model "
+                        "(read from the PyTorch model), and the experts' FFN widths.")
+            with gr.Row():
+                r_source = gr.Textbox(label="English (one sentence)", lines=2, max_length=max_chars + 1,
+                                      elem_id="routing-input", scale=3)
+                with gr.Column(scale=1):
+                    r_model = gr.Dropdown(names, value=routing_default, label="Model")
+                    r_beam = gr.Slider(1, 8, value=be.default_beam, step=1, label="Beam size")
+            r_button = gr.Button("Show routing", variant="primary", elem_id="routing-btn")
+            r_target = gr.Textbox(label="German", interactive=False)
+            r_html = gr.HTML(elem_id="routing-view")
+            r_widths = gr.Dataframe(headers=WIDTH_HEADERS, datatype=["str", "number", "number", "str", "str"],
+                                    interactive=False, label="Expert widths per layer")
+            with gr.Accordion("Raw routing (JSON)", open=False):
+                r_json = gr.JSON()
+            gr.Examples(examples, inputs=[r_source], label=examples_label)
+            r_button.click(be.routing, [r_source, r_model, r_beam], [r_target, r_html, r_widths, r_json],
+                           api_name="routing")
+
+    demo.queue(default_concurrency_limit=concurrency_limit, max_size=max_queue)
+    demo.backend = be
+    return demo
+
+
+def launch(models=None, host: str = "127.0.0.1", port: int = 7860, *, default: str | None = None,
+           data_dir: str | Path | None = None, engines: tuple[str, ...] | None = None, threads: int | None = None,
+           concurrency_limit: int = 2, prevent_thread_lock: bool = False, quiet: bool = False):
+    """Build the app and serve it on host:port (127.0.0.1 unless told otherwise); returns the app.
+
+    `models` defaults to every model folder under ./models. With `prevent_thread_lock=True` the
+    server runs in a background thread (call `.close()` on the returned app to stop it).
+    """
+    if models is None:
+        models = discover_models()
+        if not models:
+            raise ValueError("no models given and none found under ./models: pass model folders or Hub ids")
+    demo = build_app(models, default, data_dir=data_dir, engines=engines, threads=threads,
+                     concurrency_limit=concurrency_limit)
+    demo.launch(server_name=host, server_port=port, prevent_thread_lock=prevent_thread_lock, quiet=quiet,
+                share=False, inbrowser=False, show_error=True)
+    return demo

@@ -1,0 +1,150 @@
+"""Inference engines behind `Translator`: each turns batches of source ids into output ids.
+
+- `TorchEngine`: the PyTorch model and `automoe.generate`.
+- `OnnxEngine`: an ONNX Runtime export folder. One sentence runs through the in-graph
+  BeamSearch operator (fastest at batch 1); a batch runs the exported encoder and decoder-step
+  graphs under automoe's own beam search, so results never depend on how sentences are batched.
+- `CTranslate2Engine` (in `automoe.serve.ct2`) for dense exports.
+All engines return the same tokens as the torch model up to floating-point differences.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from automoe.config import ArchConfig
+from automoe.generate import beam_search, check_generation_args
+
+
+def _pad(batch: list[list[int]], pad_id: int) -> np.ndarray:
+    out = np.full((len(batch), max(len(ids) for ids in batch)), pad_id, dtype=np.int64)
+    for row, ids in enumerate(batch):
+        out[row, : len(ids)] = ids
+    return out
+
+
+def _strip(ids, config: ArchConfig) -> list[int]:
+    out = []
+    for t in ids:
+        if t in (config.eos_id, config.pad_id):
+            break
+        out.append(int(t))
+    return out
+
+
+class TorchEngine:
+    """PyTorch eager inference of a `MoETransformer`."""
+
+    name = "torch"
+
+    def __init__(self, model, threads: int | None = None):
+        self.model = model.eval()
+        self.config: ArchConfig = model.config
+        self.threads = threads
+
+    def translate_ids(self, batch: list[list[int]], *, beam: int, max_length: int, routing: bool = False):
+        """Source id lists (EOS-terminated) -> `automoe.generate.Generation`."""
+        from automoe.generate import generate
+
+        if self.threads:
+            torch.set_num_threads(self.threads)
+        src = torch.from_numpy(_pad(batch, self.config.pad_id))
+        return generate(self.model, src, beam=beam, max_length=max_length, return_routing=routing)
+
+
+class OnnxStepper:
+    """Beam-search stepper over the exported encoder (+ first step) and decoder-step graphs."""
+
+    def __init__(self, engine: "OnnxEngine", src: np.ndarray, copies: int):
+        cfg = engine.config
+        mask = (src != cfg.pad_id).astype(np.int32)
+        start = np.full((src.shape[0], 1), cfg.bos_id, dtype=np.int32)
+        outs = engine.encoder.run(None, {"encoder_input_ids": src.astype(np.int32), "encoder_attention_mask": mask,
+                                         "decoder_input_ids": start})
+        n = engine.layers
+        expand = lambda a: np.repeat(a, copies, axis=0)  # noqa: E731
+        self.engine = engine
+        self.pending = expand(outs[0][:, -1])  # logits of the first step: [N, V]
+        self.self_kv = [expand(a) for a in outs[2: 2 + 2 * n]]
+        # Cross K/V and the mask are identical for every hypothesis of a sentence and beam search only
+        # reorders within a sentence, so they are expanded once and never reordered.
+        self.feeds = {"encoder_attention_mask": expand(mask)}
+        self.feeds.update(zip(engine.past_cross_names, (expand(a) for a in outs[2 + 2 * n:])))
+
+    def step(self, tokens: torch.Tensor):
+        """tokens [N, 1] -> (logits [N, V], no routing)."""
+        if self.pending is not None:
+            logits, self.pending = self.pending, None
+            return torch.from_numpy(logits), None
+        feeds = dict(self.feeds, input_ids=tokens.numpy().astype(np.int32))
+        feeds.update(zip(self.engine.past_self_names, self.self_kv))
+        outs = self.engine.decoder.run(None, feeds)
+        self.self_kv = outs[1:]
+        return torch.from_numpy(outs[0][:, -1]), None
+
+    def reorder(self, rows: torch.Tensor) -> None:
+        """Follow the surviving hypotheses (rows [N])."""
+        idx = rows.numpy()
+        self.self_kv = [a[idx] for a in self.self_kv]
+        if self.pending is not None:
+            self.pending = self.pending[idx]
+
+
+class OnnxEngine:
+    """ONNX Runtime inference of an export folder written by `automoe.export.onnx.to_onnx`."""
+
+    name = "onnxruntime"
+
+    def __init__(self, folder: str | Path, threads: int | None = None):
+        try:
+            import onnxruntime as ort
+        except ImportError as e:
+            raise ImportError("engine='onnxruntime' needs onnxruntime: pip install 'automoe[onnx]'") from e
+        from automoe.checkpoint import read_model_config
+        from automoe.export.onnx import BEAM_FILE, DECODER_FILE, ENCODER_FILE, kv_names
+
+        self.folder = Path(folder)
+        self.info = json.loads((self.folder / "export_info.json").read_text(encoding="utf-8"))
+        self.config, self.meta = read_model_config(self.folder)
+        options = ort.SessionOptions()
+        if threads:
+            options.intra_op_num_threads = threads
+            options.inter_op_num_threads = 1
+        load = lambda name: ort.InferenceSession(str(self.folder / name), options,  # noqa: E731
+                                                 providers=["CPUExecutionProvider"])
+        self.encoder, self.decoder, self.beam = load(ENCODER_FILE), load(DECODER_FILE), load(BEAM_FILE)
+        self.layers = self.config.decoder_layers
+        self.past_self_names = kv_names("past", "self", self.layers)
+        self.past_cross_names = kv_names("past", "cross", self.layers)
+
+    def _beam_graph(self, src: np.ndarray, beam: int, max_length: int):
+        from automoe.generate import Generation
+
+        cfg = self.config
+        feeds = {"input_ids": src.astype(np.int32), "attention_mask": (src != cfg.pad_id).astype(np.int32),
+                 # the operator counts the start token in max_length
+                 "max_length": np.array([max_length + 1], np.int32), "min_length": np.array([1], np.int32),
+                 "num_beams": np.array([beam], np.int32), "num_return_sequences": np.array([1], np.int32),
+                 "length_penalty": np.array([1.0], np.float32), "repetition_penalty": np.array([1.0], np.float32)}
+        sequences, scores = self.beam.run(None, feeds)
+        return Generation([_strip(seq[0][1:], cfg) for seq in sequences], scores[:, 0].tolist())
+
+    def translate_ids(self, batch: list[list[int]], *, beam: int, max_length: int, routing: bool = False):
+        """Source id lists (EOS-terminated) -> `automoe.generate.Generation` (no routing)."""
+        from automoe.generate import Generation
+
+        if routing:
+            raise ValueError("routing traces are available with engine='torch' only")
+        cfg = self.config
+        check_generation_args(cfg, beam, max_length)
+        src = _pad(batch, cfg.pad_id)
+        if len(batch) == 1 and max_length >= 2:
+            return self._beam_graph(src, beam, max_length)
+        stepper = OnnxStepper(self, src, beam)
+        best = beam_search(stepper, len(batch), beam=beam, max_length=max_length, bos_id=cfg.bos_id,
+                           eos_id=cfg.eos_id, pad_id=cfg.pad_id)
+        return Generation([_strip(ids[1:], cfg) for _, ids, _ in best], [score for score, _, _ in best])
