@@ -61,6 +61,14 @@ def _experts_summary(arch) -> str:
     return f"{enc} | {dec}"
 
 
+def available_engines() -> tuple[str, ...]:
+    """The Translator engines whose runtime is installed (torch always; others when their package,
+    named like the engine, e.g. onnxruntime or ctranslate2, can be imported)."""
+    import importlib.util
+
+    return tuple(e for e in ENGINES if e == "torch" or importlib.util.find_spec(e) is not None)
+
+
 def _names(models) -> dict[str, str]:
     """{display name: folder or Hub id} from a dict or a list of folders / Hub ids."""
     if isinstance(models, dict):
@@ -108,19 +116,22 @@ class DemoBackend:
     """What the app does, without gradio: cached Translators, input checks, timing, routing views.
 
     `models`: {name: folder or Hub id} or a list of them (named by folder name / id). `default`:
-    the model selected at start (the first one unless given). Translators are loaded once per
-    (model, engine) and kept; `preload` loads every model with the first engine up front so a bad
-    path fails at start and the first request is not slow.
+    the model selected at start (the first one unless given). `engines`: default every engine of
+    `Translator` whose runtime is installed. `threads`: intra-op threads per request (default 1:
+    requests run side by side up to the queue's concurrency limit, and on small shared VMs one
+    thread per request is faster than two). Translators are loaded once per (model, engine) and
+    kept; `preload` loads every model with the first engine up front so a bad path fails at start
+    and the first request is not slow.
     """
 
     def __init__(self, models, default: str | None = None, *, engines: tuple[str, ...] | None = None,
-                 threads: int | None = None, max_chars: int = 1000, max_lines: int = 8,
+                 threads: int | None = 1, max_chars: int = 1000, max_lines: int = 8,
                  default_beam: int = 4, preload: bool = True):
         self.models = _names(models)
         self.default = default or next(iter(self.models))
         if self.default not in self.models:
             raise ValueError(f"default model {self.default!r} is not one of {list(self.models)}")
-        self.engines = tuple(engines or ENGINES)
+        self.engines = tuple(engines or available_engines())
         unknown = [e for e in self.engines if e not in ENGINES]
         if unknown:
             raise ValueError(f"engines {unknown} are not available; choose from {list(ENGINES)}")
@@ -155,7 +166,7 @@ class DemoBackend:
             return self._cache[key]
 
     def arch(self, name: str):
-        return self.translator(name, self.engines[0]).model.config
+        return self.translator(name, self.engines[0]).config
 
     def model_choices(self) -> list[str]:
         return list(self.models)
@@ -233,10 +244,10 @@ class DemoBackend:
             start = time.perf_counter()
             out = tr.translate(lines, beam=beam)
             ms = round((time.perf_counter() - start) * 1000, 2)
-            kind = model_kind(tr.model.config)
+            kind = model_kind(tr.config)
             if kind == "dense" and dense_ms is None:
                 dense_ms = ms
-            rows.append([name, kind, _experts_summary(tr.model.config), ms, "", "\n".join(out)])
+            rows.append([name, kind, _experts_summary(tr.config), ms, "", "\n".join(out)])
         for row in rows:
             if dense_ms and row[3]:
                 row[4] = f"{dense_ms / row[3]:.2f}x"
@@ -257,7 +268,7 @@ class DemoBackend:
         except InputError as e:
             return str(e), f"<p class='routing-message'>⚠️ {html.escape(str(e))}</p>", [], {}
         routed = tr.translate_with_routing(lines, beam=beam)[0]
-        arch = tr.model.config
+        arch = tr.config
         raw = {"model": model, "source_pieces": routed.source_pieces, "target_pieces": routed.target_pieces,
                "encoder_routing": routed.encoder_routing, "decoder_routing": routed.decoder_routing,
                "encoder_ffn": [list(w) for w in arch.encoder_ffn], "decoder_ffn": [list(w) for w in arch.decoder_ffn]}
@@ -319,12 +330,12 @@ def routing_html(routed, arch, model: str) -> str:
              ".routing th.layer{text-align:left;white-space:nowrap;background:#f9fafb}.routing .w{color:#6b7280;"
              "font-size:11px}.scroll{overflow-x:auto}.chip{padding:1px 6px;border-radius:4px;color:#111;"
              "font-size:12px}</style>")
-    return (f"{style}<div class='routing-view'><p>Model <b>{html.escape(model)}</b> ({model_kind(arch)}). Each cell "
-            f"is the expert a token was routed to in that layer (top-1); the layer label lists the expert "
-            f"widths.</p><p>{legend}</p>"
-            f"{_stack_table('Encoder (source tokens)', routed.source_pieces, routed.encoder_routing, arch.encoder_ffn)}"
-            f"{_stack_table('Decoder (target tokens, as fed back)', routed.target_pieces, routed.decoder_routing, arch.decoder_ffn)}"
-            "</div>")
+    intro = (f"<p>Model <b>{html.escape(model)}</b> ({model_kind(arch)}). Each cell is the expert a token was "
+             f"routed to in that layer (top-1); the layer label lists the expert widths.</p><p>{legend}</p>")
+    encoder = _stack_table("Encoder (source tokens)", routed.source_pieces, routed.encoder_routing, arch.encoder_ffn)
+    decoder = _stack_table("Decoder (target tokens, as fed back)", routed.target_pieces, routed.decoder_routing,
+                           arch.decoder_ffn)
+    return f"{style}<div class='routing-view'>{intro}{encoder}{decoder}</div>"
 
 
 def _gradio():
@@ -336,7 +347,7 @@ def _gradio():
 
 
 def build_app(models, default: str | None = None, *, data_dir: str | Path | None = None,
-              engines: tuple[str, ...] | None = None, threads: int | None = None, concurrency_limit: int = 2,
+              engines: tuple[str, ...] | None = None, threads: int | None = 1, concurrency_limit: int = 2,
               max_queue: int = 64, max_chars: int = 1000, preload: bool = True,
               backend: DemoBackend | None = None):
     """The Gradio Blocks app (queued: `concurrency_limit` requests at a time, `max_queue` waiting).
@@ -418,7 +429,7 @@ def build_app(models, default: str | None = None, *, data_dir: str | Path | None
 
 
 def launch(models=None, host: str = "127.0.0.1", port: int = 7860, *, default: str | None = None,
-           data_dir: str | Path | None = None, engines: tuple[str, ...] | None = None, threads: int | None = None,
+           data_dir: str | Path | None = None, engines: tuple[str, ...] | None = None, threads: int | None = 1,
            concurrency_limit: int = 2, prevent_thread_lock: bool = False, quiet: bool = False):
     """Build the app and serve it on host:port (127.0.0.1 unless told otherwise); returns the app.
 

@@ -56,8 +56,6 @@ def _cached_export(model_dir: Path, engine: str, quantize: str | None) -> Path:
 
 def load_engine(folder: Path, engine: str | None, quantize: str | None, threads: int | None):
     """An engine for a model folder or an export folder (exporting a model folder on the fly)."""
-    from automoe.checkpoint import read_model_config
-
     info_path = folder / "export_info.json"
     if info_path.exists():
         target = json.loads(info_path.read_text(encoding="utf-8")).get("target")
@@ -81,7 +79,6 @@ def load_engine(folder: Path, engine: str | None, quantize: str | None, threads:
         return OnnxEngine(folder, threads)
     from .ct2 import CTranslate2Engine
 
-    read_model_config(folder)  # strict config check before loading
     return CTranslate2Engine(folder, threads)
 
 
@@ -124,8 +121,14 @@ class Translator:
             raise ValueError(f"engine={engine!r} is not available; choose one of {list(ENGINES)}")
         folder = resolve_model_dir(path_or_repo, revision=revision)
         backend = load_engine(folder, engine, quantize, threads)
-        _, meta = read_model_config(folder)
-        return cls(backend, load_model_tokenizer(folder, meta), threads=threads, **kwargs)
+        info_path = Path(getattr(backend, "folder", folder)) / "export_info.json"
+        if info_path.exists():  # an export folder (possibly made on the fly) describes itself
+            meta = json.loads(info_path.read_text(encoding="utf-8"))
+            tok_dir = info_path.parent
+        else:
+            _, meta = read_model_config(folder)
+            tok_dir = folder
+        return cls(backend, load_model_tokenizer(tok_dir, meta), threads=threads, **kwargs)
 
     def _encode(self, sentences: list[str]) -> list[list[int] | None]:
         cfg = self.config

@@ -1,0 +1,42 @@
+"""CTranslate2 engine for `Translator` (dense exports written by `automoe.export.ctranslate2`)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from automoe.config import ArchConfig
+
+
+class CTranslate2Engine:
+    """CTranslate2 inference; routing traces are not available (dense models have none)."""
+
+    name = "ctranslate2"
+
+    def __init__(self, folder: str | Path, threads: int | None = None):
+        try:
+            import ctranslate2
+        except ImportError as e:
+            raise ImportError("engine='ctranslate2' needs ctranslate2: pip install 'automoe[ct2]'") from e
+        self.folder = Path(folder)
+        self.info = json.loads((self.folder / "export_info.json").read_text(encoding="utf-8"))
+        self.config = ArchConfig.from_dict(self.info["arch"])
+        self.translator = ctranslate2.Translator(str(self.folder), device="cpu", intra_threads=threads or 0,
+                                                 inter_threads=1)
+        vocab = json.loads((self.folder / "shared_vocabulary.json").read_text(encoding="utf-8"))
+        self.pieces = vocab
+        self.ids = {p: i for i, p in enumerate(vocab)}
+
+    def translate_ids(self, batch: list[list[int]], *, beam: int, max_length: int, routing: bool = False):
+        """Source id lists (EOS-terminated) -> `automoe.generate.Generation`."""
+        from automoe.generate import Generation
+
+        if routing:
+            raise ValueError("routing traces are available with engine='torch' only")
+        eos = self.config.eos_id
+        source = [[self.pieces[t] for t in ids if t != eos] for ids in batch]  # CT2 appends </s> itself
+        results = self.translator.translate_batch(
+            source, beam_size=beam, max_decoding_length=max_length, length_penalty=1.0, return_scores=True,
+        )
+        tokens = [[self.ids[p] for p in r.hypotheses[0]] for r in results]
+        return Generation(tokens, [r.scores[0] for r in results])
