@@ -153,10 +153,13 @@ def _load_eval_model(args: argparse.Namespace):
         supernet = load_supernet(folder)
         arch = _arch_from_arg(supernet.space, args.arch)
         model = extract_subnet(supernet, arch)  # in memory only: nothing is written
-        return Translator(model, load_tokenizer(args.data), engine=args.engine, threads=args.threads), arch
+        if args.engine not in (None, "torch"):
+            raise ConfigError("inherited supernet weights are evaluated with the torch engine; extract them first")
+        return Translator(model, load_tokenizer(args.data), threads=args.threads), arch
     if args.arch:
         raise ConfigError("--arch applies to a supernet run folder only; a model folder has its own config")
-    translator = Translator.from_pretrained(args.model, engine=args.engine, threads=args.threads)
+    translator = Translator.from_pretrained(args.model, engine=args.engine, quantize=args.quantize,
+                                            threads=args.threads)
     return translator, translator.config
 
 
@@ -196,10 +199,26 @@ def cmd_translate(args: argparse.Namespace) -> int:
     """Translate sentences given as arguments, or one per line on stdin, to stdout (same order)."""
     from automoe.serve.translator import Translator
 
-    translator = Translator.from_pretrained(args.model, engine=args.engine, threads=args.threads)
+    translator = Translator.from_pretrained(args.model, engine=args.engine, quantize=args.quantize,
+                                            threads=args.threads)
     sentences = args.sentences or _stdin_lines()
     for line in translator.translate(sentences, beam=args.beam, max_length=args.max_length):
         print(line)
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    """Export a model folder for ONNX Runtime (any architecture) or CTranslate2 (dense subnets)."""
+    out = Path(args.out) if args.out else Path("exports") / f"{Path(args.model).name}-{args.to}-{args.quantize or 'fp32'}"
+    if args.to == "onnx":
+        from automoe.export.onnx import to_onnx
+
+        to_onnx(args.model, out, quantize=args.quantize, force=args.force)
+    else:
+        from automoe.export.ctranslate2 import to_ctranslate2
+
+        to_ctranslate2(args.model, out, quantize=args.quantize, force=args.force)
+    print(out)
     return 0
 
 
@@ -297,7 +316,9 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--beam", type=int, default=4)
     ev.add_argument("--limit", type=int, default=None, help="only the first N pairs")
     ev.add_argument("--arch", default=None, help="with a supernet: largest | smallest | dense | ArchConfig JSON")
-    ev.add_argument("--engine", default="torch", help="inference engine")
+    ev.add_argument("--engine", default=None, choices=["torch", "onnxruntime", "ctranslate2"],
+                    help="default: torch for a model folder, the export's runtime for an export folder")
+    ev.add_argument("--quantize", default=None, choices=["int8"], help="with --engine on a model folder")
     ev.add_argument("--threads", type=int, default=None)
     ev.add_argument("--hypotheses", default=None, help="also write the translations to this file")
     ev.add_argument("--results", default=None, help="append the JSON line to this JSONL file")
@@ -306,11 +327,22 @@ def build_parser() -> argparse.ArgumentParser:
     tr = verbs.add_parser("translate", help="translate arguments or stdin lines", description=cmd_translate.__doc__)
     tr.add_argument("model", help="model folder or Hub repo id")
     tr.add_argument("sentences", nargs="*", help="sentences (default: read stdin, one per line)")
-    tr.add_argument("--engine", default="torch", help="inference engine")
+    tr.add_argument("--engine", default=None, choices=["torch", "onnxruntime", "ctranslate2"],
+                    help="default: torch for a model folder, the export's runtime for an export folder")
+    tr.add_argument("--quantize", default=None, choices=["int8"], help="with --engine on a model folder")
     tr.add_argument("--beam", type=int, default=4)
     tr.add_argument("--max-length", type=int, default=None, help="output token limit")
     tr.add_argument("--threads", type=int, default=None)
     tr.set_defaults(func=cmd_translate)
+
+    ex = verbs.add_parser("export", help="export a model folder for ONNX Runtime or CTranslate2",
+                          description=cmd_export.__doc__)
+    ex.add_argument("model", help="model folder")
+    ex.add_argument("--to", required=True, choices=["onnx", "ct2"], help="target runtime")
+    ex.add_argument("--quantize", default=None, choices=["int8", "int16"], help="weight quantization (int16: ct2 only)")
+    ex.add_argument("--out", default=None, help="output folder (default exports/<model>-<target>-<quantization>)")
+    ex.add_argument("--force", action="store_true", help="replace an existing output folder")
+    ex.set_defaults(func=cmd_export)
     return parser
 
 
@@ -325,7 +357,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     try:
         return args.func(args)
-    except (ConfigError, ValueError, FileNotFoundError, FileExistsError) as e:
+    except (ConfigError, ValueError, FileNotFoundError, FileExistsError, ImportError) as e:
         print(f"automoe {args.verb}: error: {e}", file=sys.stderr)
         return 2
 

@@ -29,7 +29,7 @@ X = torch.tensor([[1.0, 0.0], [0.0, 1.0], [2.0, 1.0]])  # router logits [1,0], [
 
 
 def test_router_probabilities_and_choice():
-    probs = router_probabilities(X, torch.eye(2))
+    probs = router_probabilities(X, _layer().router)
     torch.testing.assert_close(probs, torch.tensor([[P_HI, P_LO], [P_LO, P_HI], [P_HI, P_LO]]))
     gates, experts = top_k_route(probs, 1)
     assert experts.view(-1).tolist() == [0, 1, 0]

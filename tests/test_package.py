@@ -40,7 +40,7 @@ def test_cli_help_and_version():
 
 
 @pytest.mark.parametrize("verb", [["info"], ["data", "build"], ["train", "supernet"], ["train", "model"],
-                                  ["eval"], ["translate"]])
+                                  ["eval"], ["translate"], ["export"]])
 def test_every_verb_has_help(verb):
     out = _cli(*verb, "--help")
     assert out.returncode == 0 and f"usage: automoe {' '.join(verb)}" in out.stdout

@@ -1,0 +1,190 @@
+"""Export parity: ONNX Runtime and CTranslate2 give the tokens PyTorch gives (tiny random models)."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from automoe.config import SearchSpace
+from automoe.modeling import MoETransformer
+from automoe.serve import Translator
+
+DATA = Path(__file__).parent / "data" / "bible-en-de"
+SOURCES = [line.strip() for line in (DATA / "test.src").read_text().splitlines()[:22]] + ["Amen.", "Jesus wept."]
+TINY = SearchSpace.preset("tiny")
+
+
+def _save(arch, path, seed=0, sharpen=4.0):
+    torch.manual_seed(seed)
+    model = MoETransformer(arch)
+    with torch.no_grad():  # a sharper output distribution makes random-weight decoding less degenerate
+        model.embed_tokens.weight.mul_(sharpen)
+    model.save_pretrained(path, tokenizer_file=DATA / "spm.model")
+    return path
+
+
+@pytest.fixture(scope="module")
+def moe_dir(tmp_path_factory):
+    arch = TINY.largest().replace(vocab_size=1000, max_positions=96, decoder_embed_dim=16,
+                                  encoder_ffn=((40, 8), (24,), (8, 24, 40)), decoder_ffn=((24, 40, 8), (40,), (8, 8)),
+                                  decoder_cross_last_k=(2, 1, 2), decoder_heads=(2, 4, 2))
+    return _save(arch, tmp_path_factory.mktemp("m") / "moe")
+
+
+@pytest.fixture(scope="module")
+def onnx_dir(moe_dir, tmp_path_factory):
+    from automoe.export.onnx import to_onnx
+
+    return to_onnx(moe_dir, tmp_path_factory.mktemp("e") / "moe-onnx")
+
+
+@pytest.fixture(scope="module")
+def dense_dir(tmp_path_factory):
+    arch = TINY.largest().replace(vocab_size=1000, max_positions=96, decoder_embed_dim=16,
+                                  encoder_ffn=((40,), (8,), (24,)), decoder_ffn=((8,), (40,), (24,)),
+                                  encoder_heads=(2, 4, 2), decoder_heads=(4, 2, 2), decoder_cross_heads=(2, 2, 4))
+    return _save(arch, tmp_path_factory.mktemp("d") / "dense", seed=1)
+
+
+@pytest.mark.parametrize("beam", [1, 4])
+def test_onnx_tokens_equal_torch_batched_and_single(moe_dir, onnx_dir, beam):
+    torch_tr, ort_tr = Translator.from_pretrained(moe_dir), Translator.from_pretrained(onnx_dir)
+    assert ort_tr.engine == "onnxruntime"
+    expected = torch_tr.translate(SOURCES, beam=beam, max_length=24)
+    assert ort_tr.translate(SOURCES, beam=beam, max_length=24) == expected  # one batch (python beam search)
+    assert [ort_tr.translate([s], beam=beam, max_length=24)[0] for s in SOURCES] == expected  # in-graph BeamSearch
+    assert len(set(expected)) > 5  # the sentences really differ
+
+
+def test_onnx_decoder_step_logprobs_match(moe_dir, onnx_dir):
+    from automoe.export.onnx import DecoderStep, EncoderInit
+    from automoe.serve.engines import OnnxEngine
+
+    model = MoETransformer.from_pretrained(moe_dir)
+    engine = OnnxEngine(onnx_dir)
+    g = torch.Generator().manual_seed(0)
+    src = torch.randint(4, 1000, (3, 9), generator=g, dtype=torch.int32)
+    mask = torch.ones_like(src)
+    src[0, 6:], mask[0, 6:] = 0, 0
+    start = torch.full((3, 1), 2, dtype=torch.int32)
+    ref = EncoderInit(model)(src, mask, start)
+    got = engine.encoder.run(None, {"encoder_input_ids": src.numpy(), "encoder_attention_mask": mask.numpy(),
+                                    "decoder_input_ids": start.numpy()})
+    n = model.config.decoder_layers
+    past_t, past_o = list(ref[2:]), got[2:]
+    step = DecoderStep(model)
+    for _ in range(6):
+        tokens = torch.randint(4, 1000, (3, 1), generator=g, dtype=torch.int32)
+        r = step(tokens, mask, *past_t)
+        o = engine.decoder.run(None, {"input_ids": tokens.numpy(), "encoder_attention_mask": mask.numpy(),
+                                      **dict(zip(engine.past_self_names + engine.past_cross_names, past_o))})
+        lp_r = r[0].log_softmax(-1).detach().numpy()
+        lp_o = torch.from_numpy(o[0]).log_softmax(-1).numpy()
+        assert np.abs(lp_r - lp_o).max() < 1e-4
+        past_t, past_o = list(r[1:]) + past_t[2 * n:], list(o[1:]) + list(past_o[2 * n:])
+
+
+def test_onnx_folder_is_self_describing_and_refuses_overwrite(moe_dir, onnx_dir):
+    from automoe.export.onnx import to_onnx
+
+    info = json.loads((onnx_dir / "export_info.json").read_text())
+    assert info["target"] == "onnxruntime" and info["quantization"] is None and len(info["source_sha256"]) == 64
+    assert {"encoder.onnx", "decoder.onnx", "beam_search.onnx", "config.json", "spm.model"} <= {
+        p.name for p in onnx_dir.iterdir()}
+    with pytest.raises(FileExistsError, match="pass force=True"):
+        to_onnx(moe_dir, onnx_dir)
+
+
+def test_onnx_int8_runs_and_keeps_router_fp32(moe_dir, tmp_path):
+    import onnx
+
+    from automoe.export.onnx import to_onnx
+
+    out = to_onnx(moe_dir, tmp_path / "q", quantize="int8")
+    graph = onnx.load(str(out / "decoder.onnx")).graph
+    ops = {node.op_type for node in graph.node}
+    assert "DynamicQuantizeMatMul" in ops or "MatMulInteger" in ops
+    assert any("/router/" in node.name and node.op_type == "MatMul" for node in graph.node)
+    assert len(Translator.from_pretrained(out).translate(SOURCES[:4], beam=2, max_length=10)) == 4
+
+
+@pytest.mark.parametrize("beam", [1, 4])
+def test_ct2_tokens_equal_torch_for_dense_subnets(dense_dir, tmp_path, beam):
+    from automoe.export.ctranslate2 import to_ctranslate2
+
+    out = to_ctranslate2(dense_dir, tmp_path / "ct2")
+    expected = Translator.from_pretrained(dense_dir).translate(SOURCES, beam=beam, max_length=24)
+    assert Translator.from_pretrained(out).translate(SOURCES, beam=beam, max_length=24) == expected
+    assert len(set(expected)) > 5
+
+
+def test_ct2_refuses_moe_and_deep_cross_attention_with_every_reason(moe_dir, tmp_path):
+    from automoe.export.checks import UnsupportedArchitecture
+    from automoe.export.ctranslate2 import to_ctranslate2
+
+    with pytest.raises(UnsupportedArchitecture) as e:
+        to_ctranslate2(moe_dir, tmp_path / "x")
+    msg = str(e.value)
+    assert "encoder layers 0 (2 experts), 2 (3 experts) are MoE layers" in msg
+    assert "decoder layers 0 (3 experts), 2 (2 experts) are MoE layers" in msg
+    assert "decoder layers 0 (k=2), 2 (k=2) attend to the last k>1 encoder layers" in msg
+    assert not (tmp_path / "x").exists()  # refused before any work
+
+
+def test_model_folder_exports_on_the_fly(dense_dir, tmp_path, monkeypatch):
+    monkeypatch.setenv("AUTOMOE_CACHE", str(tmp_path))
+    tr = Translator.from_pretrained(dense_dir, engine="ctranslate2")
+    assert tr.engine == "ctranslate2" and len(list((tmp_path / "exports").iterdir())) == 1
+    assert tr.translate(["", "Amen."], beam=2, max_length=8)[0] == ""
+
+
+BLOCK = """
+import sys, importlib.abc
+class Block(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path, target=None):
+        if name.split('.')[0] in {'torch', 'automoe'}:
+            raise ImportError('not allowed here: ' + name)
+sys.meta_path.insert(0, Block())
+"""
+
+ORT_SCRIPT = BLOCK + """
+import numpy as np, onnxruntime as ort, sentencepiece as spm
+folder = sys.argv[1]
+sp = spm.SentencePieceProcessor(model_file=folder + '/spm.model')
+session = ort.InferenceSession(folder + '/beam_search.onnx', providers=['CPUExecutionProvider'])
+ids = np.array([sp.encode('Jesus wept.') + [sp.eos_id()]], dtype=np.int32)
+out = session.run(None, {'input_ids': ids, 'attention_mask': np.ones_like(ids),
+    'max_length': np.array([12], np.int32), 'min_length': np.array([1], np.int32),
+    'num_beams': np.array([4], np.int32), 'num_return_sequences': np.array([1], np.int32),
+    'length_penalty': np.array([1.0], np.float32), 'repetition_penalty': np.array([1.0], np.float32)})
+tokens = [t for t in out[0][0][0][1:].tolist() if t not in (0,)]
+tokens = tokens[: tokens.index(3)] if 3 in tokens else tokens
+print(sp.decode(tokens))
+"""
+
+CT2_SCRIPT = BLOCK + """
+import ctranslate2, sentencepiece as spm
+folder = sys.argv[1]
+sp = spm.SentencePieceProcessor(model_file=folder + '/spm.model')
+translator = ctranslate2.Translator(folder)
+result = translator.translate_batch([sp.encode('Jesus wept.', out_type=str)], beam_size=4, max_decoding_length=11)
+print(sp.decode(result[0].hypotheses[0]))
+"""
+
+
+def test_export_folders_run_without_automoe_or_torch(moe_dir, onnx_dir, dense_dir, tmp_path):
+    from automoe.export.ctranslate2 import to_ctranslate2
+
+    expected = Translator.from_pretrained(moe_dir).translate(["Jesus wept."], beam=4, max_length=11)[0]
+    out = subprocess.run([sys.executable, "-c", ORT_SCRIPT, str(onnx_dir)], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == expected.strip()
+    ct2 = to_ctranslate2(dense_dir, tmp_path / "ct2")
+    expected = Translator.from_pretrained(dense_dir).translate(["Jesus wept."], beam=4, max_length=11)[0]
+    out = subprocess.run([sys.executable, "-c", CT2_SCRIPT, str(ct2)], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == expected.strip()
