@@ -222,6 +222,32 @@ def cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_serve(args: argparse.Namespace) -> int:
+    """Serve the Gradio demo (translate, compare models, routing view) on 127.0.0.1 unless --host says otherwise."""
+    from automoe.serve.app import launch
+
+    launch(args.models or None, host=args.host, port=args.port, default=args.default, data_dir=args.data,
+           concurrency_limit=args.concurrency, threads=args.threads)
+    return 0
+
+
+def cmd_push(args: argparse.Namespace) -> int:
+    """Upload a model folder (config, safetensors, tokenizer, card, exports) to a Hub repo; print the commit id."""
+    from .hub import push
+
+    print(push(args.model_dir, args.repo_id, private=args.private, revision=args.revision,
+               commit_message=args.message))
+    return 0
+
+
+def cmd_pull(args: argparse.Namespace) -> int:
+    """Download a model repo (JSON, safetensors, tokenizer, card and export files only); print its folder."""
+    from .hub import pull
+
+    print(pull(args.repo_id, revision=args.revision, local_dir=args.out))
+    return 0
+
+
 def _add_train_args(p: argparse.ArgumentParser) -> None:
     from .config import TrainConfig
 
@@ -343,6 +369,31 @@ def build_parser() -> argparse.ArgumentParser:
     ex.add_argument("--out", default=None, help="output folder (default exports/<model>-<target>-<quantization>)")
     ex.add_argument("--force", action="store_true", help="replace an existing output folder")
     ex.set_defaults(func=cmd_export)
+
+    sv = verbs.add_parser("serve", help="Gradio demo: translate, compare models, routing view",
+                          description=cmd_serve.__doc__)
+    sv.add_argument("models", nargs="*", help="model folders or Hub repo ids (default: every model folder in ./models)")
+    sv.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
+    sv.add_argument("--port", type=int, default=7860)
+    sv.add_argument("--default", default=None, help="model selected at start (default: the first given)")
+    sv.add_argument("--data", default=None, help="dataset folder whose test split gives the example sentences")
+    sv.add_argument("--concurrency", type=int, default=2, help="requests translated at the same time (queue limit)")
+    sv.add_argument("--threads", type=int, default=1, help="torch intra-op threads per request")
+    sv.set_defaults(func=cmd_serve)
+
+    ps = verbs.add_parser("push", help="upload a model folder to a Hugging Face Hub repo", description=cmd_push.__doc__)
+    ps.add_argument("model_dir", help="model folder (config.json + model.safetensors; no pickles)")
+    ps.add_argument("repo_id", help="Hub repo id 'org/name' (created if missing; HF_TOKEN and HF_ENDPOINT honoured)")
+    ps.add_argument("--private", action="store_true", help="create the repo as private")
+    ps.add_argument("--revision", default=None, help="branch to commit to (default main; created if missing)")
+    ps.add_argument("--message", default="Upload automoe model", help="commit message")
+    ps.set_defaults(func=cmd_push)
+
+    pl = verbs.add_parser("pull", help="download a model repo from the Hugging Face Hub", description=cmd_pull.__doc__)
+    pl.add_argument("repo_id", help="Hub repo id 'org/name'")
+    pl.add_argument("--revision", default=None, help="branch, tag or commit id (default main)")
+    pl.add_argument("--out", default=None, help="copy into this folder (default: the Hugging Face cache)")
+    pl.set_defaults(func=cmd_pull)
     return parser
 
 

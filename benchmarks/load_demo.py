@@ -1,0 +1,189 @@
+"""Bounded loopback load test of the Gradio demo (not part of the test suite).
+
+Starts the demo on 127.0.0.1 (a random free port) with one model folder / Hub id, or a tiny
+random model built from the test fixture tokenizer, then sends N `/translate` requests through
+gradio_client from C concurrent clients. Prints one JSON record and appends it to
+benchmarks/results/load_demo.jsonl: client-side latency p50/p95/max, the server-measured
+translation ms, errors, throughput, model, engine, beam, app concurrency limit, CPU and git commit.
+
+    python benchmarks/load_demo.py                          # tiny random model, 100 requests, 8 concurrent
+    python benchmarks/load_demo.py --model models/automoe-bible --data data/bible-en-de --engine torch
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import socket
+import statistics
+import sys
+import tempfile
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
+
+ROOT = Path(__file__).resolve().parent.parent
+FIXTURE = ROOT / "tests" / "data" / "bible-en-de"
+MAX_REQUESTS, MAX_CONCURRENCY = 10_000, 64
+
+
+def tiny_random_model(folder: Path) -> Path:
+    """A tiny heterogeneous-MoE model with random weights and the fixture tokenizer (vocab 1000)."""
+    import torch
+
+    from automoe.config import SearchSpace
+    from automoe.modeling import MoETransformer
+
+    torch.manual_seed(0)
+    arch = SearchSpace.preset("tiny").largest().replace(
+        vocab_size=1000, max_positions=64, encoder_ffn=((40, 8), (24,), (8, 40, 24)),
+        decoder_ffn=((24, 8), (40,), (8, 40)))
+    MoETransformer(arch).save_pretrained(folder, tokenizer_file=FIXTURE / "spm.model")
+    return folder
+
+
+def percentile(values: list[float], q: float) -> float:
+    """Linear-interpolation percentile (numpy's default), q in [0, 100]."""
+    s = sorted(values)
+    if not s:
+        return float("nan")
+    k = (len(s) - 1) * q / 100
+    lo, hi = int(k), min(int(k) + 1, len(s) - 1)
+    return s[lo] + (s[hi] - s[lo]) * (k - lo)
+
+
+def cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def git_commit() -> str | None:
+    import subprocess
+
+    try:
+        head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True, timeout=5)
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=ROOT,
+                               capture_output=True, text=True, timeout=5)
+        commit = head.stdout.strip()
+        return (commit + ("-dirty" if dirty.stdout.strip() else "")) if commit else None
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def run(args: argparse.Namespace) -> dict:
+    import gradio
+    from gradio_client import Client
+
+    from automoe.serve.app import build_app, load_examples
+
+    if not 1 <= args.requests <= MAX_REQUESTS or not 1 <= args.concurrency <= MAX_CONCURRENCY:
+        raise SystemExit(f"--requests must be 1..{MAX_REQUESTS} and --concurrency 1..{MAX_CONCURRENCY}")
+    tmp = tempfile.TemporaryDirectory(prefix="load_demo-")
+    model = args.model or str(tiny_random_model(Path(tmp.name) / "tiny-random-moe"))
+    name = "tiny-random-moe" if not args.model else Path(args.model).name if Path(args.model).exists() else args.model
+    sentences = load_examples(args.data or FIXTURE, n=args.sentences, max_chars=args.max_chars)
+
+    demo = build_app({name: model}, data_dir=args.data, engines=(args.engine,), threads=args.threads,
+                     concurrency_limit=args.app_concurrency, max_queue=max(64, args.concurrency * 2))
+    port = free_port()
+    demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True)
+    url = f"http://127.0.0.1:{port}/"
+    local = threading.local()
+    latencies, server_ms, errors = [], [], []
+    lock = threading.Lock()
+
+    def one(i: int) -> None:
+        if not hasattr(local, "client"):
+            local.client = Client(url, verbose=False)
+        sentence = sentences[i % len(sentences)]
+        start = time.perf_counter()
+        try:
+            job = local.client.submit(sentence, name, args.engine, args.beam, api_name="/translate")
+            german, ms, status = job.result(timeout=args.request_timeout)
+            if ms is None or not german:
+                raise RuntimeError(f"no translation: {german!r}")
+        except Exception as e:  # counted, reported, never retried
+            with lock:
+                errors.append(f"request {i}: {type(e).__name__}: {e}"[:300])
+            return
+        elapsed = (time.perf_counter() - start) * 1000
+        with lock:
+            latencies.append(elapsed)
+            server_ms.append(float(ms))
+
+    try:
+        # warm-up (not counted): one request per client thread
+        with ThreadPoolExecutor(args.concurrency) as pool:
+            list(pool.map(lambda i: Client(url, verbose=False).predict(
+                sentences[0], name, args.engine, args.beam, api_name="/translate"), range(min(2, args.concurrency))))
+        wall = time.perf_counter()
+        with ThreadPoolExecutor(args.concurrency, thread_name_prefix="load") as pool:
+            list(pool.map(one, range(args.requests)))
+        wall = time.perf_counter() - wall
+    finally:
+        demo.close()
+        tmp.cleanup()
+
+    import torch
+
+    return {
+        "benchmark": "load_demo", "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "model": name,
+        "model_source": "tiny random weights (fixture tokenizer)" if not args.model else str(args.model),
+        "engine": args.engine, "beam": args.beam, "requests": args.requests, "concurrency": args.concurrency,
+        "app_concurrency_limit": args.app_concurrency, "threads": args.threads or torch.get_num_threads(),
+        "ok": len(latencies), "errors": len(errors), "error_samples": errors[:5],
+        "latency_ms_p50": round(percentile(latencies, 50), 1), "latency_ms_p95": round(percentile(latencies, 95), 1),
+        "latency_ms_max": round(max(latencies), 1) if latencies else None,
+        "latency_ms_mean": round(statistics.fmean(latencies), 1) if latencies else None,
+        "server_ms_p50": round(percentile(server_ms, 50), 1), "server_ms_p95": round(percentile(server_ms, 95), 1),
+        "throughput_rps": round(len(latencies) / wall, 2), "wall_s": round(wall, 2),
+        "sentences": len(sentences), "cpu": cpu_name(), "cpus": os.cpu_count(), "python": platform.python_version(),
+        "gradio": gradio.__version__, "torch": torch.__version__, "git_commit": git_commit(),
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", default=None, help="model folder or Hub id (default: a tiny random MoE model)")
+    p.add_argument("--data", default=None, help="dataset folder: requests cycle through its test sentences")
+    p.add_argument("--engine", default="torch")
+    p.add_argument("--beam", type=int, default=4)
+    p.add_argument("--requests", type=int, default=100)
+    p.add_argument("--concurrency", type=int, default=8, help="concurrent clients")
+    p.add_argument("--app-concurrency", type=int, default=2, help="the app queue's concurrency limit")
+    p.add_argument("--threads", type=int, default=1, help="torch intra-op threads per request in the app")
+    p.add_argument("--sentences", type=int, default=20, help="distinct sentences to cycle through")
+    p.add_argument("--max-chars", type=int, default=100, help="only test sentences up to this many characters")
+    p.add_argument("--request-timeout", type=float, default=120.0, help="seconds before a request counts as an error")
+    p.add_argument("--results", default=str(ROOT / "benchmarks" / "results" / "load_demo.jsonl"))
+    args = p.parse_args(argv)
+    record = run(args)
+    line = json.dumps(record)
+    print(line)
+    if args.results:
+        Path(args.results).parent.mkdir(parents=True, exist_ok=True)
+        with open(args.results, "a", encoding="utf-8") as f:
+            f.write(line + "\n")
+    return 0 if record["errors"] == 0 else 1
+
+
+if __name__ == "__main__":
+    sys.path.insert(0, str(ROOT))
+    sys.exit(main())

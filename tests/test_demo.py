@@ -1,0 +1,197 @@
+"""The Gradio demo on 127.0.0.1 with two tiny random models: API endpoints through gradio_client,
+and a browser test (Playwright + Debian chromium) that types, clicks and reads the German output."""
+
+import os
+import socket
+from pathlib import Path
+
+import pytest
+import torch
+
+from automoe.modeling import MoETransformer
+from automoe.serve import Translator
+
+pytest.importorskip("gradio")
+pytest.importorskip("gradio_client")
+pytestmark = [pytest.mark.filterwarnings("ignore:.*no_silent_downcasting"),
+              pytest.mark.filterwarnings("ignore:The copy keyword is deprecated")]  # gradio's pandas calls
+
+DATA = Path(__file__).parent / "data" / "bible-en-de"
+ARTIFACTS = Path(__file__).parent / "artifacts"
+CHROMIUM = "/usr/bin/chromium"
+SENTENCE = "In the beginning God created the heavens and the earth."
+TOO_LONG = "and the word was with God " * 12  # > 24 tokens: over the tiny models' limit
+
+
+def _tiny(path: Path, seed: int, moe: bool) -> Path:
+    from automoe.config import SearchSpace
+
+    torch.manual_seed(seed)
+    arch = SearchSpace.preset("tiny").largest().replace(vocab_size=1000, max_positions=24)
+    if moe:  # heterogeneous experts: a dense layer among MoE layers of different widths
+        arch = arch.replace(encoder_ffn=((40, 8), (24,), (8, 40, 24)), decoder_ffn=((24, 8), (40,), (8, 40)))
+    MoETransformer(arch).save_pretrained(path, tokenizer_file=DATA / "spm.model")
+    return path
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory):
+    root = tmp_path_factory.mktemp("demo-models")
+    return {"dense-tiny": _tiny(root / "dense-tiny", 0, moe=False),
+            "automoe-tiny": _tiny(root / "automoe-tiny", 1, moe=True)}
+
+
+@pytest.fixture(scope="module")
+def app(models):
+    from automoe.serve.app import launch
+
+    os.environ["GRADIO_ANALYTICS_ENABLED"] = "False"
+    port = _free_port()
+    demo = launch(models, port=port, data_dir=DATA, concurrency_limit=2, prevent_thread_lock=True, quiet=True)
+    assert demo.server_name == "127.0.0.1" and demo.server_port == port  # loopback unless told otherwise
+    try:
+        yield demo, f"http://127.0.0.1:{port}/"
+    finally:
+        demo.close()
+
+
+@pytest.fixture(scope="module")
+def client(app):
+    from gradio_client import Client
+
+    return Client(app[1], verbose=False)
+
+
+def _rows(table) -> list[list]:
+    """gradio_client returns a Dataframe as {"headers": [...], "data": [[...]]}."""
+    return table["data"] if isinstance(table, dict) else table
+
+
+def test_app_config(app, models):
+    demo, url = app
+    assert url.startswith("http://127.0.0.1:")
+    be = demo.backend
+    assert be.model_choices() == ["dense-tiny", "automoe-tiny"] and be.default == "dense-tiny"
+    assert be.moe_models() == ["automoe-tiny"]
+    from automoe.serve.translator import ENGINES
+
+    assert be.engines[0] == "torch" and set(be.engines) <= set(ENGINES) and be.threads == 1
+    from automoe.serve.app import load_examples, model_kind
+
+    assert load_examples(DATA)[0].startswith("The first book I wrote, Theophilus")
+    assert load_examples(None)[0] == "In the beginning God created the heavens and the earth."
+    assert model_kind(be.arch("dense-tiny")) == "dense" and model_kind(be.arch("automoe-tiny")) == "AutoMoE"
+    from automoe.config import SearchSpace
+
+    assert model_kind(SearchSpace.preset("tiny").switch_baseline(3)) == "Switch (3 experts)"
+
+
+def test_translate_endpoint(client, models):
+    german, ms, status = client.predict(SENTENCE, "automoe-tiny", "torch", 2, api_name="/translate")
+    expected = Translator.from_pretrained(models["automoe-tiny"]).translate([SENTENCE], beam=2)[0]
+    assert german == expected and german.strip()
+    assert ms > 0 and f"{ms:.1f} ms" in status and "automoe-tiny" in status and "beam 2" in status
+
+    german, ms, status = client.predict(f"{SENTENCE}\nJesus wept.", "dense-tiny", "torch", 1, api_name="/translate")
+    assert len(german.split("\n")) == 2 and "per sentence" in status
+
+    german, ms, status = client.predict("   ", "dense-tiny", "torch", 4, api_name="/translate")
+    assert german.startswith("Type an English sentence") and ms is None
+
+    german, ms, status = client.predict(TOO_LONG, "dense-tiny", "torch", 4, api_name="/translate")
+    assert "too long" in german and "reads at most 24 tokens" in german and ms is None
+
+    german, ms, _ = client.predict("x" * 1200, "dense-tiny", "torch", 4, api_name="/translate")
+    assert "1200 characters long" in german and ms is None
+
+
+def test_compare_endpoint(client):
+    table, status = client.predict(SENTENCE, "torch", 2, api_name="/compare")
+    rows = _rows(table)
+    assert [r[0] for r in rows] == ["dense-tiny", "automoe-tiny"]
+    assert [r[1] for r in rows] == ["dense", "AutoMoE"]
+    assert rows[1][2] == "2 1 3 | 2 1 2"
+    assert all(float(r[3]) > 0 for r in rows) and rows[0][4] == "1.00x" and rows[1][4].endswith("x")
+    assert all(r[5].strip() for r in rows) and "2 of 2 models" in status
+
+    table, status = client.predict("", "torch", 2, api_name="/compare")
+    assert not _rows(table) and "Type an English sentence" in status
+
+    table, status = client.predict(TOO_LONG, "torch", 2, api_name="/compare")
+    rows = _rows(table)
+    assert len(rows) == 2 and all("too long" in r[5] for r in rows) and "0 of 2 models" in status
+
+
+def test_routing_endpoint(client):
+    german, view, widths, raw = client.predict(SENTENCE, "automoe-tiny", 2, api_name="/routing")
+    assert german.strip() and "Encoder (source tokens)" in view and "expert 2" in view
+    rows = _rows(widths)
+    assert [(r[0], int(r[1]), int(r[2])) for r in rows] == [
+        ("encoder", 0, 2), ("encoder", 1, 1), ("encoder", 2, 3), ("decoder", 0, 2), ("decoder", 1, 1),
+        ("decoder", 2, 2)]
+    assert rows[1][3] == "dense (24)" and rows[1][4] == "dense" and rows[2][3] == "E0: 8 · E1: 40 · E2: 24"
+    n_source = len(raw["source_pieces"])
+    counts = [int(c.split(": ")[1]) for c in rows[0][4].split(" · ")]
+    assert sum(counts) == n_source  # every source token went to exactly one expert of layer 0
+    assert len(raw["encoder_routing"]) == n_source and all(len(r) == 3 for r in raw["encoder_routing"])
+    assert all(r[2] in (0, 1, 2) and r[0] in (0, 1) for r in raw["encoder_routing"])
+    assert raw["target_pieces"][0] == "<s>" and len(raw["decoder_routing"]) <= len(raw["target_pieces"])
+
+    german, view, widths, raw = client.predict(SENTENCE, "dense-tiny", 2, api_name="/routing")
+    assert all(r[4] == "dense" for r in _rows(widths)) and "expert 0" not in view
+
+    german, view, widths, raw = client.predict("", "automoe-tiny", 2, api_name="/routing")
+    assert "Type an English sentence" in german and not _rows(widths) and not raw
+    german, view, widths, raw = client.predict(TOO_LONG, "automoe-tiny", 2, api_name="/routing")
+    assert "too long" in german and "too long" in view
+
+
+def _playwright():
+    if not Path(CHROMIUM).exists():
+        pytest.skip(f"browser test needs Debian chromium at {CHROMIUM} (apt-get install -y chromium)")
+    try:
+        from playwright.sync_api import sync_playwright
+    except ImportError:
+        pytest.skip("browser test needs the playwright Python package (pip install playwright); "
+                    "no browser download is needed, it drives /usr/bin/chromium")
+    return sync_playwright
+
+
+def test_browser_translate_and_screenshot(app):
+    sync_playwright = _playwright()
+    _, url = app
+    ARTIFACTS.mkdir(exist_ok=True)
+    args = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+            "--disable-component-update", "--disable-sync", "--no-first-run"]
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=args)
+        try:
+            page = browser.new_page(viewport={"width": 1200, "height": 900})
+            page.goto(url, wait_until="domcontentloaded", timeout=30_000)
+            box = page.locator("#en-input textarea")
+            box.wait_for(timeout=30_000)
+            box.fill(SENTENCE)
+            page.locator("#translate-btn").click()
+            out = page.locator("#de-output textarea")
+            page.wait_for_function("() => { const t = document.querySelector('#de-output textarea');"
+                                   " return t && t.value.trim().length > 0; }", timeout=30_000)
+            german = out.input_value()
+            page.wait_for_timeout(300)  # let the status line render
+            page.screenshot(path=str(ARTIFACTS / "demo_translate.png"), full_page=True)
+            assert german.strip() and "Type an English" not in german
+            assert "ms" in page.locator("#status").inner_text()
+
+            page.get_by_role("tab", name="Routing").click()
+            page.locator("#routing-input textarea").fill("Jesus wept.")
+            page.locator("#routing-btn").click()
+            page.locator("#routing-view table.routing").first.wait_for(timeout=30_000)
+            page.screenshot(path=str(ARTIFACTS / "demo_routing.png"), full_page=True)
+        finally:
+            browser.close()
+    assert (ARTIFACTS / "demo_translate.png").stat().st_size > 10_000
