@@ -29,6 +29,8 @@ os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import cpu_name, git_commit, percentile  # noqa: E402
 FIXTURE = ROOT / "tests" / "data" / "bible-en-de"
 MAX_REQUESTS, MAX_CONCURRENCY = 10_000, 64
 
@@ -46,39 +48,6 @@ def tiny_random_model(folder: Path) -> Path:
         decoder_ffn=((24, 8), (40,), (8, 40)))
     MoETransformer(arch).save_pretrained(folder, tokenizer_file=FIXTURE / "spm.model")
     return folder
-
-
-def percentile(values: list[float], q: float) -> float:
-    """Linear-interpolation percentile (numpy's default), q in [0, 100]."""
-    s = sorted(values)
-    if not s:
-        return float("nan")
-    k = (len(s) - 1) * q / 100
-    lo, hi = int(k), min(int(k) + 1, len(s) - 1)
-    return s[lo] + (s[hi] - s[lo]) * (k - lo)
-
-
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
-def git_commit() -> str | None:
-    import subprocess
-
-    try:
-        head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True, timeout=5)
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=ROOT,
-                               capture_output=True, text=True, timeout=5)
-        commit = head.stdout.strip()
-        return (commit + ("-dirty" if dirty.stdout.strip() else "")) if commit else None
-    except (OSError, subprocess.SubprocessError):
-        return None
 
 
 def free_port() -> int:
