@@ -118,6 +118,7 @@ class OnnxEngine:
                                                  providers=["CPUExecutionProvider"])
         self.encoder, self.decoder, self.beam = load(ENCODER_FILE), load(DECODER_FILE), load(BEAM_FILE)
         self.layers = self.config.decoder_layers
+        self.use_beam_graph = True  # batch 1 through the in-graph BeamSearch (False: the python stepper)
         self.past_self_names = kv_names("past", "self", self.layers)
         self.past_cross_names = kv_names("past", "cross", self.layers)
 
@@ -142,7 +143,7 @@ class OnnxEngine:
         cfg = self.config
         check_generation_args(cfg, beam, max_length)
         src = _pad(batch, cfg.pad_id)
-        if len(batch) == 1 and max_length >= 2:
+        if len(batch) == 1 and self.use_beam_graph and max_length >= 2:
             return self._beam_graph(src, beam, max_length)
         stepper = OnnxStepper(self, src, beam)
         best = beam_search(stepper, len(batch), beam=beam, max_length=max_length, bos_id=cfg.bos_id,
