@@ -102,8 +102,11 @@ class TorchStepper:
 
 @torch.no_grad()
 def beam_search(stepper, batch_size: int, *, beam: int, max_length: int, bos_id: int, eos_id: int,
-                pad_id: int, length_penalty: float = 1.0, track_routing: bool = False):
+                pad_id: int, length_penalty: float = 1.0, track_routing: bool = False, min_length: int = 0):
     """Beam search over any stepper holding `batch_size * beam` rows (see module docstring).
+
+    `min_length` forbids EOS before that many tokens are generated (latency measurements use
+    min_length == max_length for a fixed output length).
 
     Returns, per sentence, (score, token ids starting with BOS, decoder routing [positions, layers] or None).
     """
@@ -122,6 +125,8 @@ def beam_search(stepper, batch_size: int, *, beam: int, max_length: int, bos_id:
             step_routes = routing.cpu().unsqueeze(1)
             routes = step_routes if routes is None else torch.cat([routes, step_routes], dim=1)
         logp = logits.float().log_softmax(dim=-1).cpu()  # [B*K, V]
+        if length <= min_length:
+            logp[:, eos_id] = float("-inf")
         V = logp.shape[-1]
         scores = (logp + beam_scores[:, None]).view(B, beam * V)  # [B, K*V]
         top_scores, top_idx = scores.topk(2 * beam, dim=-1)  # [B, 2K]

@@ -23,6 +23,7 @@ import logging
 import math
 import os
 import random
+import shutil
 import subprocess
 import time
 from dataclasses import dataclass, field
@@ -424,6 +425,7 @@ def train_supernet(space: SearchSpace, cfg: TrainConfig, run_dir: str | Path, *,
     def on_save(task, state, data):
         save_state_dict(task.module.model.state_dict(), run_dir / "supernet.safetensors")
         space.save(run_dir / "space.json")
+        shutil.copyfile(data.spm_path, run_dir / "spm.model")  # the tokenizer travels with the supernet
         (run_dir / "supernet_info.json").write_text(json.dumps(provenance(cfg, state, data), indent=2) + "\n")
 
     return run_training(task, cfg, run_dir, resume=resume, on_save=on_save, progress=progress)

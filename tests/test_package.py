@@ -41,7 +41,8 @@ def test_cli_help_and_version():
 
 @pytest.mark.parametrize("verb", [["info"], ["data", "build"], ["train", "supernet"], ["train", "model"],
                                   ["eval"], ["translate"], ["export"], ["serve"],
-                                  ["push"], ["pull"]])
+                                  ["push"], ["pull"], ["search", "latency-table"], ["search", "fit-predictor"],
+                                  ["search", "run"], ["extract"]])
 def test_every_verb_has_help(verb):
     out = _cli(*verb, "--help")
     assert out.returncode == 0 and f"usage: automoe {' '.join(verb)}" in out.stdout

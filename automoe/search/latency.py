@@ -1,0 +1,242 @@
+"""Latency on the deployment engine, and a predictor fitted to those measurements.
+
+`measure_latency` builds an architecture (random weights unless a trained model is given),
+exports it to the engine, and times batch-1 beam-4 decoding of *real* sentences with a fixed
+output length (EOS suppressed), after warm-up: real sentences make MoE routing vary the way it
+does in deployment, unlike a dummy input of one repeated token. `LatencyPredictor` is a small MLP
+over per-layer features (expert counts and widths included); it saves to one safetensors file
+with its feature spec and normalisers in the metadata (no pickle).
+
+Why an MLP: latency is additive over layers but not linear in the features (per-node overheads
+of MoE layers, memory-bound weight reads); HAT used a 3-layer MLP for the same reason, and a
+small MLP fits a few hundred points in seconds with torch, which is a core dependency (gradient-
+boosted trees would need another package).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+
+from ..config import ArchConfig, SearchSpace
+
+ENGINES = ("onnxruntime", "ctranslate2", "torch")
+
+
+# ----------------------------------------------------------------------------- measurement
+
+def _fixed_length_runner(folder: Path, engine: str, threads: int, beam: int, out_len: int):
+    """A function ids -> None that decodes exactly `out_len` tokens with the engine."""
+    import numpy as np
+
+    if engine == "onnxruntime":
+        from automoe.serve.engines import OnnxEngine
+
+        eng = OnnxEngine(folder, threads)
+        fixed = {"max_length": np.array([out_len + 1], np.int32), "min_length": np.array([out_len + 1], np.int32),
+                 "num_beams": np.array([beam], np.int32), "num_return_sequences": np.array([1], np.int32),
+                 "length_penalty": np.array([1.0], np.float32), "repetition_penalty": np.array([1.0], np.float32)}
+
+        def run(ids: list[int]) -> None:
+            src = np.array([ids], dtype=np.int32)
+            eng.beam.run(None, {"input_ids": src, "attention_mask": np.ones_like(src), **fixed})
+        return run
+    if engine == "ctranslate2":
+        from automoe.serve.ct2 import CTranslate2Engine
+
+        eng = CTranslate2Engine(folder, threads)
+
+        def run(ids: list[int]) -> None:
+            eng.translator.translate_batch([[eng.pieces[t] for t in ids[:-1]]], beam_size=beam,
+                                           min_decoding_length=out_len, max_decoding_length=out_len)
+        return run
+    from automoe.generate import TorchStepper, beam_search
+    from automoe.modeling import MoETransformer
+
+    model = MoETransformer.from_pretrained(folder)
+    torch.set_num_threads(threads)
+    cfg = model.config
+
+    @torch.no_grad()
+    def run(ids: list[int]) -> None:
+        src = torch.tensor([ids])
+        beam_search(TorchStepper(model, src, beam), 1, beam=beam, max_length=out_len, bos_id=cfg.bos_id,
+                    eos_id=cfg.eos_id, pad_id=cfg.pad_id, min_length=out_len)
+    return run
+
+
+def measure_latency(arch: ArchConfig, sentences: list[list[int]], *, engine: str = "onnxruntime", threads: int = 1,
+                    beam: int = 4, out_len: int = 30, quantize: str | None = "int8", warmup: int = 3,
+                    model_dir: str | Path | None = None, tokenizer_file: str | Path | None = None,
+                    seed: int = 0) -> dict:
+    """Median and p90 ms per sentence for decoding `sentences` (source ids with EOS) to exactly
+    `out_len` tokens. Random weights unless `model_dir` holds a trained model of `arch`;
+    CTranslate2 needs the vocabulary, so give `tokenizer_file` (or a `model_dir`) for it."""
+    if engine not in ENGINES:
+        raise ValueError(f"engine={engine!r} must be one of {list(ENGINES)}")
+    if engine == "ctranslate2" and not (model_dir or tokenizer_file):
+        raise ValueError("CTranslate2 latency needs the vocabulary: pass tokenizer_file=... or model_dir=...")
+    from automoe.modeling import MoETransformer
+
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(model_dir) if model_dir else Path(tmp) / "model"
+        if not model_dir:
+            torch.manual_seed(seed)
+            MoETransformer(arch).save_pretrained(folder, tokenizer_file=tokenizer_file)
+        if engine == "onnxruntime":
+            from automoe.export.onnx import to_onnx
+
+            folder = to_onnx(folder, Path(tmp) / "onnx", quantize=quantize)
+        elif engine == "ctranslate2":
+            from automoe.export.ctranslate2 import to_ctranslate2
+
+            folder = to_ctranslate2(folder, Path(tmp) / "ct2", quantize=quantize)
+        run = _fixed_length_runner(folder, engine, threads, beam, out_len)
+        for ids in sentences[:warmup]:
+            run(ids)
+        times = []
+        for ids in sentences:
+            start = time.perf_counter()
+            run(ids)
+            times.append((time.perf_counter() - start) * 1000)
+    times.sort()
+    return {"median_ms": round(statistics.median(times), 3), "p90_ms": round(times[int(0.9 * (len(times) - 1))], 3),
+            "sentences": len(sentences), "engine": engine, "threads": threads, "beam": beam, "out_len": out_len,
+            "quantization": None if engine == "torch" else quantize}
+
+
+# ------------------------------------------------------------------------------- features
+
+def feature_names(space: SearchSpace) -> list[str]:
+    """Names of the predictor's input features for `space` (fixed length per space)."""
+    names = ["encoder_embed_dim", "decoder_embed_dim", "encoder_layers", "decoder_layers"]
+    for i in range(max(space.encoder_layers)):
+        names += [f"enc{i}.{f}" for f in ("active", "heads", "experts", "mean_width", "max_width")]
+    for i in range(max(space.decoder_layers)):
+        names += [f"dec{i}.{f}" for f in ("active", "heads", "cross_heads", "last_k", "experts", "mean_width",
+                                          "max_width")]
+    return names
+
+
+def features(space: SearchSpace, arch: ArchConfig) -> list[float]:
+    """Per-layer features of `arch` (zeros for layers it does not have), in `feature_names` order."""
+    out = [arch.encoder_embed_dim, arch.decoder_embed_dim, arch.encoder_layers, arch.decoder_layers]
+    for i in range(max(space.encoder_layers)):
+        if i < arch.encoder_layers:
+            w = arch.encoder_ffn[i]
+            out += [1, arch.encoder_heads[i], len(w), sum(w) / len(w), max(w)]
+        else:
+            out += [0] * 5
+    for i in range(max(space.decoder_layers)):
+        if i < arch.decoder_layers:
+            w = arch.decoder_ffn[i]
+            out += [1, arch.decoder_heads[i], arch.decoder_cross_heads[i], arch.decoder_cross_last_k[i], len(w),
+                    sum(w) / len(w), max(w)]
+        else:
+            out += [0] * 7
+    return [float(x) for x in out]
+
+
+def hat_features(arch: ArchConfig) -> list[float]:
+    """HAT's 10 averaged features (for comparison): widths, depths, mean FFN, mean heads, mean last-k."""
+    mean = lambda xs: sum(xs) / len(xs)  # noqa: E731
+    return [arch.encoder_embed_dim, arch.decoder_embed_dim, arch.encoder_layers, arch.decoder_layers,
+            mean([mean(w) for w in arch.encoder_ffn]), mean([mean(w) for w in arch.decoder_ffn]),
+            mean(arch.encoder_heads), mean(arch.decoder_heads), mean(arch.decoder_cross_heads),
+            mean(arch.decoder_cross_last_k)]
+
+
+# ------------------------------------------------------------------------------ predictor
+
+class LatencyPredictor:
+    """MLP from architecture features to milliseconds; `kind` "automoe" (per-layer) or "hat" (10 averages)."""
+
+    def __init__(self, space: SearchSpace, kind: str = "automoe", hidden: int = 64):
+        if kind not in ("automoe", "hat"):
+            raise ValueError(f"kind={kind!r} must be 'automoe' or 'hat'")
+        self.space, self.kind, self.hidden = space, kind, hidden
+        n = len(self._features(space.largest()))
+        self.net = nn.Sequential(nn.Linear(n, hidden), nn.ReLU(), nn.Linear(hidden, hidden), nn.ReLU(),
+                                 nn.Linear(hidden, 1))
+        self.mean = torch.zeros(n)
+        self.std = torch.ones(n)
+        self.y_scale = 1.0
+
+    def _features(self, arch: ArchConfig) -> list[float]:
+        return features(self.space, arch) if self.kind == "automoe" else hat_features(arch)
+
+    def _x(self, archs: list[ArchConfig]) -> torch.Tensor:
+        x = torch.tensor([self._features(a) for a in archs])
+        return (x - self.mean) / self.std
+
+    def fit(self, archs: list[ArchConfig], latency_ms: list[float], *, epochs: int = 2000, lr: float = 3e-3,
+            seed: int = 0) -> "LatencyPredictor":
+        """Fit on measured latencies (full-batch Adam on mean squared relative error)."""
+        torch.manual_seed(seed)
+        raw = torch.tensor([self._features(a) for a in archs])
+        self.mean, self.std = raw.mean(0), raw.std(0).clamp(min=1e-6)
+        y = torch.tensor(latency_ms, dtype=torch.float32)
+        self.y_scale = float(y.mean())
+        x = (raw - self.mean) / self.std
+        for m in self.net:
+            if isinstance(m, nn.Linear):
+                m.reset_parameters()
+        opt = torch.optim.Adam(self.net.parameters(), lr=lr, weight_decay=1e-4)
+        for _ in range(epochs):
+            opt.zero_grad()
+            pred = self.net(x).squeeze(-1) * self.y_scale
+            loss = (((pred - y) / y) ** 2).mean()
+            loss.backward()
+            opt.step()
+        return self
+
+    @torch.no_grad()
+    def predict(self, archs: list[ArchConfig]) -> list[float]:
+        """Predicted milliseconds for each architecture."""
+        return (self.net(self._x(archs)).squeeze(-1) * self.y_scale).tolist()
+
+    def save(self, path: str | Path) -> None:
+        """One safetensors file: MLP weights + feature spec, normalisers and space in the metadata."""
+        from safetensors.torch import save_file
+
+        tensors = {f"net.{k}": v.contiguous() for k, v in self.net.state_dict().items()}
+        tensors["mean"], tensors["std"] = self.mean.contiguous(), self.std.contiguous()
+        meta = {"kind": self.kind, "hidden": self.hidden, "y_scale": self.y_scale, "space": self.space.to_dict(),
+                "features": feature_names(self.space) if self.kind == "automoe" else "hat10"}
+        save_file(tensors, str(path), metadata={"automoe_latency_predictor": json.dumps(meta)})
+
+    @classmethod
+    def load(cls, path: str | Path) -> "LatencyPredictor":
+        """Inverse of `save`."""
+        from safetensors import safe_open
+
+        from ..checkpoint import load_state_dict
+
+        with safe_open(str(path), framework="pt") as f:
+            meta = json.loads(f.metadata()["automoe_latency_predictor"])
+        predictor = cls(SearchSpace.from_dict(meta["space"]), meta["kind"], meta["hidden"])
+        tensors = load_state_dict(path)
+        predictor.net.load_state_dict({k[4:]: v for k, v in tensors.items() if k.startswith("net.")})
+        predictor.mean, predictor.std, predictor.y_scale = tensors["mean"], tensors["std"], meta["y_scale"]
+        return predictor
+
+
+def mape(pred: list[float], true: list[float]) -> float:
+    """Mean absolute percentage error, in percent."""
+    return 100 * sum(abs(p - t) / t for p, t in zip(pred, true)) / len(true)
+
+
+def kendall_tau(a: list[float], b: list[float]) -> float:
+    """Kendall rank correlation (tau-a) of two equally long lists."""
+    n, score = len(a), 0
+    for i in range(n):
+        for j in range(i + 1, n):
+            score += math.copysign(1, a[i] - a[j]) * math.copysign(1, b[i] - b[j]) if a[i] != a[j] and b[i] != b[j] else 0
+    return score / (n * (n - 1) / 2)

@@ -1,0 +1,154 @@
+"""The search workflows behind `automoe search ...`: latency tables, predictor fitting and the
+evolutionary search on a trained supernet (fitness = validation loss with inherited weights)."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import os
+import random
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+from ..config import ArchConfig, SearchSpace
+from . import space as genes
+from .evolution import EvolutionConfig, SearchState, evolve, gene_key
+from .flops import cost
+from .latency import LatencyPredictor, kendall_tau, mape, measure_latency
+
+logger = logging.getLogger(__name__)
+
+
+def latency_table(space: SearchSpace, out: str | Path, *, samples: int, sentences: list[list[int]],
+                  engine: str = "onnxruntime", threads: int = 1, quantize: str | None = "int8", out_len: int = 30,
+                  tokenizer_file: str | Path | None = None, seed: int = 0, progress: bool = True) -> Path:
+    """Measure `samples` random architectures of `space` into a JSONL table; resumes an existing
+    table (the i-th architecture depends only on the seed and i). The largest and smallest
+    architectures come first so the table always spans the space."""
+    from tqdm.auto import tqdm
+
+    out = Path(out)
+    done = len(out.read_text(encoding="utf-8").splitlines()) if out.exists() else 0
+    rng = random.Random(seed)
+    archs = [space.largest(), space.smallest()] + [space.sample(rng) for _ in range(max(samples - 2, 0))]
+    with open(out, "a", encoding="utf-8") as f:
+        for i in tqdm(range(done, samples), initial=done, total=samples, disable=not progress, unit="arch"):
+            arch = archs[i]
+            result = measure_latency(arch, sentences, engine=engine, threads=threads, quantize=quantize,
+                                     out_len=out_len, tokenizer_file=tokenizer_file, seed=seed + i)
+            f.write(json.dumps({"index": i, "arch": arch.to_dict(), **result, **cost(arch).to_dict()}) + "\n")
+            f.flush()
+    return out
+
+
+def read_table(path: str | Path) -> tuple[list[ArchConfig], list[float]]:
+    """Architectures and median latencies of a latency table."""
+    rows = [json.loads(line) for line in Path(path).read_text(encoding="utf-8").splitlines() if line.strip()]
+    return [ArchConfig.from_dict(r["arch"]) for r in rows], [r["median_ms"] for r in rows]
+
+
+def fit_predictor(space: SearchSpace, table: str | Path, out: str | Path, *, holdout: float = 0.2,
+                  seed: int = 0, epochs: int = 2000) -> dict:
+    """Fit the per-layer predictor and a HAT-style 10-feature predictor on the same split; save
+    the per-layer one (refitted on all rows) and return held-out MAPE / Kendall tau of both."""
+    archs, ms = read_table(table)
+    order = list(range(len(archs)))
+    random.Random(seed).shuffle(order)
+    n_test = max(int(holdout * len(order)), 2)
+    test, train = order[:n_test], order[n_test:]
+    report = {"rows": len(archs), "train": len(train), "test": len(test)}
+    for kind in ("automoe", "hat"):
+        p = LatencyPredictor(space, kind).fit([archs[i] for i in train], [ms[i] for i in train], epochs=epochs,
+                                              seed=seed)
+        pred, true = p.predict([archs[i] for i in test]), [ms[i] for i in test]
+        report[kind] = {"mape": round(mape(pred, true), 2), "kendall_tau": round(kendall_tau(pred, true), 4)}
+    LatencyPredictor(space, "automoe").fit(archs, ms, epochs=epochs, seed=seed).save(out)
+    return report
+
+
+def supernet_fitness(supernet, data_dir: str | Path, *, sentences: int = 200, max_tokens: int = 3000
+                     ) -> Callable[[ArchConfig], float]:
+    """Validation NLL per token of a subnet with inherited weights on the first `sentences` dev pairs."""
+    from .. import data as data_lib
+    from ..train import label_smoothed_nll
+
+    folder = Path(data_dir)
+    sp = data_lib.load_tokenizer(folder)
+    pairs = list(zip(data_lib.encode_file(sp, folder / "dev.src", 200),
+                     data_lib.encode_file(sp, folder / "dev.tgt", 200)))[:sentences]
+    lengths = [len(s) for s, _ in pairs], [len(t) for _, t in pairs]
+    batches = [data_lib.collate([pairs[i] for i in idx], sp.pad_id(), sp.bos_id())
+               for idx in data_lib.make_batches(*lengths, max_tokens, seed=0, epoch=0, shuffle=False)]
+    supernet.eval()
+
+    @torch.no_grad()
+    def fitness(arch: ArchConfig) -> float:
+        total, count = 0.0, 0
+        for b in batches:
+            out = supernet(b["src"], b["tgt_in"], arch)
+            _, nll, n = label_smoothed_nll(out.logits, b["tgt_out"], 0.0, sp.pad_id())
+            total, count = total + nll.item(), count + n
+        return total / count
+    return fitness
+
+
+def run_search(supernet_dir: str | Path, data_dir: str | Path, out_dir: str | Path, *,
+               latency_ms: float | None = None, predictor: str | Path | None = None, gflops: float | None = None,
+               dense_only: bool = False, config: EvolutionConfig = EvolutionConfig(), resume: bool = False,
+               fitness_sentences: int = 200) -> ArchConfig:
+    """Evolutionary search on a trained supernet under a latency (predicted) and/or GFLOPs budget.
+
+    Writes `out_dir/search.jsonl` (every evaluated architecture), `search_state.json` (after
+    every iteration; `resume` continues from it) and `best.json` (the best ArchConfig).
+    """
+    from ..train import load_supernet
+
+    if latency_ms is None and gflops is None:
+        raise ValueError("give a budget: latency_ms (with a predictor) and/or gflops")
+    if latency_ms is not None and predictor is None:
+        raise ValueError("a latency budget needs a fitted predictor (automoe search fit-predictor)")
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    state_path = out / "search_state.json"
+    if state_path.exists() and not resume:
+        raise FileExistsError(f"{state_path} exists: pass --resume to continue that search or use another folder")
+    supernet = load_supernet(supernet_dir)
+    # HAT-style baseline: the same search over the space restricted to one expert per layer
+    space = dataclasses.replace(supernet.space, max_experts=1) if dense_only else supernet.space
+    lat = LatencyPredictor.load(predictor) if predictor else None
+    fitness = supernet_fitness(supernet, data_dir, sentences=fitness_sentences)
+
+    def constraint(arch: ArchConfig) -> bool:
+        if gflops is not None and cost(arch).gflops > gflops:
+            return False
+        return lat is None or lat.predict([arch])[0] <= latency_ms
+
+    log = open(out / "search.jsonl", "a", encoding="utf-8")
+
+    def on_evaluate(gene, arch, fit):
+        c = cost(arch)
+        log.write(json.dumps({"gene": list(gene), "fitness": fit,
+                              "predicted_latency_ms": lat.predict([arch])[0] if lat else None,
+                              "gflops": c.gflops, "active_params": c.active_params, "total_params": c.total_params,
+                              "arch": arch.to_dict()}) + "\n")
+        log.flush()
+
+    def on_iteration(state: SearchState):
+        tmp = state_path.with_name(state_path.name + ".tmp")
+        tmp.write_text(json.dumps(state.to_dict()), encoding="utf-8")
+        os.replace(tmp, state_path)
+        logger.info("iteration %d: best fitness %.4f", state.iteration, state.history[-1]["best_fitness"])
+
+    state = SearchState.from_dict(json.loads(state_path.read_text())) if resume and state_path.exists() else None
+    best, best_fit, state = evolve(space, fitness, constraint, config, state=state, on_iteration=on_iteration,
+                                   on_evaluate=on_evaluate)
+    log.close()
+    best.save(out / "best.json")
+    (out / "best_info.json").write_text(json.dumps({
+        "fitness": best_fit, "gene_key": gene_key(genes.encode(space, best)), "budget_latency_ms": latency_ms,
+        "budget_gflops": gflops, "dense_only": dense_only, "predicted_latency_ms": lat.predict([best])[0] if lat else None,
+        **cost(best).to_dict()}, indent=2) + "\n")
+    return best

@@ -1,0 +1,66 @@
+"""The search workflow end to end on a tiny supernet: latency table, predictor, search, extract."""
+
+import dataclasses
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from automoe.config import SearchSpace, TrainConfig
+from automoe.train import train_supernet
+
+DATA = Path(__file__).parent / "data" / "bible-en-de"
+
+
+def _cli(*args):
+    exe = shutil.which("automoe")
+    cmd = [exe, *args] if exe else [sys.executable, "-m", "automoe", *args]
+    out = subprocess.run(cmd, capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr[-2000:]
+    return out.stdout
+
+
+@pytest.mark.timeout(300)
+def test_latency_table_predictor_search_extract(tmp_path):
+    space = dataclasses.replace(SearchSpace.preset("tiny"), vocab_size=1000)
+    space.save(tmp_path / "space.json")
+    cfg = TrainConfig(data=str(DATA), max_tokens=400, max_updates=15, warmup_updates=3, lr=3e-3, valid_every=1000,
+                      valid_sentences=20, seed=1)
+    train_supernet(space, cfg, tmp_path / "supernet", progress=False)
+    assert (tmp_path / "supernet" / "spm.model").exists()
+    from automoe.data import encode_file, load_tokenizer
+    from automoe.search.run import fit_predictor, latency_table
+
+    sentences = encode_file(load_tokenizer(DATA), DATA / "dev.src", 60)[:3]
+    table = tmp_path / "latency.jsonl"
+    kw = dict(sentences=sentences, quantize=None, out_len=6, progress=False)
+    latency_table(space, table, samples=6, **kw)
+    rows = [json.loads(line) for line in table.read_text().splitlines()]
+    assert len(rows) == 6 and all(r["median_ms"] > 0 for r in rows) and rows[0]["engine"] == "onnxruntime"
+    latency_table(space, table, samples=7, **kw)  # resumable: asking for 7 measures only the 7th
+    assert [json.loads(line)["index"] for line in table.read_text().splitlines()] == list(range(7))
+    report = fit_predictor(space, table, tmp_path / "pred.safetensors", holdout=0.3, epochs=200)
+    assert {"automoe", "hat"} <= set(report) and report["test"] == 2
+    budget = sorted(r["median_ms"] for r in rows)[3]
+    _cli("search", "run", "--supernet", str(tmp_path / "supernet"), "--data", str(DATA), "--out",
+         str(tmp_path / "search"), "--latency-ms", str(budget), "--predictor", str(tmp_path / "pred.safetensors"),
+         "--population", "8", "--parents", "2", "--mutations", "3", "--crossovers", "3", "--iterations", "2",
+         "--fitness-sentences", "20")
+    evaluated = [json.loads(line) for line in (tmp_path / "search" / "search.jsonl").read_text().splitlines()]
+    assert evaluated and all(e["predicted_latency_ms"] <= budget for e in evaluated)
+    assert {"fitness", "gflops", "active_params", "gene"} <= set(evaluated[0])
+    from automoe.search.evolution import EvolutionConfig
+    from automoe.search.run import run_search
+
+    run_search(tmp_path / "supernet", DATA, tmp_path / "dense", gflops=1.0, dense_only=True, fitness_sentences=20,
+               config=EvolutionConfig(population=8, parents=2, mutations=3, crossovers=3, iterations=1))
+    dense_best = json.loads((tmp_path / "dense" / "best.json").read_text())
+    assert all(len(w) == 1 for w in dense_best["encoder_ffn"] + dense_best["decoder_ffn"])
+    _cli("extract", str(tmp_path / "supernet"), "--arch", str(tmp_path / "search" / "best.json"),
+         "--out", str(tmp_path / "model"))
+    from automoe.serve import Translator
+
+    assert len(Translator.from_pretrained(tmp_path / "model").translate(["Jesus wept."], beam=2, max_length=5)) == 1
