@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 export GRADIO_ANALYTICS_ENABLED := False
 
-.PHONY: run test clean
+.PHONY: run test report clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -18,12 +18,13 @@ $(VENV)/.installed-dev: pyproject.toml | $(BIN)/python
 	touch $@
 
 run: $(VENV)/.installed-all
-	$(BIN)/automoe info --space small --arch dense
-	$(BIN)/automoe info --space small --arch switch
-	$(BIN)/automoe info --space small --arch smallest
+	$(BIN)/python benchmarks/main_job.py
 
 test: $(VENV)/.installed-dev
 	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q
+
+report: $(VENV)/.installed-all
+	$(BIN)/python benchmarks/report.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache

@@ -1,0 +1,110 @@
+"""Write the README's result tables from the committed results files (never by hand).
+
+Each table sits between `<!-- results:NAME -->` and `<!-- /results:NAME -->` in README.md and is
+rebuilt from benchmarks/results/*.jsonl (the latest run of each benchmark). `--check` exits 1 if
+the README is out of date.
+
+    python benchmarks/report.py            # rewrite README.md
+    python benchmarks/report.py --check
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+RESULTS = ROOT / "benchmarks" / "results"
+
+
+def _read(name: str) -> list[dict]:
+    path = RESULTS / f"{name}.jsonl"
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+
+
+def _latest_run(records: list[dict]) -> list[dict]:
+    """Records of the most recent run (same git commit and date prefix as the last record)."""
+    if not records:
+        return []
+    last = records[-1]
+    key = (last.get("git_commit"), last.get("date", "")[:13], last.get("model"))
+    return [r for r in records if (r.get("git_commit"), r.get("date", "")[:13], r.get("model")) == key]
+
+
+def engines_table() -> str:
+    """Latency / throughput / BLEU per engine of the latest engines.jsonl run."""
+    rows = _latest_run(_read("engines"))
+    if not rows:
+        return "_No engine benchmark has been run yet (benchmarks/engines.py)._"
+    r0 = rows[0]
+    head = (f"Model `{r0['model']}`, {r0['cpu']}, {r0['threads']} thread(s), batch 1, beam {r0['beam']}, "
+            f"{r0['latency_sentences']} test sentences, engines interleaved; throughput at batch "
+            f"{r0['throughput_batch']}; BLEU/chrF on {r0.get('bleu_sentences', 'the')} test sentences "
+            f"(`{r0.get('bleu_signature', '')}`), commit `{(r0.get('git_commit') or '')[:10]}`.\n\n")
+    lines = ["| engine | median ms | p90 ms | speedup vs torch fp32 | sentences/s @32 | BLEU | chrF |",
+             "|---|---:|---:|---:|---:|---:|---:|"]
+    for r in rows:
+        lines.append(f"| {r['engine']} | {r['median_ms']:.1f} | {r['p90_ms']:.1f} | "
+                     f"{r['speedup_vs_torch_fp32'] or 0:.2f}x | {r['throughput_sps']:.1f} | "
+                     f"{r.get('bleu', float('nan')):.2f} | {r.get('chrf', float('nan')):.2f} |")
+    return head + "\n".join(lines)
+
+
+def moe_overhead_table() -> str:
+    """The latest MoE dispatch overhead measurement."""
+    rows = _read("moe_overhead")
+    if not rows:
+        return "_Not measured yet (benchmarks/moe_overhead.py)._"
+    r = rows[-1]
+    return (f"| model | decoder step median ms | p90 ms |\n|---|---:|---:|\n"
+            f"| dense FFN {r['width']} | {r['dense_step']['median_ms']:.3f} | {r['dense_step']['p90_ms']:.3f} |\n"
+            f"| {r['experts']} top-1 experts of {r['width']} | {r['moe_step']['median_ms']:.3f} | "
+            f"{r['moe_step']['p90_ms']:.3f} |\n\n"
+            f"Overhead {100 * r['overhead']:.1f}% (ONNX Runtime {r['quantization'] or 'fp32'}, {r['threads']} thread, "
+            f"batch 1, beam {r['beam']}, {r['sentences']} real test sentences, weights and routers of "
+            f"`{r['supernet']}`, commit `{(r.get('git_commit') or '')[:10]}`).")
+
+
+def load_demo_table() -> str:
+    """The latest load test of the demo."""
+    rows = _read("load_demo")
+    if not rows:
+        return "_Not measured yet (benchmarks/load_demo.py)._"
+    r = rows[-1]
+    return (f"{r.get('requests')} requests, {r.get('concurrency')} concurrent, engine {r.get('engine')}: "
+            f"p50 {r.get('latency_ms_p50')} ms, p95 {r.get('latency_ms_p95')} ms, {r.get('errors')} errors "
+            f"(model `{r.get('model')}`).")
+
+
+TABLES = {"engines": engines_table, "moe_overhead": moe_overhead_table, "load_demo": load_demo_table}
+
+
+def render(readme: str) -> str:
+    """README text with every results block rebuilt."""
+    for name, make in TABLES.items():
+        pattern = re.compile(rf"(<!-- results:{name} -->\n).*?(\n<!-- /results:{name} -->)", re.S)
+        readme = pattern.sub(lambda m: m.group(1) + make() + m.group(2), readme)
+    return readme
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--check", action="store_true", help="exit 1 if README.md is not up to date")
+    p.add_argument("--readme", default=str(ROOT / "README.md"))
+    args = p.parse_args(argv)
+    path = Path(args.readme)
+    old = path.read_text(encoding="utf-8")
+    new = render(old)
+    if args.check:
+        return 0 if new == old else 1
+    path.write_text(new, encoding="utf-8")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
