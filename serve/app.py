@@ -96,6 +96,27 @@ def discover_models(root: str | Path = "models") -> dict[str, str]:
             if (p / "config.json").is_file() and (p / "model.safetensors").is_file()}
 
 
+def default_model(models: dict[str, str]) -> str:
+    """The model the demo opens with: the fastest AutoMoE model (a searched MoE model, named
+    automoe-*; fastest by analytic GFLOPs), else the shipped model with the best test BLEU recorded
+    in its config.json provenance (`training.eval.bleu`), else the first."""
+    from automoe.checkpoint import read_model_config
+    from automoe.search.flops import cost
+
+    local = {}
+    for name, folder in models.items():
+        try:
+            local[name] = read_model_config(folder)
+        except (OSError, ValueError):
+            continue  # a Hub id or unreadable folder: not ranked
+    automoe_models = [n for n, (arch, _) in local.items() if n.startswith("automoe") and not arch.is_dense]
+    if automoe_models:
+        return min(automoe_models, key=lambda n: cost(local[n][0]).gflops)
+    scored = [(meta["training"].get("eval", {}).get("bleu"), n) for n, (_, meta) in local.items()]
+    scored = [(b, n) for b, n in scored if isinstance(b, (int, float))]
+    return max(scored)[1] if scored else next(iter(models))
+
+
 def load_examples(data_dir: str | Path | None, n: int = 8, max_chars: int = 160) -> list[str]:
     """Up to `n` short English sentences from the test split of a dataset folder, else built-ins."""
     if data_dir is not None:
@@ -128,7 +149,7 @@ class DemoBackend:
                  threads: int | None = 1, max_chars: int = 1000, max_lines: int = 8,
                  default_beam: int = 4, preload: bool = True):
         self.models = _names(models)
-        self.default = default or next(iter(self.models))
+        self.default = default or default_model(self.models)
         if self.default not in self.models:
             raise ValueError(f"default model {self.default!r} is not one of {list(self.models)}")
         self.engines = tuple(engines or available_engines())

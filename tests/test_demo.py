@@ -77,7 +77,8 @@ def test_app_config(app, models):
     demo, url = app
     assert url.startswith("http://127.0.0.1:")
     be = demo.backend
-    assert be.model_choices() == ["dense-tiny", "automoe-tiny"] and be.default == "dense-tiny"
+    # the demo opens on the AutoMoE model when one is shipped
+    assert be.model_choices() == ["dense-tiny", "automoe-tiny"] and be.default == "automoe-tiny"
     assert be.moe_models() == ["automoe-tiny"]
     from automoe.serve.translator import ENGINES
 
@@ -195,3 +196,21 @@ def test_browser_translate_and_screenshot(app):
         finally:
             browser.close()
     assert (ARTIFACTS / "demo_translate.png").stat().st_size > 10_000
+
+
+def test_default_model_prefers_automoe_then_best_bleu(tmp_path):
+    import torch
+
+    from automoe.config import SearchSpace
+    from automoe.modeling import MoETransformer
+    from automoe.serve.app import default_model
+
+    dense = SearchSpace.preset("tiny").largest().replace(vocab_size=1000)
+    for name, bleu in (("a", 3.0), ("b", 7.5), ("c", None)):
+        MoETransformer(dense).save_pretrained(tmp_path / name, training={"eval": {"bleu": bleu}} if bleu else {})
+    folders = {n: str(tmp_path / n) for n in ("a", "b", "c")}
+    assert default_model(folders) == "b"
+    moe = dense.replace(decoder_ffn=((40, 8), (24,), (8,)))
+    torch.manual_seed(0)
+    MoETransformer(moe).save_pretrained(tmp_path / "automoe-x")
+    assert default_model({**folders, "automoe-x": str(tmp_path / "automoe-x")}) == "automoe-x"
