@@ -1,0 +1,106 @@
+"""Model cards (README.md of a model folder) written from config.json and results files only.
+
+Every number in a card comes from the folder's config.json (architecture, training provenance)
+or from JSONL records written by `automoe eval --results` / `benchmarks/engines.py`.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from .config import ArchConfig
+from .search.flops import cost
+
+
+def read_records(path: str | Path, **match) -> list[dict]:
+    """Records of a JSONL file whose fields equal `match`."""
+    path = Path(path)
+    if not path.exists():
+        return []
+    rows = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    return [r for r in rows if all(r.get(k) == v for k, v in match.items())]
+
+
+def _arch_table(arch: ArchConfig) -> str:
+    rows = ["| stack | layer | heads | cross heads / last-k | expert widths |", "|---|---:|---:|---|---|"]
+    for i in range(arch.encoder_layers):
+        rows.append(f"| encoder (d={arch.encoder_embed_dim}) | {i} | {arch.encoder_heads[i]} | | "
+                    f"{', '.join(map(str, arch.encoder_ffn[i]))} |")
+    for i in range(arch.decoder_layers):
+        rows.append(f"| decoder (d={arch.decoder_embed_dim}) | {i} | {arch.decoder_heads[i]} | "
+                    f"{arch.decoder_cross_heads[i]} / {arch.decoder_cross_last_k[i]} | "
+                    f"{', '.join(map(str, arch.decoder_ffn[i]))} |")
+    return "\n".join(rows)
+
+
+def _training(training: dict) -> str:
+    if not training:
+        return "No training provenance recorded."
+    tc = training.get("train_config", {})
+    hours = training.get("wall_seconds", 0) / 3600
+    return (f"Trained on `{training.get('data')}` (manifest sha256 `{str(training.get('data_manifest_sha256'))[:12]}`) "
+            f"for {training.get('updates')} updates, {training.get('tokens_seen'):,} target tokens processed "
+            f"(summed over the subnets of each update), {training.get('epochs')} epochs, {hours:.2f} h wall time on "
+            f"{training.get('world_size', 1)} process(es) of a 2-core CPU machine, seed {training.get('seed')}, "
+            f"peak lr {tc.get('lr')}, {tc.get('max_tokens')}-token batches, dropout {tc.get('dropout')}, "
+            f"label smoothing {tc.get('label_smoothing')}, commit `{str(training.get('git_commit'))[:10]}`.")
+
+
+def _eval_table(records: list[dict]) -> str:
+    if not records:
+        return "Not evaluated yet."
+    rows = ["| subnet | split | sentences | beam | BLEU | chrF | engine |", "|---|---|---:|---:|---:|---:|---|"]
+    for r in records:
+        rows.append(f"| {r.get('arch_name') or 'model'} | {r['split']} | {r['sentences']} | {r['beam']} | "
+                    f"{r['bleu']:.2f} | {r['chrf']:.2f} | {r['engine']} |")
+    return "\n".join(rows) + f"\n\nsacrebleu signatures: `{records[-1]['bleu_signature']}`, `{records[-1]['chrf_signature']}`."
+
+
+def model_card(title: str, summary: str, arch: ArchConfig, training: dict, eval_records: list[dict],
+               latency_records: list[dict] = (), usage: str = "", limitations: str = "") -> str:
+    """The README.md text of a model folder."""
+    c = cost(arch)
+    latency = ""
+    if latency_records:
+        rows = ["| engine | median ms / sentence | speedup vs torch fp32 |", "|---|---:|---:|"]
+        rows += [f"| {r['engine']} | {r['median_ms']:.1f} | {r.get('speedup_vs_torch_fp32') or 0:.2f}x |"
+                 for r in latency_records]
+        r0 = latency_records[0]
+        latency = (f"\n## Latency\n\n{r0['cpu']}, {r0['threads']} thread, batch 1, beam {r0['beam']}, "
+                   f"{r0['latency_sentences']} test sentences (benchmarks/results/engines.jsonl).\n\n" + "\n".join(rows) + "\n")
+    return f"""---
+language: [en, de]
+license: apache-2.0
+library_name: automoe
+tags: [translation, mixture-of-experts, neural-architecture-search]
+---
+
+# {title}
+
+{summary}
+
+## Architecture
+
+{c.total_params / 1e6:.2f}M parameters ({c.embedding_params / 1e6:.2f}M in the shared embedding),
+{c.active_params / 1e6:.2f}M active non-embedding parameters per token, {c.gflops:.3f} GFLOPs for a
+30-token source and 30-token target (analytic, `automoe.search.flops`), vocabulary {arch.vocab_size}.
+
+{_arch_table(arch)}
+
+## Training
+
+{_training(training)}
+
+## Evaluation
+
+{_eval_table(list(eval_records))}
+{latency}
+## Usage
+
+{usage or '```python' + chr(10) + 'from automoe import Translator' + chr(10) + 'print(Translator.from_pretrained("PATH").translate(["Jesus wept."]))' + chr(10) + '```'}
+
+## Limitations
+
+{limitations or "Trained on a small single-domain corpus on a CPU; expect low quality outside that domain."}
+"""
