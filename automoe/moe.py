@@ -103,17 +103,19 @@ class MoEFeedForward(nn.Module):
         Returns (output [B, T, d], balancing loss (0 for a dense layer), top-1 expert [B, T]).
         """
         B, T, d = x.shape
-        flat = x.reshape(B * T, d)  # [N, d]
         if self.router is None:
             zeros = torch.zeros(B, T, dtype=torch.long, device=x.device)
             return self.experts[0](x), x.new_zeros(()).float(), zeros
+        flat = x.flatten(0, 1)  # [N, d]
         probs = router_probabilities(flat, self.router)  # [N, n]
-        gates, chosen = top_k_route(probs, self.top_k)  # [N, k], [N, k]
-        if not self.router_scale:
-            gates = torch.ones_like(gates)
-        if self.top_k == 1:
-            out = self._dispatch_top1(flat, gates[:, 0], chosen[:, 0])
+        if self.top_k == 1:  # max instead of topk: fewer graph nodes, same result
+            gate, choice = probs.max(dim=-1)  # [N], [N]
+            chosen = choice.unsqueeze(-1)  # [N, 1]
+            out = self._dispatch_top1(flat, gate if self.router_scale else torch.ones_like(gate), choice)
         else:
+            gates, chosen = top_k_route(probs, self.top_k)  # [N, k], [N, k]
+            if not self.router_scale:
+                gates = torch.ones_like(gates)
             out = torch.zeros_like(flat)  # [N, d]
             for e, expert in enumerate(self.experts):
                 token, slot = (chosen == e).nonzero(as_tuple=True)  # tokens routed to e
@@ -123,13 +125,13 @@ class MoEFeedForward(nn.Module):
                 out.index_add_(0, token, y.to(out.dtype))
         flat_mask = None if mask is None else mask.reshape(B * T)
         loss = load_balancing_loss(probs, chosen, flat_mask)
-        return out.reshape(B, T, d), loss, chosen[:, 0].reshape(B, T)
+        return out.view_as(x), loss, chosen[:, 0].view(B, T)
 
     def _dispatch_top1(self, flat: torch.Tensor, gate: torch.Tensor, choice: torch.Tensor) -> torch.Tensor:
         """Top-1 dispatch with few graph nodes: each expert gathers its tokens, the outputs are
         concatenated and put back in token order with one inverse permutation, and the gate is
         applied once. At decode time (a handful of tokens per step) the per-expert fixed cost of
-        an exported graph dominates, so this keeps 4 glue ops per expert instead of ~30.
+        an exported graph dominates, so this keeps 5 glue ops per expert instead of ~30.
 
         flat [N, d], gate [N], choice [N] -> [N, d].
         """
