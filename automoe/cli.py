@@ -74,7 +74,8 @@ def cmd_data_build(args: argparse.Namespace) -> int:
     return 0
 
 
-def _train_config(args: argparse.Namespace) -> "TrainConfig":
+def _train_config(args: argparse.Namespace):
+    """The TrainConfig given by the training flags."""
     from .config import TrainConfig
 
     fields = ("max_tokens", "update_freq", "lr", "warmup_updates", "schedule", "label_smoothing", "clip_norm",

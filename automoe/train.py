@@ -31,7 +31,6 @@ from pathlib import Path
 
 import torch
 import torch.distributed as dist
-import torch.nn.functional as F
 
 from . import data as data_lib
 from .checkpoint import load_state_dict, save_state_dict

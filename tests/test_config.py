@@ -84,7 +84,9 @@ def test_bounds_and_baselines(tiny_space):
 def test_arch_is_hashable_and_immutable(tiny_space):
     arch = tiny_space.largest()
     assert {arch: 1}[ArchConfig.from_dict(arch.to_dict())] == 1
-    with pytest.raises(Exception):
+    import dataclasses
+
+    with pytest.raises(dataclasses.FrozenInstanceError):
         arch.encoder_layers = 2
 
 
