@@ -59,13 +59,15 @@ class _Hypotheses:
 
     beam: int
     length_penalty: float
-    heap: list = field(default_factory=list)  # (score, counter, tokens, routing)
+    heap: list = field(default_factory=list)  # (score, insertion number, tokens, routing)
     done: bool = False
+    added: int = 0  # ties in score keep insertion order (and never compare tokens or routing)
 
     def add(self, tokens: list[int], sum_logprobs: float, routing) -> None:
         score = sum_logprobs / len(tokens) ** self.length_penalty
         if len(self.heap) < self.beam or score > self.heap[0][0]:
-            heapq.heappush(self.heap, (score, len(self.heap) + 1e-9 * score, tokens, routing))
+            self.added += 1
+            heapq.heappush(self.heap, (score, -self.added, tokens, routing))
             if len(self.heap) > self.beam:
                 heapq.heappop(self.heap)
 
