@@ -108,7 +108,7 @@ def cmd_train_supernet(args: argparse.Namespace) -> int:
         logging.getLogger("automoe").info("vocabulary of %s is %d: using it instead of the space's %d",
                                           args.data, vocab, space.vocab_size)
         space = dataclasses.replace(space, vocab_size=vocab)
-    state = train_supernet(space, _train_config(args), args.run_dir, resume=args.resume)
+    state = train_supernet(space, _train_config(args), args.run_dir, resume=args.resume, init_from=args.init_from)
     print(json.dumps({"run_dir": str(args.run_dir), "updates": state.update, "tokens_seen": state.tokens_seen,
                       "valid": state.history[-1] if state.history else None}))
     return 0
@@ -395,6 +395,8 @@ def build_parser() -> argparse.ArgumentParser:
                            description=cmd_train_supernet.__doc__)
     sup.add_argument("--run-dir", required=True, help="run folder (checkpoint, log, supernet weights)")
     sup.add_argument("--sandwich", action="store_true", help="also train the largest and smallest subnet each update")
+    sup.add_argument("--init-from", default=None,
+                     help="start from the weights of a supernet folder (fresh optimizer; use --resume to continue a run)")
     _add_train_args(sup)
     sup.set_defaults(func=cmd_train_supernet)
     mod = train.add_parser("model", help="one architecture -> a model folder", description=cmd_train_model.__doc__)

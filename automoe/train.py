@@ -414,12 +414,19 @@ def provenance(cfg: TrainConfig, state: LoopState, data: Dataset, **extra) -> di
 
 
 def train_supernet(space: SearchSpace, cfg: TrainConfig, run_dir: str | Path, *, resume: bool = False,
-                   progress: bool = True) -> LoopState:
+                   init_from: str | Path | None = None, progress: bool = True) -> LoopState:
     """Train the weight-sharing supernet of `space`; writes `run_dir/supernet.safetensors` and
-    `run_dir/space.json` at every checkpoint."""
+    `run_dir/space.json` at every checkpoint. `init_from` starts (not resumes: fresh optimizer and
+    schedule) from the weights of a supernet folder, e.g. a shipped one whose run state is gone."""
     run_dir = Path(run_dir)
     torch.manual_seed(cfg.seed)  # the initial weights depend on the seed only
     task = SupernetTask(space, cfg)
+    if init_from is not None and not resume:
+        start = load_supernet(init_from)
+        if start.space != space:
+            raise ValueError(f"{init_from} is a supernet of another space ({start.space.name}); use --space "
+                             f"{Path(init_from) / 'space.json'}")
+        task.module.model.load_state_dict(start.model.state_dict(), strict=True)
 
     def on_save(task, state, data):
         save_state_dict(task.module.model.state_dict(), run_dir / "supernet.safetensors")

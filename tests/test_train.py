@@ -144,3 +144,13 @@ def test_model_folder_has_provenance_and_loads(tmp_path):
     assert info["updates"] == 3 and info["tokens_seen"] > 0 and len(info["data_manifest_sha256"]) == 64
     assert model.meta["tokenizer"] == {"type": "sentencepiece", "file": "spm.model"}
     assert (tmp_path / "m" / "spm.model").exists()
+
+
+def test_supernet_init_from_weights(tmp_path):
+    train_supernet(SPACE, _cfg(max_updates=2), tmp_path / "a", progress=False)
+    train_supernet(SPACE, _cfg(max_updates=1, lr=1e-12), tmp_path / "b", init_from=tmp_path / "a", progress=False)
+    a, b = load_supernet(tmp_path / "a"), load_supernet(tmp_path / "b")
+    assert all(torch.allclose(x, y, atol=1e-6) for x, y in zip(a.parameters(), b.parameters()))
+    other = dataclasses.replace(SPACE, max_experts=2)
+    with pytest.raises(ValueError, match="supernet of another space"):
+        train_supernet(other, _cfg(max_updates=1), tmp_path / "c", init_from=tmp_path / "a", progress=False)
