@@ -144,6 +144,7 @@ class LoopState:
     tokens_seen: int = 0
     train_seconds: float = 0.0
     history: list = field(default_factory=list)  # recent validation results
+    git_commit: str | None = None  # the code that ran (read when this run or resumed segment started)
 
 
 @dataclass
@@ -319,6 +320,7 @@ def run_training(task: Task, cfg: TrainConfig, run_dir: str | Path, *, resume: b
     if world > 1:  # identical start on every process
         for p in params:
             dist.broadcast(p.data, 0)
+    state.git_commit = git_commit()
     main = rank == 0
     if main:
         _truncate_log(run_dir / "train.jsonl", state.update)
@@ -409,7 +411,7 @@ def provenance(cfg: TrainConfig, state: LoopState, data: Dataset, **extra) -> di
     """Training provenance recorded in a model folder's config.json."""
     return {"data": cfg.data, "data_manifest_sha256": data.manifest_sha256, "updates": state.update,
             "tokens_seen": state.tokens_seen, "epochs": state.epoch, "wall_seconds": round(state.train_seconds, 1),
-            "seed": cfg.seed, "git_commit": git_commit(), "world_size": _world()[1],
+            "seed": cfg.seed, "git_commit": state.git_commit, "world_size": _world()[1],
             "train_config": cfg.to_dict(), "valid": state.history[-1] if state.history else None, **extra}
 
 

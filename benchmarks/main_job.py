@@ -84,6 +84,16 @@ def main(argv: list[str] | None = None) -> int:
     for d in models:
         print(describe(d.name, read_model_config(d)[0]))
     exports = Path(args.exports)
+    for d in supernets:  # a supernet's largest subnet, with inherited weights, stands in for a model
+        folder = exports / f"{d.name}-largest"
+        if not (folder / "model.safetensors").exists():
+            from automoe.extract import extract_subnet
+            from automoe.train import load_supernet
+
+            supernet = load_supernet(d)
+            extract_subnet(supernet, supernet.space.largest()).save_pretrained(
+                folder, tokenizer_file=d / "spm.model", training={"extracted_from": str(d), "arch_name": "largest"})
+        models.append(folder)
     for d in models:
         print(f"\n== {d.name}: export to ONNX Runtime int8 and translate {len(sentences)} test sentences "
               f"(beam 4, 1 thread)\n  source: {sentences[0]}")
