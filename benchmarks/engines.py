@@ -101,6 +101,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--no-bleu", action="store_true")
     p.add_argument("--out", default=str(RESULTS / "engines.jsonl"))
     args = p.parse_args(argv)
+    env = environment()  # the commit and time the run started with
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
 
     import torch
@@ -139,7 +140,7 @@ def main(argv: list[str] | None = None) -> int:
             "throughput_batch": args.throughput_batch,
             "throughput_sps": round(n / sum(throughput[name]), 2),
             **scores.get(name, {}), "total_params": c.total_params, "active_params": c.active_params,
-            "gflops": round(c.gflops, 4), "arch": arch.to_dict(), **environment(),
+            "gflops": round(c.gflops, 4), "arch": arch.to_dict(), **env,
         })
     append_jsonl(Path(args.out), records)
     print(f"{'engine':18s} {'median ms':>10s} {'p90 ms':>8s} {'speedup':>8s} {'sent/s@32':>10s} {'BLEU':>6s} {'chrF':>6s}")

@@ -48,6 +48,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--beam", type=int, default=4)
     p.add_argument("--out", default=str(RESULTS / "moe_overhead.jsonl"))
     args = p.parse_args(argv)
+    env = environment()  # the commit and time the run started with
 
     import torch
 
@@ -85,7 +86,7 @@ def main(argv: list[str] | None = None) -> int:
     record = {"benchmark": "moe_overhead", "supernet": str(args.supernet), "experts": args.experts,
               "width": width, "quantization": quant, "threads": args.threads, "beam": args.beam,
               "rows_per_step": args.beam, "sentences": len(sources), "dense_step": dense, "moe_step": moe,
-              "overhead": round(moe["median_ms"] / dense["median_ms"] - 1, 4), **environment()}
+              "overhead": round(moe["median_ms"] / dense["median_ms"] - 1, 4), **env}
     append_jsonl(Path(args.out), [record])
     print(f"dense step median {dense['median_ms']:.3f} ms, {args.experts}-expert step median "
           f"{moe['median_ms']:.3f} ms: overhead {100 * record['overhead']:.1f}%")
