@@ -15,7 +15,6 @@ over the tokens routed to each expert; routers stay fp32 under int8 quantization
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
@@ -28,6 +27,7 @@ import torch
 import torch.nn as nn
 
 from automoe.checkpoint import CONFIG_NAME, WEIGHTS_NAME, read_model_config
+from automoe.corpora import sha256_file
 from automoe.modeling import DecoderState, MoETransformer
 
 logger = logging.getLogger(__name__)
@@ -174,15 +174,6 @@ def build_beam_search(encoder: Path, decoder: Path, out: Path, config) -> None:
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid(d, v) for d, v in opsets.items()],
                               ir_version=enc.ir_version)
     onnx.save(model, str(out))
-
-
-def sha256_file(path: Path) -> str:
-    """Hex sha256 of a file."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def prepare_out_dir(out_dir: Path, force: bool) -> Path:
