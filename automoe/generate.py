@@ -98,8 +98,10 @@ class TorchStepper:
         return logits[:, -1], routing[:, -1]
 
     def reorder(self, rows: torch.Tensor) -> None:
-        """Keep (and duplicate) the cached rows `rows` [N] to follow the surviving hypotheses."""
-        self.state = self.state.reorder(rows)
+        """Keep (and duplicate) the cached rows `rows` [N] to follow the surviving hypotheses.
+
+        `rows` never leave a sentence's own beams, so the cross-attention cache stays as it is."""
+        self.state = self.state.reorder(rows, self_only=True)
 
 
 @torch.no_grad()

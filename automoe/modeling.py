@@ -156,12 +156,16 @@ class DecoderState:
         first = self.self_kv[0]
         return 0 if first is None else first[0].shape[2]
 
-    def reorder(self, index: torch.Tensor) -> "DecoderState":
-        """Select rows (batch x beam entries) of every cached tensor, e.g. to follow beam search."""
+    def reorder(self, index: torch.Tensor, self_only: bool = False) -> "DecoderState":
+        """Select rows (batch x beam entries) of every cached tensor, e.g. to follow beam search.
+
+        `self_only` keeps the cross-attention K/V and masks as they are: beam search reorders rows
+        only within one sentence's beams, whose encoder rows are identical after the first expand.
+        """
         pick = lambda kv: None if kv is None else (kv[0].index_select(0, index), kv[1].index_select(0, index))  # noqa: E731
         return DecoderState(
-            cross_kv=[pick(kv) for kv in self.cross_kv],
-            cross_masks=[m.index_select(0, index) for m in self.cross_masks],
+            cross_kv=self.cross_kv if self_only else [pick(kv) for kv in self.cross_kv],
+            cross_masks=self.cross_masks if self_only else [m.index_select(0, index) for m in self.cross_masks],
             self_kv=[pick(kv) for kv in self.self_kv],
         )
 

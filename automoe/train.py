@@ -279,13 +279,16 @@ def _truncate_log(path: Path, update: int) -> None:
 
 
 def git_commit() -> str | None:
-    """The current git commit of the automoe source tree, if it is a checkout."""
+    """The git commit of the automoe source tree ("-dirty" if tracked files changed), if it is a checkout."""
+    root = Path(__file__).resolve().parent
     try:
-        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).parent, capture_output=True,
-                             text=True, timeout=5)
-        return out.stdout.strip() or None
+        head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, timeout=5)
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root,
+                               capture_output=True, text=True, timeout=5)
     except (OSError, subprocess.SubprocessError):
         return None
+    commit = head.stdout.strip()
+    return (commit + ("-dirty" if dirty.stdout.strip() else "")) if commit else None
 
 
 def run_training(task: Task, cfg: TrainConfig, run_dir: str | Path, *, resume: bool = False,

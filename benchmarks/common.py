@@ -6,8 +6,9 @@ import datetime
 import json
 import platform
 import statistics
-import subprocess
 from pathlib import Path
+
+from automoe.train import git_commit  # noqa: F401  (re-exported: the scripts' provenance)
 
 RESULTS = Path(__file__).parent / "results"
 
@@ -21,19 +22,6 @@ def cpu_name() -> str:
     except OSError:
         pass
     return platform.processor() or "unknown"
-
-
-def git_commit() -> str | None:
-    """The current git commit of the repository ("-dirty" if tracked files changed), if any."""
-    root = Path(__file__).resolve().parent.parent
-    try:
-        head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, timeout=5)
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root,
-                               capture_output=True, text=True, timeout=5)
-    except (OSError, subprocess.SubprocessError):
-        return None
-    commit = head.stdout.strip()
-    return (commit + ("-dirty" if dirty.stdout.strip() else "")) if commit else None
 
 
 def percentile(values: list[float], q: float) -> float:

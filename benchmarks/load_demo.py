@@ -37,17 +37,13 @@ MAX_REQUESTS, MAX_CONCURRENCY = 10_000, 64
 
 def tiny_random_model(folder: Path) -> Path:
     """A tiny heterogeneous-MoE model with random weights and the fixture tokenizer (vocab 1000)."""
-    import torch
-
     from automoe.config import SearchSpace
-    from automoe.modeling import MoETransformer
+    from automoe.random_model import save_random_model
 
-    torch.manual_seed(0)
     arch = SearchSpace.preset("tiny").largest().replace(
         vocab_size=1000, max_positions=64, encoder_ffn=((40, 8), (24,), (8, 40, 24)),
         decoder_ffn=((24, 8), (40,), (8, 40)))
-    MoETransformer(arch).save_pretrained(folder, tokenizer_file=FIXTURE / "spm.model")
-    return folder
+    return save_random_model(arch, folder, tokenizer_file=FIXTURE / "spm.model")
 
 
 def free_port() -> int:

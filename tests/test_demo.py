@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from automoe.modeling import MoETransformer
+from automoe.random_model import save_random_model
 from automoe.serve import Translator
 
 pytest.importorskip("gradio")
@@ -26,12 +27,10 @@ TOO_LONG = "and the word was with God " * 12  # > 24 tokens: over the tiny model
 def _tiny(path: Path, seed: int, moe: bool) -> Path:
     from automoe.config import SearchSpace
 
-    torch.manual_seed(seed)
     arch = SearchSpace.preset("tiny").largest().replace(vocab_size=1000, max_positions=24)
     if moe:  # heterogeneous experts: a dense layer among MoE layers of different widths
         arch = arch.replace(encoder_ffn=((40, 8), (24,), (8, 40, 24)), decoder_ffn=((24, 8), (40,), (8, 40)))
-    MoETransformer(arch).save_pretrained(path, tokenizer_file=DATA / "spm.model")
-    return path
+    return save_random_model(arch, path, seed=seed, tokenizer_file=DATA / "spm.model")
 
 
 def _free_port() -> int:
@@ -199,10 +198,8 @@ def test_browser_translate_and_screenshot(app):
 
 
 def test_default_model_prefers_automoe_then_best_bleu(tmp_path):
-    import torch
 
     from automoe.config import SearchSpace
-    from automoe.modeling import MoETransformer
     from automoe.serve.app import default_model
 
     dense = SearchSpace.preset("tiny").largest().replace(vocab_size=1000)

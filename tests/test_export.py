@@ -11,6 +11,7 @@ import torch
 
 from automoe.config import SearchSpace
 from automoe.modeling import MoETransformer
+from automoe.random_model import save_random_model
 from automoe.serve import Translator
 
 DATA = Path(__file__).parent / "data" / "bible-en-de"
@@ -19,12 +20,7 @@ TINY = SearchSpace.preset("tiny")
 
 
 def _save(arch, path, seed=0, sharpen=4.0):
-    torch.manual_seed(seed)
-    model = MoETransformer(arch)
-    with torch.no_grad():  # a sharper output distribution makes random-weight decoding less degenerate
-        model.embed_tokens.weight.mul_(sharpen)
-    model.save_pretrained(path, tokenizer_file=DATA / "spm.model")
-    return path
+    return save_random_model(arch, path, seed=seed, sharpen=sharpen, tokenizer_file=DATA / "spm.model")
 
 
 @pytest.fixture(scope="module")

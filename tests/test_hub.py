@@ -8,6 +8,7 @@ import torch
 from automoe.checkpoint import CheckpointError
 from automoe.hub import HubError, pull, push
 from automoe.modeling import MoETransformer
+from automoe.random_model import save_random_model
 from automoe.serve import Translator
 
 from hub_server import HubServer
@@ -25,9 +26,7 @@ def _tiny_arch():
 
 
 def _save(path: Path, seed: int) -> Path:
-    torch.manual_seed(seed)
-    MoETransformer(_tiny_arch()).save_pretrained(path, tokenizer_file=DATA / "spm.model", card="# tiny\n")
-    return path
+    return save_random_model(_tiny_arch(), path, seed=seed, tokenizer_file=DATA / "spm.model", card="# tiny\n")
 
 
 def _translate(path_or_repo, **kw) -> list[str]:

@@ -8,10 +8,9 @@ import sys
 from pathlib import Path
 
 import pytest
-import torch
 
 from automoe.evaluate import corpus_scores, read_split
-from automoe.modeling import MoETransformer
+from automoe.random_model import save_random_model
 from automoe.serve import Translator
 
 DATA = Path(__file__).parent / "data" / "bible-en-de"
@@ -21,12 +20,9 @@ DATA = Path(__file__).parent / "data" / "bible-en-de"
 def model_dir(tmp_path_factory):
     from automoe.config import SearchSpace
 
-    torch.manual_seed(0)
     space = SearchSpace.preset("tiny")
     arch = space.largest().replace(vocab_size=1000, encoder_ffn=((40, 8), (24,), (8, 40)), max_positions=24)
-    path = tmp_path_factory.mktemp("model") / "tiny"
-    MoETransformer(arch).save_pretrained(path, tokenizer_file=DATA / "spm.model")
-    return path
+    return save_random_model(arch, tmp_path_factory.mktemp("model") / "tiny", tokenizer_file=DATA / "spm.model")
 
 
 def _cli(*args, **kw):

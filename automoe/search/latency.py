@@ -83,13 +83,12 @@ def measure_latency(arch: ArchConfig, sentences: list[list[int]], *, engine: str
         raise ValueError(f"engine={engine!r} must be one of {list(ENGINES)}")
     if engine == "ctranslate2" and not (model_dir or tokenizer_file):
         raise ValueError("CTranslate2 latency needs the vocabulary: pass tokenizer_file=... or model_dir=...")
-    from automoe.modeling import MoETransformer
+    from automoe.random_model import save_random_model
 
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(model_dir) if model_dir else Path(tmp) / "model"
         if not model_dir:
-            torch.manual_seed(seed)
-            MoETransformer(arch).save_pretrained(folder, tokenizer_file=tokenizer_file)
+            save_random_model(arch, folder, seed=seed, tokenizer_file=tokenizer_file)
         if engine == "onnxruntime":
             from automoe.export.onnx import to_onnx
 
