@@ -22,6 +22,17 @@ def read_records(path: str | Path, **match) -> list[dict]:
     return [r for r in rows if all(r.get(k) == v for k, v in match.items())]
 
 
+def total_training(info: dict) -> dict:
+    """Updates, target tokens and wall seconds of a run plus every run it was initialised from."""
+    total = {"updates": 0, "tokens_seen": 0, "wall_seconds": 0.0, "segments": 0}
+    while info:
+        for k in ("updates", "tokens_seen", "wall_seconds"):
+            total[k] += info.get(k) or 0
+        total["segments"] += 1
+        info = info.get("previous")
+    return total
+
+
 def _arch_table(arch: ArchConfig) -> str:
     rows = ["| stack | layer | heads | cross heads / last-k | expert widths |", "|---|---:|---:|---|---|"]
     for i in range(arch.encoder_layers):
@@ -39,12 +50,19 @@ def _training(training: dict) -> str:
         return "No training provenance recorded."
     tc = training.get("train_config", {})
     hours = training.get("wall_seconds", 0) / 3600
+    earlier = ""
+    if training.get("previous"):
+        total = total_training(training)
+        earlier = (f" This run started from the weights of an earlier run of {training['previous'].get('updates')} "
+                   f"updates (fresh optimizer and schedule); all {total['segments']} segments together: "
+                   f"{total['updates']} updates, {total['tokens_seen']:,} target tokens processed, "
+                   f"{total['wall_seconds'] / 3600:.2f} h.")
     return (f"Trained on `{training.get('data')}` (manifest sha256 `{str(training.get('data_manifest_sha256'))[:12]}`) "
             f"for {training.get('updates')} updates, {training.get('tokens_seen'):,} target tokens processed "
             f"(summed over the subnets of each update), {training.get('epochs')} epochs, {hours:.2f} h wall time on "
             f"{training.get('world_size', 1)} process(es) of a 2-core CPU machine, seed {training.get('seed')}, "
             f"peak lr {tc.get('lr')}, {tc.get('max_tokens')}-token batches, dropout {tc.get('dropout')}, "
-            f"label smoothing {tc.get('label_smoothing')}, commit `{str(training.get('git_commit'))[:10]}`.")
+            f"label smoothing {tc.get('label_smoothing')}, commit `{str(training.get('git_commit'))[:10]}`.{earlier}")
 
 
 def _eval_table(records: list[dict]) -> str:

@@ -9,19 +9,8 @@ import sys
 from pathlib import Path
 
 from . import __version__
-from .config import ArchConfig, ConfigError, SearchSpace
-
-
-def _arch_from_arg(space: SearchSpace, value: str) -> ArchConfig:
-    """`dense`, `switch`, `smallest`, `largest` or a JSON file holding an ArchConfig."""
-    named = {"dense": space.dense_baseline, "switch": space.switch_baseline,
-             "smallest": space.smallest, "largest": space.largest}
-    if value in named:
-        return named[value]()
-    path = Path(value)
-    if not path.is_file():
-        raise ConfigError(f"--arch {value!r}: not one of {sorted(named)} and no such JSON file")
-    return ArchConfig.load(path)
+from .cli_search import _arch_from_arg, add_search_verbs
+from .config import ConfigError, SearchSpace
 
 
 def cmd_info(args: argparse.Namespace) -> int:
@@ -249,76 +238,6 @@ def cmd_pull(args: argparse.Namespace) -> int:
     return 0
 
 
-def _space_arg(value: str) -> SearchSpace:
-    return SearchSpace.load(value) if Path(value).is_file() else SearchSpace.preset(value)
-
-
-def cmd_search_latency_table(args: argparse.Namespace) -> int:
-    """Measure random architectures of a space on an engine into a JSONL latency table (resumable)."""
-    import dataclasses
-
-    from .data import encode_file, load_tokenizer
-    from .search.run import latency_table
-
-    sp = load_tokenizer(args.data)
-    space = _space_arg(args.space)
-    space = dataclasses.replace(space, vocab_size=sp.vocab_size())
-    sentences = encode_file(sp, Path(args.data) / "dev.src", space.max_positions)[: args.sentences]
-    out = latency_table(space, args.out, samples=args.samples, sentences=sentences, engine=args.engine,
-                        threads=args.threads, quantize=None if args.quantize == "none" else args.quantize,
-                        out_len=args.out_len, tokenizer_file=Path(args.data) / "spm.model", seed=args.seed)
-    print(out)
-    return 0
-
-
-def cmd_search_fit_predictor(args: argparse.Namespace) -> int:
-    """Fit the latency predictor on a latency table; report held-out MAPE and Kendall tau (vs HAT's)."""
-    import dataclasses
-
-    from .search.run import fit_predictor, read_table
-
-    archs, _ = read_table(args.table)
-    space = dataclasses.replace(_space_arg(args.space), vocab_size=archs[0].vocab_size)
-    report = fit_predictor(space, args.table, args.out, holdout=args.holdout, seed=args.seed)
-    print(json.dumps(report))
-    return 0
-
-
-def cmd_search_run(args: argparse.Namespace) -> int:
-    """Evolutionary search on a trained supernet under a latency and/or GFLOPs budget."""
-    from .search.evolution import EvolutionConfig
-    from .search.run import run_search
-
-    cfg = EvolutionConfig(population=args.population, parents=args.parents, mutations=args.mutations,
-                          mutation_prob=args.mutation_prob, crossovers=args.crossovers, iterations=args.iterations,
-                          max_tries=args.max_tries, seed=args.seed)
-    best = run_search(args.supernet, args.data, args.out, latency_ms=args.latency_ms, predictor=args.predictor,
-                      gflops=args.gflops, dense_only=args.dense_only, config=cfg, resume=args.resume,
-                      fitness_sentences=args.fitness_sentences)
-    print(best.to_json())
-    return 0
-
-
-def cmd_extract(args: argparse.Namespace) -> int:
-    """Extract a subnet of a trained supernet into a standalone model folder."""
-    from .extract import extract_subnet
-    from .train import load_supernet
-
-    supernet = load_supernet(args.supernet)
-    arch = _arch_from_arg(supernet.space, args.arch)
-    out = Path(args.out)
-    if out.exists() and any(out.iterdir()) and not args.force:
-        raise FileExistsError(f"{out} exists and is not empty; pass --force to replace it")
-    info = {"extracted_from": str(args.supernet)}
-    supernet_info = Path(args.supernet) / "supernet_info.json"
-    if supernet_info.exists():
-        info["supernet_training"] = json.loads(supernet_info.read_text(encoding="utf-8"))
-    tok = Path(args.tokenizer) if args.tokenizer else Path(args.supernet) / "spm.model"
-    extract_subnet(supernet, arch).save_pretrained(out, tokenizer_file=tok if tok.exists() else None, training=info)
-    print(out)
-    return 0
-
-
 def _add_train_args(p: argparse.ArgumentParser) -> None:
     from .config import TrainConfig
 
@@ -468,54 +387,7 @@ def build_parser() -> argparse.ArgumentParser:
     pl.add_argument("--out", default=None, help="copy into this folder (default: the Hugging Face cache)")
     pl.set_defaults(func=cmd_pull)
 
-    se = verbs.add_parser("search", help="latency tables, predictor, evolutionary search").add_subparsers(
-        dest="search_verb", metavar="ACTION", required=True)
-    lt = se.add_parser("latency-table", help="measure random architectures on an engine",
-                       description=cmd_search_latency_table.__doc__)
-    lt.add_argument("--space", default="small", help="preset or space.json")
-    lt.add_argument("--data", required=True, help="dataset folder: real dev sentences and the tokenizer")
-    lt.add_argument("--engine", default="onnxruntime", choices=["onnxruntime", "ctranslate2", "torch"])
-    lt.add_argument("--samples", type=int, required=True)
-    lt.add_argument("--out", required=True, help="JSONL table (appended; resumes)")
-    lt.add_argument("--threads", type=int, default=1)
-    lt.add_argument("--quantize", default="int8", choices=["int8", "none"])
-    lt.add_argument("--sentences", type=int, default=20, help="dev sentences timed per architecture")
-    lt.add_argument("--out-len", type=int, default=30, help="fixed output length")
-    lt.add_argument("--seed", type=int, default=0)
-    lt.set_defaults(func=cmd_search_latency_table)
-    fp = se.add_parser("fit-predictor", help="fit the latency predictor on a table",
-                       description=cmd_search_fit_predictor.__doc__)
-    fp.add_argument("--table", required=True)
-    fp.add_argument("--space", default="small")
-    fp.add_argument("--out", required=True, help="predictor file (.safetensors)")
-    fp.add_argument("--holdout", type=float, default=0.2)
-    fp.add_argument("--seed", type=int, default=0)
-    fp.set_defaults(func=cmd_search_fit_predictor)
-    rn = se.add_parser("run", help="evolutionary search on a supernet", description=cmd_search_run.__doc__)
-    rn.add_argument("--supernet", required=True, help="supernet folder (supernet.safetensors + space.json)")
-    rn.add_argument("--data", required=True, help="dataset folder (dev split for the fitness)")
-    rn.add_argument("--out", required=True, help="search folder (search.jsonl, best.json, state)")
-    rn.add_argument("--latency-ms", type=float, default=None, help="predicted latency budget")
-    rn.add_argument("--predictor", default=None, help="latency predictor file")
-    rn.add_argument("--gflops", type=float, default=None, help="GFLOPs budget (30+30 tokens)")
-    rn.add_argument("--dense-only", action="store_true", help="one expert per layer (the HAT baseline)")
-    rn.add_argument("--resume", action="store_true")
-    rn.add_argument("--fitness-sentences", type=int, default=200)
-    from .search.evolution import EvolutionConfig
-
-    e = EvolutionConfig()
-    for flag in ("population", "parents", "mutations", "crossovers", "iterations", "max_tries", "seed"):
-        rn.add_argument(f"--{flag.replace('_', '-')}", type=int, default=getattr(e, flag))
-    rn.add_argument("--mutation-prob", type=float, default=e.mutation_prob)
-    rn.set_defaults(func=cmd_search_run)
-
-    xt = verbs.add_parser("extract", help="extract a supernet subnet into a model folder", description=cmd_extract.__doc__)
-    xt.add_argument("supernet", help="supernet folder")
-    xt.add_argument("--arch", required=True, help="best.json / ArchConfig JSON, or largest | smallest | dense | switch")
-    xt.add_argument("--out", required=True, help="model folder to write")
-    xt.add_argument("--tokenizer", default=None, help="SentencePiece model (default: the supernet folder's spm.model)")
-    xt.add_argument("--force", action="store_true")
-    xt.set_defaults(func=cmd_extract)
+    add_search_verbs(verbs)
     return parser
 
 

@@ -33,11 +33,11 @@ from automoe.corpora import (  # re-exported: the public data API is this module
     Pair,
     load_bible,
     load_files,
-    load_libreoffice_help,
     read_lines,
     read_parallel,
     read_tsv,
 )
+from automoe.libreoffice import load_libreoffice_help
 
 __all__ = [
     "CORPORA", "Corpus", "DataError", "SPM_SETTINGS", "build_dataset", "collate", "concat_corpora",

@@ -34,8 +34,8 @@ import torch.distributed as dist
 
 from . import data as data_lib
 from .checkpoint import load_state_dict, save_state_dict
-from .corpora import sha256_file
 from .config import ArchConfig, SearchSpace, TrainConfig
+from .corpora import sha256_file
 from .modeling import MoETransformer
 from .supernet import SuperTransformer
 
@@ -426,6 +426,10 @@ def train_supernet(space: SearchSpace, cfg: TrainConfig, run_dir: str | Path, *,
     run_dir = Path(run_dir)
     torch.manual_seed(cfg.seed)  # the initial weights depend on the seed only
     task = SupernetTask(space, cfg)
+    extra = {}
+    if init_from is not None:
+        # the earlier training travels on, so a card can state the whole budget
+        extra = {"init_from": str(init_from), "previous": _previous_training(Path(init_from) / "supernet_info.json")}
     if init_from is not None and not resume:
         start = load_supernet(init_from)
         if start.space != space:
@@ -437,9 +441,19 @@ def train_supernet(space: SearchSpace, cfg: TrainConfig, run_dir: str | Path, *,
         save_state_dict(task.module.model.state_dict(), run_dir / "supernet.safetensors")
         space.save(run_dir / "space.json")
         shutil.copyfile(data.spm_path, run_dir / "spm.model")  # the tokenizer travels with the supernet
-        (run_dir / "supernet_info.json").write_text(json.dumps(provenance(cfg, state, data), indent=2) + "\n")
+        info = provenance(cfg, state, data, **extra)
+        (run_dir / "supernet_info.json").write_text(json.dumps(info, indent=2) + "\n")
 
     return run_training(task, cfg, run_dir, resume=resume, on_save=on_save, progress=progress)
+
+
+def _previous_training(info_file: Path) -> dict | None:
+    """The provenance summary of the run a training starts from (None if it recorded none)."""
+    if not info_file.exists():
+        return None
+    info = json.loads(info_file.read_text())
+    keys = ("data", "data_manifest_sha256", "updates", "tokens_seen", "wall_seconds", "git_commit", "previous")
+    return {k: info.get(k) for k in keys}
 
 
 def load_supernet(run_dir: str | Path) -> SuperTransformer:

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from automoe.corpora import load_libreoffice_help, parse_help_html, resolve_size
+from automoe.corpora import resolve_size
 from automoe.data import (
     DataError,
     build_dataset,
@@ -27,6 +27,7 @@ from automoe.data import (
     read_tsv,
     write_dataset,
 )
+from automoe.libreoffice import load_libreoffice_help, parse_help_html
 
 FIXTURE = Path(__file__).parent / "data" / "bible-en-de"
 
@@ -259,9 +260,9 @@ def _fake_deb(path: Path, files: dict[str, str]) -> Path:
 
 
 def test_libreoffice_recipe_from_deb_files_without_dpkg(tmp_path, monkeypatch):
-    from automoe import corpora
+    from automoe import libreoffice
 
-    monkeypatch.setattr(corpora.shutil, "which", lambda name: None)  # use the pure-Python unpacker
+    monkeypatch.setattr(libreoffice.shutil, "which", lambda name: None)  # use the pure-Python unpacker
     raw = tmp_path / "raw"
     raw.mkdir()
     for package, lang, body in (("libreoffice-help-en-us", "en-US", HELP_EN), ("libreoffice-help-de", "de", HELP_DE)):

@@ -30,3 +30,13 @@ def test_model_card_uses_the_records(tmp_path):
     assert "| model | test | 1007 | 4 | 12.34 | 40.50 | torch |" in card and "99" not in card
     assert "45.64M parameters" in card and "1,234 target tokens" in card and "sig-b" in card
     assert card.count("| encoder (d=384) |") == 4 and "1536, 1536, 1536, 1536" in card
+
+
+def test_card_states_the_whole_budget_of_a_continued_run():
+    arch = SearchSpace.preset("small").largest()
+    first = {"updates": 1273, "tokens_seen": 9_970_863, "wall_seconds": 5800.9, "previous": None}
+    training = {"data": "data/x", "updates": 500, "tokens_seen": 4_000_000, "epochs": 1, "wall_seconds": 1500.0,
+                "seed": 1, "train_config": {}, "init_from": "models/s", "previous": first}
+    card = model_card("Title", "Summary.", arch, training, [])
+    assert "earlier run of 1273 updates" in card
+    assert "all 2 segments together: 1773 updates, 13,970,863 target tokens processed, 2.03 h" in card
