@@ -81,7 +81,41 @@ def load_demo_table() -> str:
             f"(model `{r.get('model')}`).")
 
 
-TABLES = {"engines": engines_table, "moe_overhead": moe_overhead_table, "load_demo": load_demo_table}
+def _training_budget(folder: Path) -> str:
+    """Updates, target tokens and hours of a shipped folder's training (all segments together)."""
+    from automoe.card import total_training
+
+    info = folder / "supernet_info.json"
+    if info.exists():
+        training = json.loads(info.read_text(encoding="utf-8"))
+    else:
+        config = folder / "config.json"
+        training = json.loads(config.read_text(encoding="utf-8")).get("training") if config.exists() else None
+    if not training or "updates" not in training:
+        return "not recorded"
+    t = total_training(training)
+    return f"{t['updates']:,} updates, {t['tokens_seen'] / 1e6:.2f}M target tokens, {t['wall_seconds'] / 3600:.2f} h"
+
+
+def models_table() -> str:
+    """Test BLEU/chrF of every shipped model (and supernet subnet): its latest eval.jsonl record."""
+    latest: dict[tuple, dict] = {}
+    for r in _read("eval"):
+        if r.get("split") == "test" and (ROOT / r["model"]).is_dir():
+            latest[(r["model"], r.get("arch_name"))] = r
+    if not latest:
+        return "_No shipped model has been evaluated yet (benchmarks/ship.py)._"
+    lines = ["| model | subnet | parameters | BLEU | chrF | training (same data, 2-core CPU) |",
+             "|---|---|---:|---:|---:|---|"]
+    for (model, name), r in sorted(latest.items(), key=lambda kv: (kv[0][0], str(kv[0][1]))):
+        lines.append(f"| `{model}` | {name or 'model'} | {r['params'] / 1e6:.2f}M | {r['bleu']:.2f} | "
+                     f"{r['chrf']:.2f} | {_training_budget(ROOT / model)} |")
+    r0 = next(iter(latest.values()))
+    return ("\n".join(lines) + f"\n\n{r0['sentences']} test sentences (Acts), beam {r0['beam']}, torch fp32 from the "
+            f"fp16 weights, `{r0['bleu_signature']}`. Supernet rows are subnets with inherited weights, no fine-tuning.")
+
+
+TABLES = {"models": models_table, "engines": engines_table, "moe_overhead": moe_overhead_table, "load_demo": load_demo_table}
 
 
 def render(readme: str) -> str:
