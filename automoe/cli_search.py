@@ -67,7 +67,7 @@ def cmd_search_run(args: argparse.Namespace) -> int:
                           max_tries=args.max_tries, seed=args.seed)
     best = run_search(args.supernet, args.data, args.out, latency_ms=args.latency_ms, predictor=args.predictor,
                       gflops=args.gflops, dense_only=args.dense_only, config=cfg, resume=args.resume,
-                      fitness_sentences=args.fitness_sentences)
+                      fitness_sentences=args.fitness_sentences, workers=args.workers)
     print(best.to_json())
     return 0
 
@@ -126,7 +126,9 @@ def add_search_verbs(verbs) -> None:
     rn.add_argument("--gflops", type=float, default=None, help="GFLOPs budget (30+30 tokens)")
     rn.add_argument("--dense-only", action="store_true", help="one expert per layer (the HAT baseline)")
     rn.add_argument("--resume", action="store_true")
-    rn.add_argument("--fitness-sentences", type=int, default=200)
+    rn.add_argument("--fitness-sentences", type=int, default=200, help="dev pairs of the fitness (validation loss)")
+    rn.add_argument("--workers", type=int, default=1,
+                    help="processes evaluating the fitness in parallel (torch threads are split between them)")
     from .search.evolution import EvolutionConfig
 
     e = EvolutionConfig()

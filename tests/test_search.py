@@ -85,6 +85,23 @@ def test_resume_gives_the_same_final_population(tmp_path):
     assert part.iteration == 5 and resumed.iteration == SMALL_CFG.iterations
 
 
+def test_batched_evaluation_gives_the_same_search():
+    space = SearchSpace.preset("small")
+    fitness = _target_distance(space, space.sample(random.Random(9)))
+    constraint = lambda a: a.decoder_layers >= 2  # noqa: E731
+    batches = []
+
+    def evaluate_many(archs):
+        batches.append(len(archs))
+        return [fitness(a) for a in reversed(archs)][::-1]  # any evaluation order, results in input order
+
+    serial = evolve(space, fitness, constraint, SMALL_CFG)
+    batched = evolve(space, lambda a: pytest.fail("evaluate_many must be used"), constraint, SMALL_CFG,
+                     evaluate_many=evaluate_many)
+    assert batched[0] == serial[0] and batched[2].population == serial[2].population
+    assert batches[0] == SMALL_CFG.population and sum(batches) == len(serial[2].fitness)
+
+
 def test_config_checks_sizes():
     with pytest.raises(ValueError, match="must equal population"):
         EvolutionConfig(population=10, parents=2, mutations=2, crossovers=2)

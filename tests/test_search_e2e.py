@@ -59,6 +59,11 @@ def test_latency_table_predictor_search_extract(tmp_path):
                config=EvolutionConfig(population=8, parents=2, mutations=3, crossovers=3, iterations=1))
     dense_best = json.loads((tmp_path / "dense" / "best.json").read_text())
     assert all(len(w) == 1 for w in dense_best["encoder_ffn"] + dense_best["decoder_ffn"])
+    run_search(tmp_path / "supernet", DATA, tmp_path / "dense-2", gflops=1.0, dense_only=True, fitness_sentences=20,
+               config=EvolutionConfig(population=8, parents=2, mutations=3, crossovers=3, iterations=1), workers=2)
+    assert json.loads((tmp_path / "dense-2" / "best.json").read_text()) == dense_best  # 2 processes, same search
+    fits = lambda name: sorted(json.loads(line)["fitness"] for line in (tmp_path / name / "search.jsonl").open())  # noqa: E731
+    assert fits("dense-2") == pytest.approx(fits("dense"), abs=1e-6)
     _cli("extract", str(tmp_path / "supernet"), "--arch", str(tmp_path / "search" / "best.json"),
          "--out", str(tmp_path / "model"))
     from automoe.serve import Translator

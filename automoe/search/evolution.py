@@ -89,12 +89,16 @@ def evolve(space: SearchSpace, fitness: Callable[[ArchConfig], float], constrain
            config: EvolutionConfig = EvolutionConfig(), *, state: SearchState | None = None,
            on_iteration: Callable[[SearchState], None] | None = None,
            on_evaluate: Callable[[tuple, ArchConfig, float], None] | None = None,
-           stop_after: int | None = None) -> tuple[ArchConfig, float, SearchState]:
+           stop_after: int | None = None,
+           evaluate_many: Callable[[list[ArchConfig]], list[float]] | None = None
+           ) -> tuple[ArchConfig, float, SearchState]:
     """Run (or resume) the search; returns (best architecture, its fitness, final state).
 
     `on_iteration(state)` is called after every iteration (checkpoint it); `on_evaluate(gene,
     arch, fitness)` after every new fitness evaluation (log it). `stop_after` ends the run after
-    that many iterations of this call (used to test resuming).
+    that many iterations of this call (used to test resuming). `evaluate_many(archs)`, if given,
+    scores all new architectures of a generation at once (e.g. a process pool's map); it must
+    return what `fitness` would, so the search result does not depend on it.
     """
     rng = random.Random(config.seed)
     state = state or SearchState()
@@ -111,12 +115,22 @@ def evolve(space: SearchSpace, fitness: Callable[[ArchConfig], float], constrain
                 on_evaluate(gene, arch, state.fitness[key])
         return state.fitness[key]
 
+    def score_all(population: list[tuple]) -> None:
+        todo = [g for g in dict.fromkeys(population) if gene_key(g) not in state.fitness]
+        archs = [genes.decode(space, g) for g in todo]
+        values = evaluate_many(archs) if evaluate_many is not None and archs else [fitness(a) for a in archs]
+        for gene, arch, value in zip(todo, archs, values):
+            state.fitness[gene_key(gene)] = float(value)
+            if on_evaluate is not None:
+                on_evaluate(gene, arch, float(value))
+
     if not state.population:
         state.population = [list(_draw(lambda: genes.sample(space, rng), ok, config.max_tries, "random architecture"))
                             for _ in range(config.population)]
     done_here = 0
     while state.iteration < config.iterations:
         population = [tuple(g) for g in state.population]
+        score_all(population)
         ranked = sorted(population, key=lambda g: (score(g), gene_key(g)))
         parents = ranked[: config.parents]
         children = []
@@ -136,5 +150,6 @@ def evolve(space: SearchSpace, fitness: Callable[[ArchConfig], float], constrain
         done_here += 1
         if stop_after is not None and done_here >= stop_after:
             break
+    score_all([tuple(g) for g in state.population])
     best = min((tuple(g) for g in state.population), key=lambda g: (score(g), gene_key(g)))
     return genes.decode(space, best), score(best), state
