@@ -115,7 +115,29 @@ def models_table() -> str:
             f"fp16 weights, `{r0['bleu_signature']}`. Supernet rows are subnets with inherited weights, no fine-tuning.")
 
 
-TABLES = {"models": models_table, "engines": engines_table, "moe_overhead": moe_overhead_table, "load_demo": load_demo_table}
+def search_table() -> str:
+    """Best architecture of every latency budget, AutoMoE vs HAT-style search (latest record each)."""
+    latest: dict[tuple, dict] = {}
+    for r in _read("search"):
+        if r.get("search") in ("automoe", "hat"):
+            latest[(r["fraction"], r["search"])] = r
+    if not latest:
+        return "_No search has been run yet (benchmarks/search_pareto.py)._"
+    lines = ["| budget (x dense) | search | predicted ms | measured ms | speedup vs dense | dev BLEU | GFLOPs | "
+             "active params | expert FFNs |", "|---|---|---:|---:|---:|---:|---:|---:|---:|"]
+    for (fraction, kind), r in sorted(latest.items(), key=lambda kv: (-kv[0][0], kv[0][1])):
+        lines.append(f"| 1/{1 / fraction:.0f} ({r['budget_ms']:.2f} ms) | {kind} | {r['predicted_ms']:.2f} | "
+                     f"{r['measured_ms']:.2f} | {r['speedup_vs_dense']:.2f}x | {r['dev_bleu']:.2f} | "
+                     f"{r['gflops']:.3f} | {r['active_params'] / 1e6:.2f}M | {r['experts']} |")
+    r0 = next(iter(latest.values()))
+    return ("\n".join(lines) + f"\n\nSupernet `{r0['supernet']}`, dense baseline `{r0['dense_model']}` at "
+            f"{r0['dense_ms']:.2f} ms; {r0['engine']} {r0['quantization'] or 'fp32'}, {r0['threads']} thread, batch 1, "
+            f"beam 4, {r0['latency_sentences']} dev sentences decoded to {r0['out_len']} tokens; population "
+            f"{r0['population']}, {r0['iterations']} iterations; dev BLEU with inherited weights, no fine-tuning. "
+            "hat = the same search restricted to one expert per layer.")
+
+
+TABLES = {"models": models_table, "search": search_table, "engines": engines_table, "moe_overhead": moe_overhead_table, "load_demo": load_demo_table}
 
 
 def render(readme: str) -> str:
