@@ -42,6 +42,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--supernet", required=True, help="supernet folder (supernet.safetensors + space.json)")
     p.add_argument("--data", required=True, help="dataset folder (test split, spm.model)")
     p.add_argument("--experts", type=int, default=4)
+    p.add_argument("--width", type=int, default=None, help="expert / dense FFN width (default: the widest of the space)")
     p.add_argument("--sentences", type=int, default=100)
     p.add_argument("--quantize", default="int8", choices=["int8", "none"])
     p.add_argument("--threads", type=int, default=1)
@@ -60,8 +61,12 @@ def main(argv: list[str] | None = None) -> int:
 
     torch.set_num_threads(args.threads)
     supernet = load_supernet(args.supernet)
-    dense_arch = supernet.space.largest()
-    width = max(supernet.space.ffn_dims)
+    width = args.width or max(supernet.space.ffn_dims)
+    if width not in supernet.space.ffn_dims:
+        raise SystemExit(f"--width {width} is not a width of the space: {list(supernet.space.ffn_dims)}")
+    largest = supernet.space.largest()
+    dense_arch = largest.replace(encoder_ffn=((width,),) * largest.encoder_layers,
+                                 decoder_ffn=((width,),) * largest.decoder_layers)
     moe_arch = dense_arch.replace(encoder_ffn=((width,) * args.experts,) * dense_arch.encoder_layers,
                                   decoder_ffn=((width,) * args.experts,) * dense_arch.decoder_layers)
     sources, _ = read_split(args.data, "test", limit=args.sentences)

@@ -56,18 +56,22 @@ def engines_table() -> str:
 
 
 def moe_overhead_table() -> str:
-    """The latest MoE dispatch overhead measurement."""
+    """The latest MoE dispatch overhead measurement (one row pair per FFN width measured in it)."""
     rows = _read("moe_overhead")
     if not rows:
         return "_Not measured yet (benchmarks/moe_overhead.py)._"
-    r = rows[-1]
-    return (f"| model | decoder step median ms | p90 ms |\n|---|---:|---:|\n"
-            f"| dense FFN {r['width']} | {r['dense_step']['median_ms']:.3f} | {r['dense_step']['p90_ms']:.3f} |\n"
-            f"| {r['experts']} top-1 experts of {r['width']} | {r['moe_step']['median_ms']:.3f} | "
-            f"{r['moe_step']['p90_ms']:.3f} |\n\n"
-            f"Overhead {100 * r['overhead']:.1f}% (ONNX Runtime {r['quantization'] or 'fp32'}, {r['threads']} thread, "
-            f"batch 1, beam {r['beam']}, {r['sentences']} real test sentences, weights and routers of "
-            f"`{r['supernet']}`, commit `{(r.get('git_commit') or '')[:10]}`).")
+    last = rows[-1]
+    run = [r for r in rows if (r.get("git_commit"), r.get("date", "")[:13], r["supernet"]) ==
+           (last.get("git_commit"), last.get("date", "")[:13], last["supernet"])]
+    latest = {r["width"]: r for r in run}  # the last record of each width
+    lines = ["| model | decoder step median ms | p90 ms | overhead |", "|---|---:|---:|---:|"]
+    for width, r in sorted(latest.items(), reverse=True):
+        lines += [f"| dense FFN {width} | {r['dense_step']['median_ms']:.3f} | {r['dense_step']['p90_ms']:.3f} | |",
+                  f"| {r['experts']} top-1 experts of {width} | {r['moe_step']['median_ms']:.3f} | "
+                  f"{r['moe_step']['p90_ms']:.3f} | {100 * r['overhead']:.1f}% |"]
+    return ("\n".join(lines) + f"\n\nONNX Runtime {last['quantization'] or 'fp32'}, {last['threads']} thread, batch 1, "
+            f"beam {last['beam']}, {last['sentences']} real test sentences, weights and routers of "
+            f"`{last['supernet']}`, commit `{(last.get('git_commit') or '')[:10]}`.")
 
 
 def load_demo_table() -> str:
