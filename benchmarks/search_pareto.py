@@ -90,6 +90,11 @@ def main(argv: list[str] | None = None) -> int:
     supernet = load_supernet(args.supernet)
     tokenizer = load_tokenizer(Path(args.supernet) / "spm.model")
     predictor = LatencyPredictor.load(args.predictor)
+    wanted = {"engine": args.engine, "threads": args.threads, "quantization": None if args.quantize == "none"
+              else args.quantize, "out_len": args.out_len}
+    if predictor.measured_on and any(predictor.measured_on.get(k) != v for k, v in wanted.items()):
+        raise SystemExit(f"{args.predictor} was fitted on {predictor.measured_on}, not on {wanted}: pass the "
+                         "matching --engine/--threads/--quantize/--out-len or fit a predictor for this setting")
     sentences = encode_file(tokenizer, Path(args.data) / "dev.src", supernet.space.max_positions)
     sentences = sentences[: args.latency_sentences]
     dense_arch, _ = read_model_config(args.dense_model)

@@ -44,6 +44,15 @@ def test_latency_table_predictor_search_extract(tmp_path):
     assert [json.loads(line)["index"] for line in table.read_text().splitlines()] == list(range(7))
     report = fit_predictor(space, table, tmp_path / "pred.safetensors", holdout=0.3, epochs=200)
     assert {"automoe", "hat"} <= set(report) and report["test"] == 2
+    from automoe.search.latency import LatencyPredictor
+
+    setting = {"engine": "onnxruntime", "threads": 1, "quantization": None, "beam": 4, "out_len": 6}
+    assert report["measured_on"] == LatencyPredictor.load(tmp_path / "pred.safetensors").measured_on == setting
+    mixed = tmp_path / "mixed.jsonl"
+    rows[-1]["threads"] = 2
+    mixed.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    with pytest.raises(ValueError, match="mixes measurement settings"):
+        fit_predictor(space, mixed, tmp_path / "mixed.safetensors", epochs=10)
     budget = sorted(r["median_ms"] for r in rows)[3]
     _cli("search", "run", "--supernet", str(tmp_path / "supernet"), "--data", str(DATA), "--out",
          str(tmp_path / "search"), "--latency-ms", str(budget), "--predictor", str(tmp_path / "pred.safetensors"),

@@ -167,6 +167,7 @@ class LatencyPredictor:
         self.mean = torch.zeros(n)
         self.std = torch.ones(n)
         self.y_scale = 1.0
+        self.measured_on: dict = {}  # engine, threads, quantization, beam, out_len of the fitted table
 
     def _features(self, arch: ArchConfig) -> list[float]:
         return features(self.space, arch) if self.kind == "automoe" else hat_features(arch)
@@ -208,7 +209,8 @@ class LatencyPredictor:
         tensors = {f"net.{k}": v.contiguous() for k, v in self.net.state_dict().items()}
         tensors["mean"], tensors["std"] = self.mean.contiguous(), self.std.contiguous()
         meta = {"kind": self.kind, "hidden": self.hidden, "y_scale": self.y_scale, "space": self.space.to_dict(),
-                "features": feature_names(self.space) if self.kind == "automoe" else "hat10"}
+                "features": feature_names(self.space) if self.kind == "automoe" else "hat10",
+                "measured_on": self.measured_on}
         save_file(tensors, str(path), metadata={"automoe_latency_predictor": json.dumps(meta)})
 
     @classmethod
@@ -224,6 +226,7 @@ class LatencyPredictor:
         tensors = load_state_dict(path)
         predictor.net.load_state_dict({k[4:]: v for k, v in tensors.items() if k.startswith("net.")})
         predictor.mean, predictor.std, predictor.y_scale = tensors["mean"], tensors["std"], meta["y_scale"]
+        predictor.measured_on = meta.get("measured_on", {})
         return predictor
 
 

@@ -44,10 +44,24 @@ def latency_table(space: SearchSpace, out: str | Path, *, samples: int, sentence
     return out
 
 
+MEASUREMENT_KEYS = ("engine", "threads", "quantization", "beam", "out_len")
+
+
 def read_table(path: str | Path) -> tuple[list[ArchConfig], list[float]]:
     """Architectures and median latencies of a latency table."""
     rows = [json.loads(line) for line in Path(path).read_text(encoding="utf-8").splitlines() if line.strip()]
     return [ArchConfig.from_dict(r["arch"]) for r in rows], [r["median_ms"] for r in rows]
+
+
+def table_setting(path: str | Path) -> dict:
+    """The one measurement setting (engine, threads, quantization, beam, output length) of a table;
+    a table that mixes settings cannot train one predictor."""
+    rows = [json.loads(line) for line in Path(path).read_text(encoding="utf-8").splitlines() if line.strip()]
+    settings = {tuple(r.get(k) for k in MEASUREMENT_KEYS) for r in rows}
+    if len(settings) != 1:
+        raise ValueError(f"{path} mixes measurement settings {sorted(settings, key=str)} of {MEASUREMENT_KEYS}; "
+                         "fit one predictor per setting (one table each)")
+    return dict(zip(MEASUREMENT_KEYS, settings.pop()))
 
 
 def fit_predictor(space: SearchSpace, table: str | Path, out: str | Path, *, holdout: float = 0.2,
@@ -65,7 +79,9 @@ def fit_predictor(space: SearchSpace, table: str | Path, out: str | Path, *, hol
                                               seed=seed)
         pred, true = p.predict([archs[i] for i in test]), [ms[i] for i in test]
         report[kind] = {"mape": round(mape(pred, true), 2), "kendall_tau": round(kendall_tau(pred, true), 4)}
-    LatencyPredictor(space, "automoe").fit(archs, ms, epochs=epochs, seed=seed).save(out)
+    final = LatencyPredictor(space, "automoe").fit(archs, ms, epochs=epochs, seed=seed)
+    final.measured_on = report["measured_on"] = table_setting(table)
+    final.save(out)
     return report
 
 
@@ -213,5 +229,6 @@ def run_search(supernet_dir: str | Path, data_dir: str | Path, out_dir: str | Pa
     (out / "best_info.json").write_text(json.dumps({
         "fitness": best_fit, "gene_key": gene_key(genes.encode(space, best)), "budget_latency_ms": latency_ms,
         "budget_gflops": gflops, "dense_only": dense_only, "predicted_latency_ms": lat.predict([best])[0] if lat else None,
+        "predictor_measured_on": lat.measured_on if lat else None,
         **cost(best).to_dict()}, indent=2) + "\n")
     return best
