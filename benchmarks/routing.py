@@ -44,7 +44,7 @@ def distinct_experts_per_step(model, tokenizer, sources: list[str], beam: int) -
     """Mean number of distinct experts the `beam` rows of a decoding step pick, per decoder layer."""
     import torch
 
-    from automoe.generate import TorchStepper, beam_search
+    from automoe.generate import TorchStepper, beam_search, default_max_length
 
     counts: list[int] = []
 
@@ -59,7 +59,7 @@ def distinct_experts_per_step(model, tokenizer, sources: list[str], beam: int) -
         for sentence in sources:
             ids = tokenizer.encode(sentence)[: cfg.max_positions - 1] + [cfg.eos_id]
             beam_search(Recording(model, torch.tensor([ids]), beam), 1, beam=beam,
-                        max_length=min(cfg.max_positions, int(1.5 * len(ids)) + 10), bos_id=cfg.bos_id,
+                        max_length=default_max_length(model, len(ids)), bos_id=cfg.bos_id,
                         eos_id=cfg.eos_id, pad_id=cfg.pad_id)
     return statistics.mean(counts)
 

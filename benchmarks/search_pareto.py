@@ -74,8 +74,6 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     env = environment()
 
-    import torch
-
     from automoe.checkpoint import read_model_config
     from automoe.config import ArchConfig
     from automoe.data import encode_file, load_tokenizer
@@ -115,7 +113,6 @@ def main(argv: list[str] | None = None) -> int:
             with tempfile.TemporaryDirectory() as tmp:
                 model.save_pretrained(Path(tmp) / "m", tokenizer_file=Path(args.supernet) / "spm.model")
                 measured = measure(best, Path(tmp) / "m", sentences, args)
-            torch.set_num_threads(2)
             bleu = evaluate(Translator(model, tokenizer, threads=2), args.data, split="dev", beam=4,
                             limit=args.bleu_limit)
             c = cost(best)

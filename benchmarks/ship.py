@@ -108,19 +108,15 @@ def ship_model(src: Path, out: Path, data: str, beam: int, limit: int | None, ki
     from automoe.data import load_tokenizer
     from automoe.modeling import MoETransformer
 
-    model = MoETransformer.from_pretrained(src)  # in memory first: `out` may be `src`
-    training = model.meta.get("training") or {}
+    model = MoETransformer.from_pretrained(src).eval()  # in memory first: `out` may be `src`
+    model.to(torch.float16).float()  # the fp16-rounded weights users get, evaluated before the one write
     tok_file = src / model.meta["tokenizer"]["file"]
-    tok_bytes = tok_file.read_bytes()
-    out.mkdir(parents=True, exist_ok=True)
-    (out / tok_file.name).write_bytes(tok_bytes)
-    model.save_pretrained(out, tokenizer_file=out / tok_file.name, training=training, dtype=torch.float16)
-    shipped = MoETransformer.from_pretrained(out).eval()  # the fp16 copy: what users get
-    record = evaluate_arch(shipped, load_tokenizer(out / tok_file.name), data, None, str(out), beam, limit)
+    record = evaluate_arch(model, load_tokenizer(tok_file), data, None, str(out), beam, limit)
     append_jsonl(EVAL, [record])
     # the demo opens on the best shipped model by this recorded score
-    training = {**training, "eval": {k: record[k] for k in ("split", "sentences", "beam", "bleu", "chrf")}}
-    shipped.save_pretrained(out, tokenizer_file=out / tok_file.name, training=training, dtype=torch.float16)
+    training = {**(model.meta.get("training") or {}),
+                "eval": {k: record[k] for k in ("split", "sentences", "beam", "bleu", "chrf")}}
+    model.save_pretrained(out, tokenizer_file=tok_file, training=training, dtype=torch.float16)
     (out / "README.md").write_text(baseline_card(out, kind, space), encoding="utf-8")
     print(f"{out}: BLEU {record['bleu']:.2f} chrF {record['chrf']:.2f} ({record['sentences']} sentences, beam {beam})")
 

@@ -106,14 +106,8 @@ def evolve(space: SearchSpace, fitness: Callable[[ArchConfig], float], constrain
         _set_rng(rng, state.rng_state)
     ok = lambda g: constraint(genes.decode(space, g))  # noqa: E731
 
-    def score(gene: tuple) -> float:
-        key = gene_key(gene)
-        if key not in state.fitness:
-            arch = genes.decode(space, gene)
-            state.fitness[key] = float(fitness(arch))
-            if on_evaluate is not None:
-                on_evaluate(gene, arch, state.fitness[key])
-        return state.fitness[key]
+    def score(gene: tuple) -> float:  # every gene ranked was scored by `score_all` first
+        return state.fitness[gene_key(gene)]
 
     def score_all(population: list[tuple]) -> None:
         todo = [g for g in dict.fromkeys(population) if gene_key(g) not in state.fitness]

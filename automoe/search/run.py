@@ -47,16 +47,22 @@ def latency_table(space: SearchSpace, out: str | Path, *, samples: int, sentence
 MEASUREMENT_KEYS = ("engine", "threads", "quantization", "beam", "out_len")
 
 
-def read_table(path: str | Path) -> tuple[list[ArchConfig], list[float]]:
-    """Architectures and median latencies of a latency table."""
-    rows = [json.loads(line) for line in Path(path).read_text(encoding="utf-8").splitlines() if line.strip()]
+def _table_rows(path: str | Path) -> list[dict]:
+    return [json.loads(line) for line in Path(path).read_text(encoding="utf-8").splitlines() if line.strip()]
+
+
+def _arch_latencies(rows: list[dict]) -> tuple[list[ArchConfig], list[float]]:
     return [ArchConfig.from_dict(r["arch"]) for r in rows], [r["median_ms"] for r in rows]
 
 
-def table_setting(path: str | Path) -> dict:
-    """The one measurement setting (engine, threads, quantization, beam, output length) of a table;
-    a table that mixes settings cannot train one predictor."""
-    rows = [json.loads(line) for line in Path(path).read_text(encoding="utf-8").splitlines() if line.strip()]
+def read_table(path: str | Path) -> tuple[list[ArchConfig], list[float]]:
+    """Architectures and median latencies of a latency table."""
+    return _arch_latencies(_table_rows(path))
+
+
+def table_setting(rows: list[dict], path: str | Path) -> dict:
+    """The one measurement setting (engine, threads, quantization, beam, output length) of the
+    rows of table `path`; a table that mixes settings cannot train one predictor."""
     settings = {tuple(r.get(k) for k in MEASUREMENT_KEYS) for r in rows}
     if len(settings) != 1:
         raise ValueError(f"{path} mixes measurement settings {sorted(settings, key=str)} of {MEASUREMENT_KEYS}; "
@@ -68,7 +74,9 @@ def fit_predictor(space: SearchSpace, table: str | Path, out: str | Path, *, hol
                   seed: int = 0, epochs: int = 2000) -> dict:
     """Fit the per-layer predictor and a HAT-style 10-feature predictor on the same split; save
     the per-layer one (refitted on all rows) and return held-out MAPE / Kendall tau of both."""
-    archs, ms = read_table(table)
+    rows = _table_rows(table)
+    setting = table_setting(rows, table)  # before any fitting: a mixed table fails fast
+    archs, ms = _arch_latencies(rows)
     order = list(range(len(archs)))
     random.Random(seed).shuffle(order)
     n_test = max(int(holdout * len(order)), 2)
@@ -80,7 +88,7 @@ def fit_predictor(space: SearchSpace, table: str | Path, out: str | Path, *, hol
         pred, true = p.predict([archs[i] for i in test]), [ms[i] for i in test]
         report[kind] = {"mape": round(mape(pred, true), 2), "kendall_tau": round(kendall_tau(pred, true), 4)}
     final = LatencyPredictor(space, "automoe").fit(archs, ms, epochs=epochs, seed=seed)
-    final.measured_on = report["measured_on"] = table_setting(table)
+    final.measured_on = report["measured_on"] = setting
     final.save(out)
     return report
 
