@@ -34,12 +34,15 @@ def cmd_search_latency_table(args: argparse.Namespace) -> int:
     from .search.run import latency_table
 
     sp = load_tokenizer(args.data)
-    space = _space_arg(args.space)
+    space_arg = args.space or (str(Path(args.supernet) / "space.json") if args.supernet else "small")
+    space = _space_arg(space_arg)
     space = dataclasses.replace(space, vocab_size=sp.vocab_size())
     sentences = encode_file(sp, Path(args.data) / "dev.src", space.max_positions)[: args.sentences]
     out = latency_table(space, args.out, samples=args.samples, sentences=sentences, engine=args.engine,
                         threads=args.threads, quantize=None if args.quantize == "none" else args.quantize,
-                        out_len=args.out_len, tokenizer_file=Path(args.data) / "spm.model", seed=args.seed)
+                        out_len=args.out_len, tokenizer_file=Path(args.data) / "spm.model", seed=args.seed,
+                        repeats=args.repeats, reference=None if args.reference == "none" else args.reference,
+                        supernet_dir=args.supernet)
     print(out)
     return 0
 
@@ -52,7 +55,7 @@ def cmd_search_fit_predictor(args: argparse.Namespace) -> int:
 
     archs, _ = read_table(args.table)
     space = dataclasses.replace(_space_arg(args.space), vocab_size=archs[0].vocab_size)
-    report = fit_predictor(space, args.table, args.out, holdout=args.holdout, seed=args.seed)
+    report = fit_predictor(space, args.table, args.out, holdout=args.holdout, seed=args.seed, members=args.members)
     print(json.dumps(report))
     return 0
 
@@ -98,7 +101,7 @@ def add_search_verbs(verbs) -> None:
         dest="search_verb", metavar="ACTION", required=True)
     lt = se.add_parser("latency-table", help="measure random architectures on an engine",
                        description=cmd_search_latency_table.__doc__)
-    lt.add_argument("--space", default="small", help="preset or space.json")
+    lt.add_argument("--space", default=None, help="preset or space.json (default: the supernet's space, else small)")
     lt.add_argument("--data", required=True, help="dataset folder: real dev sentences and the tokenizer")
     lt.add_argument("--engine", default="onnxruntime", choices=["onnxruntime", "ctranslate2", "torch"])
     lt.add_argument("--samples", type=int, required=True)
@@ -108,6 +111,12 @@ def add_search_verbs(verbs) -> None:
     lt.add_argument("--sentences", type=int, default=20, help="dev sentences timed per architecture")
     lt.add_argument("--out-len", type=int, default=30, help="fixed output length")
     lt.add_argument("--seed", type=int, default=0)
+    lt.add_argument("--repeats", type=int, default=2, help="decodes per sentence; the fastest counts")
+    lt.add_argument("--reference", default="smallest", choices=["smallest", "largest", "none"],
+                    help="architecture timed beside every candidate; rows hold the ratio to it (robust to "
+                         "machine drift)")
+    lt.add_argument("--supernet", default=None,
+                    help="measure a trained supernet's inherited weights (routing as trained) instead of random ones")
     lt.set_defaults(func=cmd_search_latency_table)
     fp = se.add_parser("fit-predictor", help="fit the latency predictor on a table",
                        description=cmd_search_fit_predictor.__doc__)
@@ -116,6 +125,7 @@ def add_search_verbs(verbs) -> None:
     fp.add_argument("--out", required=True, help="predictor file (.safetensors)")
     fp.add_argument("--holdout", type=float, default=0.2)
     fp.add_argument("--seed", type=int, default=0)
+    fp.add_argument("--members", type=int, default=5, help="MLPs in the ensemble")
     fp.set_defaults(func=cmd_search_fit_predictor)
     rn = se.add_parser("run", help="evolutionary search on a supernet", description=cmd_search_run.__doc__)
     rn.add_argument("--supernet", required=True, help="supernet folder (supernet.safetensors + space.json)")

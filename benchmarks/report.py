@@ -141,7 +141,38 @@ def search_table() -> str:
             "hat = the same search restricted to one expert per layer.")
 
 
-TABLES = {"models": models_table, "search": search_table, "engines": engines_table, "moe_overhead": moe_overhead_table, "load_demo": load_demo_table}
+def predictor_table() -> str:
+    """Held-out error of the latency predictor vs HAT's on the latest predictor.jsonl run."""
+    rows = _read("predictor")
+    if not rows:
+        return "_Not measured yet (benchmarks/predictor.py)._"
+    last = rows[-1]
+    run = [r for r in rows if (r.get("git_commit"), r.get("date", "")[:13], r["table"]) ==
+           (last.get("git_commit"), last.get("date", "")[:13], last["table"])]
+    splits = [r for r in run if r["kind"] == "split"]
+    lines = ["| predictor | " + " | ".join(f"split {r['split_seed']}" for r in splits) + " | mean |",
+             "|---|" + "---:|" * (len(splits) + 1)]
+    for kind, name in (("automoe", "per-layer MLP ensemble"), ("hat", "HAT 10-feature")):
+        cells = [f"{r[kind]['mape']:.2f}% / {r[kind]['kendall_tau']:.3f}" for r in splits]
+        mean_mape = sum(r[kind]["mape"] for r in splits) / len(splits)
+        mean_tau = sum(r[kind]["kendall_tau"] for r in splits) / len(splits)
+        lines.append(f"| {name} (MAPE / tau) | " + " | ".join(cells) + f" | **{mean_mape:.2f}% / {mean_tau:.3f}** |")
+    r0 = splits[0]
+    text = ("\n".join(lines) + f"\n\n`{r0['table']}`: {r0['rows']} architectures ({r0['weights']} weights), "
+            f"{r0['engine']} {r0['quantization'] or 'fp32'}, {r0['threads']} thread, beam {r0['beam']}, "
+            f"{r0['sentences']} dev sentences decoded to {r0['out_len']} tokens, fastest of {r0['repeats']} per "
+            f"sentence, timed against a reference model; held out {r0['test']} of {r0['rows']} per split, "
+            f"{r0['members']} MLPs per ensemble; commit `{(r0.get('git_commit') or '')[:10]}`.")
+    repeat = [r for r in run if r["kind"] == "repeat"]
+    if repeat:
+        r = repeat[-1]
+        text += (f" The same {r['archs']} architectures measured twice agree to MAPE {r['mape']:.2f}% / tau "
+                 f"{r['kendall_tau']:.3f} ({r['measure']}; raw medians {r['raw_mape']:.2f}% / "
+                 f"{r['raw_kendall_tau']:.3f}).")
+    return text
+
+
+TABLES = {"models": models_table, "search": search_table, "predictor": predictor_table, "engines": engines_table, "moe_overhead": moe_overhead_table, "load_demo": load_demo_table}
 
 
 def render(readme: str) -> str:

@@ -242,10 +242,11 @@ class DemoBackend:
             return str(e), None, f"⚠️ {e}"
         start = time.perf_counter()
         out = tr.translate(lines, beam=beam)
-        ms = (time.perf_counter() - start) * 1000
+        # rounded once: the status line and the number field must show the same value
+        ms = round((time.perf_counter() - start) * 1000, 2)
         per = f" ({ms / len(lines):.1f} ms per sentence)" if len(lines) > 1 else ""
         status = f"**{ms:.1f} ms**{per} · model `{model}` · engine `{engine}` · beam {beam}"
-        return "\n".join(out), round(ms, 2), status
+        return "\n".join(out), ms, status
 
     def compare(self, text: str, engine: str, beam: int) -> tuple[list[list], str]:
         """(one table row per model: COMPARE_HEADERS, status line)."""

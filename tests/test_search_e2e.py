@@ -42,12 +42,26 @@ def test_latency_table_predictor_search_extract(tmp_path):
     assert len(rows) == 6 and all(r["median_ms"] > 0 for r in rows) and rows[0]["engine"] == "onnxruntime"
     latency_table(space, table, samples=7, **kw)  # resumable: asking for 7 measures only the 7th
     assert [json.loads(line)["index"] for line in table.read_text().splitlines()] == list(range(7))
+    with pytest.raises(ValueError, match=r"other settings \(repeats\)"):
+        latency_table(space, table, samples=8, **{**kw, "repeats": 3})
+    inherited = tmp_path / "inherited.jsonl"
+    latency_table(space, inherited, samples=3, supernet_dir=tmp_path / "supernet", **kw)
+    assert [json.loads(line)["weights"] for line in inherited.open()] == ["inherited"] * 3
+    from automoe.search.latency import measure_latency_isolated
+
+    alone = measure_latency_isolated(space.smallest(), sentences, quantize=None, out_len=6, repeats=3,
+                                     reference=space.smallest())
+    assert 0.5 < alone["ratio"] < 2 and alone["engine"] == "onnxruntime"  # itself, timed in a fresh process
     report = fit_predictor(space, table, tmp_path / "pred.safetensors", holdout=0.3, epochs=200)
     assert {"automoe", "hat"} <= set(report) and report["test"] == 2
     from automoe.search.latency import LatencyPredictor
 
     setting = {"engine": "onnxruntime", "threads": 1, "quantization": None, "beam": 4, "out_len": 6}
-    assert report["measured_on"] == LatencyPredictor.load(tmp_path / "pred.safetensors").measured_on == setting
+    measured_on = report["measured_on"]
+    assert measured_on == LatencyPredictor.load(tmp_path / "pred.safetensors").measured_on
+    assert {k: measured_on[k] for k in setting} == setting
+    assert measured_on["reference"] == space.smallest().to_dict() and measured_on["reference_scale_ms"] > 0
+    assert all(r["ratio"] > 0 and r["repeats"] == 2 and r["weights"] == "random" for r in rows)
     mixed = tmp_path / "mixed.jsonl"
     rows[-1]["threads"] = 2
     mixed.write_text("".join(json.dumps(r) + "\n" for r in rows))
@@ -63,6 +77,11 @@ def test_latency_table_predictor_search_extract(tmp_path):
     assert {"fitness", "gflops", "active_params", "gene"} <= set(evaluated[0])
     from automoe.search.evolution import EvolutionConfig
     from automoe.search.run import run_search
+
+    same = EvolutionConfig(population=8, parents=2, mutations=3, crossovers=3, iterations=2)
+    with pytest.raises(ValueError, match="other settings \\(latency_ms"):  # a resume must be the same search
+        run_search(tmp_path / "supernet", DATA, tmp_path / "search", latency_ms=budget * 2, config=same,
+                   predictor=str(tmp_path / "pred.safetensors"), fitness_sentences=20, resume=True)
 
     run_search(tmp_path / "supernet", DATA, tmp_path / "dense", gflops=1.0, dense_only=True, fitness_sentences=20,
                config=EvolutionConfig(population=8, parents=2, mutations=3, crossovers=3, iterations=1))

@@ -15,12 +15,14 @@ boosted trees would need another package).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import statistics
 import tempfile
 import time
 from pathlib import Path
+from typing import Callable
 
 import torch
 import torch.nn as nn
@@ -72,43 +74,138 @@ def _fixed_length_runner(folder: Path, engine: str, threads: int, beam: int, out
     return run
 
 
-def measure_latency(arch: ArchConfig, sentences: list[list[int]], *, engine: str = "onnxruntime", threads: int = 1,
-                    beam: int = 4, out_len: int = 30, quantize: str | None = "int8", warmup: int = 3,
-                    model_dir: str | Path | None = None, tokenizer_file: str | Path | None = None,
-                    seed: int = 0) -> dict:
-    """Median and p90 ms per sentence for decoding `sentences` (source ids with EOS) to exactly
-    `out_len` tokens. Random weights unless `model_dir` holds a trained model of `arch`;
-    CTranslate2 needs the vocabulary, so give `tokenizer_file` (or a `model_dir`) for it."""
-    if engine not in ENGINES:
-        raise ValueError(f"engine={engine!r} must be one of {list(ENGINES)}")
-    if engine == "ctranslate2" and not (model_dir or tokenizer_file):
-        raise ValueError("CTranslate2 latency needs the vocabulary: pass tokenizer_file=... or model_dir=...")
-    from automoe.random_model import save_random_model
+class LatencyRunner:
+    """One architecture exported to an engine, ready to decode: `runner(ids)` decodes one source
+    (ids with EOS) at batch 1 to exactly `out_len` tokens. Random weights unless `model_dir` holds
+    a trained model of the architecture. Use as a context manager (the export lives in a
+    temporary folder until `close`)."""
 
-    with tempfile.TemporaryDirectory() as tmp:
-        folder = Path(model_dir) if model_dir else Path(tmp) / "model"
+    def __init__(self, arch: ArchConfig, *, engine: str = "onnxruntime", threads: int = 1, beam: int = 4,
+                 out_len: int = 30, quantize: str | None = "int8", model_dir: str | Path | None = None,
+                 tokenizer_file: str | Path | None = None, seed: int = 0):
+        if engine not in ENGINES:
+            raise ValueError(f"engine={engine!r} must be one of {list(ENGINES)}")
+        if engine == "ctranslate2" and not (model_dir or tokenizer_file):
+            raise ValueError("CTranslate2 latency needs the vocabulary: pass tokenizer_file=... or model_dir=...")
+        from automoe.random_model import save_random_model
+
+        self.arch = arch
+        self.setting = {"engine": engine, "threads": threads, "beam": beam, "out_len": out_len,
+                        "quantization": None if engine == "torch" else quantize}
+        self._tmp = tempfile.TemporaryDirectory()
+        tmp = Path(self._tmp.name)
+        folder = Path(model_dir) if model_dir else tmp / "model"
         if not model_dir:
             save_random_model(arch, folder, seed=seed, tokenizer_file=tokenizer_file)
         if engine == "onnxruntime":
             from automoe.export.onnx import to_onnx
 
-            folder = to_onnx(folder, Path(tmp) / "onnx", quantize=quantize)
+            folder = to_onnx(folder, tmp / "onnx", quantize=quantize)
         elif engine == "ctranslate2":
             from automoe.export.ctranslate2 import to_ctranslate2
 
-            folder = to_ctranslate2(folder, Path(tmp) / "ct2", quantize=quantize)
-        run = _fixed_length_runner(folder, engine, threads, beam, out_len)
-        for ids in sentences[:warmup]:
-            run(ids)
-        times = []
-        for ids in sentences:
-            start = time.perf_counter()
-            run(ids)
-            times.append((time.perf_counter() - start) * 1000)
-    times.sort()
-    return {"median_ms": round(statistics.median(times), 3), "p90_ms": round(times[int(0.9 * (len(times) - 1))], 3),
-            "sentences": len(sentences), "engine": engine, "threads": threads, "beam": beam, "out_len": out_len,
-            "quantization": None if engine == "torch" else quantize}
+            folder = to_ctranslate2(folder, tmp / "ct2", quantize=quantize)
+        self._run = _fixed_length_runner(folder, engine, threads, beam, out_len)
+
+    def __call__(self, ids: list[int]) -> None:
+        self._run(ids)
+
+    def close(self) -> None:
+        """Drop the engine session and delete the temporary export."""
+        self._run = None
+        self._tmp.cleanup()
+
+    def __enter__(self) -> "LatencyRunner":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def _elapsed_ms(run: Callable[[list[int]], None], ids: list[int]) -> float:
+    start = time.perf_counter()
+    run(ids)
+    return (time.perf_counter() - start) * 1000
+
+
+def time_runner(run: Callable[[list[int]], None], sentences: list[list[int]], *, warmup: int = 3, repeats: int = 1,
+                reference: Callable[[list[int]], None] | None = None) -> dict:
+    """Time `run` on every sentence: the fastest of `repeats` decodes per sentence, then the
+    median and p90 over sentences (ms).
+
+    With a `reference` runner every sentence is also decoded by the reference, back to back with
+    the candidate and alternating which goes first, and `ratio` is the median per-sentence ratio
+    candidate / reference. On a shared machine whose speed drifts by 2x within a minute, the ratio
+    repeats far better than the raw time: both decodes see the same machine state. The fastest of
+    `repeats` drops the bursts of contention that hit one decode (noise on a time is one-sided).
+    """
+    if repeats < 1:
+        raise ValueError(f"repeats={repeats} must be >= 1")
+    for ids in sentences[:warmup]:
+        run(ids)
+        if reference is not None:
+            reference(ids)
+    times, ref_times = [], []
+    for i, ids in enumerate(sentences):
+        mine, ref = [], []
+        for k in range(repeats):
+            if reference is None:
+                mine.append(_elapsed_ms(run, ids))
+            elif (i + k) % 2 == 0:
+                mine.append(_elapsed_ms(run, ids))
+                ref.append(_elapsed_ms(reference, ids))
+            else:
+                ref.append(_elapsed_ms(reference, ids))
+                mine.append(_elapsed_ms(run, ids))
+        times.append(min(mine))
+        if ref:
+            ref_times.append(min(ref))
+    out = {"median_ms": round(statistics.median(times), 3),
+           "p90_ms": round(sorted(times)[int(0.9 * (len(times) - 1))], 3), "sentences": len(sentences),
+           "repeats": repeats}
+    if reference is not None:
+        out["ratio"] = round(statistics.median(t / r for t, r in zip(times, ref_times)), 5)
+        out["reference_ms"] = round(statistics.median(ref_times), 3)
+    return out
+
+
+def measure_latency(arch: ArchConfig, sentences: list[list[int]], *, engine: str = "onnxruntime", threads: int = 1,
+                    beam: int = 4, out_len: int = 30, quantize: str | None = "int8", warmup: int = 3,
+                    repeats: int = 1, model_dir: str | Path | None = None,
+                    tokenizer_file: str | Path | None = None, seed: int = 0,
+                    reference: LatencyRunner | ArchConfig | None = None) -> dict:
+    """Median and p90 ms per sentence for decoding `sentences` (source ids with EOS) to exactly
+    `out_len` tokens at batch 1 (see `time_runner` for `repeats` and `reference`). Random weights
+    unless `model_dir` holds a trained model of `arch`; CTranslate2 needs the vocabulary, so give
+    `tokenizer_file` (or a `model_dir`) for it. A `reference` runner must be measured in the same
+    setting; a reference ArchConfig is built here with random weights in that setting."""
+    setting = dict(engine=engine, threads=threads, beam=beam, out_len=out_len, quantize=quantize)
+    with contextlib.ExitStack() as stack:
+        run = stack.enter_context(LatencyRunner(arch, model_dir=model_dir, tokenizer_file=tokenizer_file,
+                                                seed=seed, **setting))
+        if isinstance(reference, ArchConfig):
+            reference = stack.enter_context(LatencyRunner(reference, tokenizer_file=tokenizer_file, seed=seed,
+                                                          **setting))
+        if reference is not None and reference.setting != run.setting:
+            raise ValueError(f"the reference runs in {reference.setting}, the candidate in {run.setting}: "
+                             "a latency ratio needs the same engine, threads, beam, output length and quantization")
+        result = time_runner(run, sentences, warmup=warmup, repeats=repeats, reference=reference)
+        return {**result, **run.setting}
+
+
+def measure_latency_isolated(arch: ArchConfig, sentences: list[list[int]], **kwargs) -> dict:
+    """`measure_latency` in a fresh spawned process (a `reference` must then be an ArchConfig).
+
+    A process that has just run a search (a supernet of 45M parameters, thousands of forward
+    passes) decodes the same model measurably slower than a fresh one: its heap and caches are
+    in another state. Timings meant to be compared with a latency table come from fresh processes.
+    """
+    import multiprocessing
+
+    if isinstance(kwargs.get("reference"), LatencyRunner):
+        raise ValueError("an isolated measurement builds its own reference: pass reference=<ArchConfig>")
+    with multiprocessing.get_context("spawn").Pool(1) as pool:
+        return pool.apply(measure_latency, (arch, sentences), kwargs)
 
 
 # ------------------------------------------------------------------------------- features
@@ -121,11 +218,35 @@ def feature_names(space: SearchSpace) -> list[str]:
     for i in range(max(space.decoder_layers)):
         names += [f"dec{i}.{f}" for f in ("active", "heads", "cross_heads", "last_k", "experts", "mean_width",
                                           "max_width")]
-    return names
+    return names + list(_SUMMARY_NAMES)
+
+
+# Whole-model sums that decode time is close to linear in: a batch-1 decoder step is memory-bound
+# (every weight it touches is read once), and each MoE layer adds a fixed dispatch cost. A small
+# MLP fitted on a few hundred rows learns these sums from the per-layer values far less reliably
+# than it can use them directly.
+_SUMMARY_NAMES = ("dec_attn_weights", "dec_ffn_weights_mean", "dec_ffn_weights_all", "dec_moe_layers",
+                  "enc_attn_weights", "enc_ffn_weights_mean", "enc_moe_layers", "dec_cross_reads")
+
+
+def _summary(arch: ArchConfig) -> list[float]:
+    qkv = arch.qkv_dim
+    dec, enc = arch.decoder_embed_dim, arch.encoder_embed_dim
+    dec_widths, enc_widths = arch.decoder_ffn, arch.encoder_ffn
+    mean = lambda w: sum(w) / len(w)  # noqa: E731
+    return [arch.decoder_layers * 6 * dec * qkv / 1e6,  # self q,k,v,o + cross q,o per step
+            sum(2 * dec * mean(w) for w in dec_widths) / 1e6,
+            sum(2 * dec * sum(w) for w in dec_widths) / 1e6,
+            sum(len(w) > 1 for w in dec_widths),
+            arch.encoder_layers * 4 * enc * qkv / 1e6,
+            sum(2 * enc * mean(w) for w in enc_widths) / 1e6,
+            sum(len(w) > 1 for w in enc_widths),
+            sum(arch.decoder_cross_last_k)]
 
 
 def features(space: SearchSpace, arch: ArchConfig) -> list[float]:
-    """Per-layer features of `arch` (zeros for layers it does not have), in `feature_names` order."""
+    """Per-layer features of `arch` (zeros for layers it does not have), then whole-model sums,
+    in `feature_names` order."""
     out = [arch.encoder_embed_dim, arch.decoder_embed_dim, arch.encoder_layers, arch.decoder_layers]
     for i in range(max(space.encoder_layers)):
         if i < arch.encoder_layers:
@@ -140,7 +261,7 @@ def features(space: SearchSpace, arch: ArchConfig) -> list[float]:
                     sum(w) / len(w), max(w)]
         else:
             out += [0] * 7
-    return [float(x) for x in out]
+    return [float(x) for x in out + _summary(arch)]
 
 
 def hat_features(arch: ArchConfig) -> list[float]:
@@ -154,20 +275,31 @@ def hat_features(arch: ArchConfig) -> list[float]:
 
 # ------------------------------------------------------------------------------ predictor
 
-class LatencyPredictor:
-    """MLP from architecture features to milliseconds; `kind` "automoe" (per-layer) or "hat" (10 averages)."""
+def _mlp(n: int, hidden: int) -> nn.Sequential:
+    return nn.Sequential(nn.Linear(n, hidden), nn.ReLU(), nn.Linear(hidden, hidden), nn.ReLU(), nn.Linear(hidden, 1))
 
-    def __init__(self, space: SearchSpace, kind: str = "automoe", hidden: int = 64):
+
+class LatencyPredictor:
+    """Ensemble of MLPs from architecture features to milliseconds; `kind` "automoe" (per-layer
+    values and whole-model sums) or "hat" (HAT's 10 averages).
+
+    The members differ only in their initialisation seed and the prediction is their mean: on a
+    few hundred noisy rows one MLP's error swings by a point of MAPE with its seed, the mean of
+    five does not.
+    """
+
+    def __init__(self, space: SearchSpace, kind: str = "automoe", hidden: int = 64, members: int = 5):
         if kind not in ("automoe", "hat"):
             raise ValueError(f"kind={kind!r} must be 'automoe' or 'hat'")
+        if members < 1:
+            raise ValueError(f"members={members} must be >= 1")
         self.space, self.kind, self.hidden = space, kind, hidden
         n = len(self._features(space.largest()))
-        self.net = nn.Sequential(nn.Linear(n, hidden), nn.ReLU(), nn.Linear(hidden, hidden), nn.ReLU(),
-                                 nn.Linear(hidden, 1))
+        self.nets = nn.ModuleList(_mlp(n, hidden) for _ in range(members))
         self.mean = torch.zeros(n)
         self.std = torch.ones(n)
         self.y_scale = 1.0
-        self.measured_on: dict = {}  # engine, threads, quantization, beam, out_len of the fitted table
+        self.measured_on: dict = {}  # engine, threads, quantization, beam, out_len (+ reference) of the table
 
     def _features(self, arch: ArchConfig) -> list[float]:
         return features(self.space, arch) if self.kind == "automoe" else hat_features(arch)
@@ -178,53 +310,59 @@ class LatencyPredictor:
 
     def fit(self, archs: list[ArchConfig], latency_ms: list[float], *, epochs: int = 2000, lr: float = 3e-3,
             seed: int = 0) -> "LatencyPredictor":
-        """Fit on measured latencies (full-batch Adam on mean squared relative error)."""
-        torch.manual_seed(seed)
+        """Fit every member on measured latencies (full-batch Adam on mean squared relative error)."""
         raw = torch.tensor([self._features(a) for a in archs])
         self.mean, self.std = raw.mean(0), raw.std(0).clamp(min=1e-6)
         y = torch.tensor(latency_ms, dtype=torch.float32)
         self.y_scale = float(y.mean())
         x = (raw - self.mean) / self.std
-        for m in self.net:
-            if isinstance(m, nn.Linear):
-                m.reset_parameters()
-        opt = torch.optim.Adam(self.net.parameters(), lr=lr, weight_decay=1e-4)
-        for _ in range(epochs):
-            opt.zero_grad()
-            pred = self.net(x).squeeze(-1) * self.y_scale
-            loss = (((pred - y) / y) ** 2).mean()
-            loss.backward()
-            opt.step()
+        for j, net in enumerate(self.nets):
+            torch.manual_seed(seed + j)
+            for m in net:
+                if isinstance(m, nn.Linear):
+                    m.reset_parameters()
+            opt = torch.optim.Adam(net.parameters(), lr=lr, weight_decay=1e-4)
+            for _ in range(epochs):
+                opt.zero_grad()
+                pred = net(x).squeeze(-1) * self.y_scale
+                loss = (((pred - y) / y) ** 2).mean()
+                loss.backward()
+                opt.step()
         return self
 
     @torch.no_grad()
     def predict(self, archs: list[ArchConfig]) -> list[float]:
-        """Predicted milliseconds for each architecture."""
-        return (self.net(self._x(archs)).squeeze(-1) * self.y_scale).tolist()
+        """Predicted milliseconds for each architecture (the members' mean)."""
+        x = self._x(archs)
+        return (torch.stack([net(x).squeeze(-1) for net in self.nets]).mean(0) * self.y_scale).tolist()
 
     def save(self, path: str | Path) -> None:
-        """One safetensors file: MLP weights + feature spec, normalisers and space in the metadata."""
+        """One safetensors file: member weights + feature spec, normalisers and space in the metadata."""
         from safetensors.torch import save_file
 
-        tensors = {f"net.{k}": v.contiguous() for k, v in self.net.state_dict().items()}
+        tensors = {f"nets.{k}": v.contiguous() for k, v in self.nets.state_dict().items()}
         tensors["mean"], tensors["std"] = self.mean.contiguous(), self.std.contiguous()
-        meta = {"kind": self.kind, "hidden": self.hidden, "y_scale": self.y_scale, "space": self.space.to_dict(),
+        meta = {"kind": self.kind, "hidden": self.hidden, "members": len(self.nets), "y_scale": self.y_scale,
+                "space": self.space.to_dict(),
                 "features": feature_names(self.space) if self.kind == "automoe" else "hat10",
                 "measured_on": self.measured_on}
         save_file(tensors, str(path), metadata={"automoe_latency_predictor": json.dumps(meta)})
 
     @classmethod
     def load(cls, path: str | Path) -> "LatencyPredictor":
-        """Inverse of `save`."""
+        """Inverse of `save`; a file whose feature list differs from this version's is refused."""
         from safetensors import safe_open
 
         from ..checkpoint import load_state_dict
 
         with safe_open(str(path), framework="pt") as f:
             meta = json.loads(f.metadata()["automoe_latency_predictor"])
-        predictor = cls(SearchSpace.from_dict(meta["space"]), meta["kind"], meta["hidden"])
+        predictor = cls(SearchSpace.from_dict(meta["space"]), meta["kind"], meta["hidden"], meta.get("members", 1))
+        if meta["kind"] == "automoe" and meta["features"] != feature_names(predictor.space):
+            raise ValueError(f"{path} was fitted on other features than this version of automoe computes; "
+                             "refit it with `automoe search fit-predictor`")
         tensors = load_state_dict(path)
-        predictor.net.load_state_dict({k[4:]: v for k, v in tensors.items() if k.startswith("net.")})
+        predictor.nets.load_state_dict({k[5:]: v for k, v in tensors.items() if k.startswith("nets.")})
         predictor.mean, predictor.std, predictor.y_scale = tensors["mean"], tensors["std"], meta["y_scale"]
         predictor.measured_on = meta.get("measured_on", {})
         return predictor

@@ -3,11 +3,15 @@ evolutionary search on a trained supernet (fitness = validation loss with inheri
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import logging
 import os
 import random
+import shutil
+import statistics
+import tempfile
 from pathlib import Path
 from typing import Callable
 
@@ -17,30 +21,83 @@ from ..config import ArchConfig, SearchSpace
 from . import space as genes
 from .evolution import EvolutionConfig, SearchState, evolve, gene_key
 from .flops import cost
-from .latency import LatencyPredictor, kendall_tau, mape, measure_latency
+from .latency import LatencyPredictor, LatencyRunner, kendall_tau, mape, measure_latency
 
 logger = logging.getLogger(__name__)
 
 
 def latency_table(space: SearchSpace, out: str | Path, *, samples: int, sentences: list[list[int]],
                   engine: str = "onnxruntime", threads: int = 1, quantize: str | None = "int8", out_len: int = 30,
-                  tokenizer_file: str | Path | None = None, seed: int = 0, progress: bool = True) -> Path:
+                  tokenizer_file: str | Path | None = None, seed: int = 0, repeats: int = 2,
+                  reference: ArchConfig | str | None = "smallest", supernet_dir: str | Path | None = None,
+                  progress: bool = True) -> Path:
     """Measure `samples` random architectures of `space` into a JSONL table; resumes an existing
     table (the i-th architecture depends only on the seed and i). The largest and smallest
-    architectures come first so the table always spans the space."""
+    architectures come first so the table always spans the space.
+
+    `reference` ("smallest", "largest", an ArchConfig, or None) is a fixed model timed beside
+    every candidate (see `time_runner`): each row then holds the ratio to it, which repeats far
+    better on a noisy machine than the raw time. `supernet_dir` measures the supernet's inherited
+    weights (routing as trained) instead of random weights.
+    """
     from tqdm.auto import tqdm
 
     out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
     done = len(out.read_text(encoding="utf-8").splitlines()) if out.exists() else 0
     rng = random.Random(seed)
     archs = [space.largest(), space.smallest()] + [space.sample(rng) for _ in range(max(samples - 2, 0))]
-    with open(out, "a", encoding="utf-8") as f:
-        for i in tqdm(range(done, samples), initial=done, total=samples, disable=not progress, unit="arch"):
-            arch = archs[i]
-            result = measure_latency(arch, sentences, engine=engine, threads=threads, quantize=quantize,
-                                     out_len=out_len, tokenizer_file=tokenizer_file, seed=seed + i)
-            f.write(json.dumps({"index": i, "arch": arch.to_dict(), **result, **cost(arch).to_dict()}) + "\n")
-            f.flush()
+    if done >= samples:
+        return out
+    supernet = None
+    if supernet_dir is not None:
+        from ..train import load_supernet
+
+        supernet = load_supernet(supernet_dir)
+    if isinstance(reference, str):
+        named = {"smallest": space.smallest, "largest": space.largest}
+        if reference not in named:
+            raise ValueError(f"reference={reference!r} must be one of {sorted(named)}, an ArchConfig or None")
+        reference = named[reference]()
+    setting = dict(engine=engine, threads=threads, quantize=quantize, out_len=out_len)
+    if done:  # a resumed table must go on measuring the way it started
+        first = json.loads(out.read_text(encoding="utf-8").splitlines()[0])
+        now = {"engine": engine, "threads": threads, "quantization": quantize, "out_len": out_len,
+               "repeats": repeats, "sentences": len(sentences), "reference": reference.to_dict() if reference else None,
+               "weights": "inherited" if supernet is not None else "random"}
+        older = {"reference": None, "repeats": 1, "weights": "random"}  # rows written before these fields
+        changed = sorted(k for k, v in now.items() if first.get(k, older.get(k)) != v)
+        if changed:
+            raise ValueError(f"{out} was measured with other settings ({', '.join(changed)}): resume it with "
+                             "the same flags or write a new table")
+
+    def weights(arch: ArchConfig, folder: Path) -> Path | None:
+        if supernet is None:
+            return None
+        from ..extract import extract_subnet
+
+        return extract_subnet(supernet, arch).save_pretrained(folder, tokenizer_file=tokenizer_file)
+
+    with tempfile.TemporaryDirectory() as tmp, contextlib.ExitStack() as stack:
+        ref_runner = None
+        if reference is not None:
+            ref_runner = stack.enter_context(LatencyRunner(
+                reference, model_dir=weights(reference, Path(tmp) / "reference"), tokenizer_file=tokenizer_file,
+                seed=seed, **setting))
+        with open(out, "a", encoding="utf-8") as f:
+            for i in tqdm(range(done, samples), initial=done, total=samples, disable=not progress, unit="arch"):
+                arch = archs[i]
+                model_dir = weights(arch, Path(tmp) / f"arch-{i}")
+                result = measure_latency(arch, sentences, repeats=repeats, reference=ref_runner,
+                                         model_dir=model_dir, tokenizer_file=tokenizer_file, seed=seed + i, **setting)
+                if model_dir is not None:
+                    shutil.rmtree(model_dir)
+                row = {"index": i, "arch": arch.to_dict(), **result, **cost(arch).to_dict(),
+                       "weights": "inherited" if supernet is not None else "random"}
+                if reference is not None:
+                    row["reference"] = reference.to_dict()
+                f.write(json.dumps(row) + "\n")
+                f.flush()
     return out
 
 
@@ -51,13 +108,27 @@ def _table_rows(path: str | Path) -> list[dict]:
     return [json.loads(line) for line in Path(path).read_text(encoding="utf-8").splitlines() if line.strip()]
 
 
-def _arch_latencies(rows: list[dict]) -> tuple[list[ArchConfig], list[float]]:
-    return [ArchConfig.from_dict(r["arch"]) for r in rows], [r["median_ms"] for r in rows]
+def table_latencies(rows: list[dict]) -> tuple[list[float], float | None]:
+    """The latency of every row in ms, and the scale (ms) of a reference-timed table.
+
+    Rows timed against a reference hold a ratio; it becomes ms through one scale for the whole
+    table: the median of the reference's own times over all rows. Rows without a reference give
+    their median ms and scale None. A table that mixes the two, or two references, is refused.
+    """
+    refs = {json.dumps(r.get("reference"), sort_keys=True) for r in rows}
+    if len(refs) != 1:
+        raise ValueError("the table mixes rows timed against different references (or none): "
+                         "fit one predictor per table")
+    if rows[0].get("reference") is None:
+        return [r["median_ms"] for r in rows], None
+    scale = statistics.median(r["reference_ms"] for r in rows)
+    return [r["ratio"] * scale for r in rows], scale
 
 
 def read_table(path: str | Path) -> tuple[list[ArchConfig], list[float]]:
-    """Architectures and median latencies of a latency table."""
-    return _arch_latencies(_table_rows(path))
+    """Architectures and latencies (ms; reference-scaled where timed against one) of a latency table."""
+    rows = _table_rows(path)
+    return [ArchConfig.from_dict(r["arch"]) for r in rows], table_latencies(rows)[0]
 
 
 def table_setting(rows: list[dict], path: str | Path) -> dict:
@@ -70,25 +141,32 @@ def table_setting(rows: list[dict], path: str | Path) -> dict:
     return dict(zip(MEASUREMENT_KEYS, settings.pop()))
 
 
+def holdout_split(n: int, holdout: float, seed: int) -> tuple[list[int], list[int]]:
+    """(test, train) row indices: a seeded shuffle, `holdout` of the rows (at least 2) held out."""
+    order = list(range(n))
+    random.Random(seed).shuffle(order)
+    n_test = max(int(holdout * n), 2)
+    return order[:n_test], order[n_test:]
+
+
 def fit_predictor(space: SearchSpace, table: str | Path, out: str | Path, *, holdout: float = 0.2,
-                  seed: int = 0, epochs: int = 2000) -> dict:
+                  seed: int = 0, epochs: int = 2000, members: int = 5) -> dict:
     """Fit the per-layer predictor and a HAT-style 10-feature predictor on the same split; save
     the per-layer one (refitted on all rows) and return held-out MAPE / Kendall tau of both."""
     rows = _table_rows(table)
     setting = table_setting(rows, table)  # before any fitting: a mixed table fails fast
-    archs, ms = _arch_latencies(rows)
-    order = list(range(len(archs)))
-    random.Random(seed).shuffle(order)
-    n_test = max(int(holdout * len(order)), 2)
-    test, train = order[:n_test], order[n_test:]
-    report = {"rows": len(archs), "train": len(train), "test": len(test)}
+    ms, scale = table_latencies(rows)
+    archs = [ArchConfig.from_dict(r["arch"]) for r in rows]
+    test, train = holdout_split(len(archs), holdout, seed)
+    report = {"rows": len(archs), "train": len(train), "test": len(test), "members": members}
     for kind in ("automoe", "hat"):
-        p = LatencyPredictor(space, kind).fit([archs[i] for i in train], [ms[i] for i in train], epochs=epochs,
-                                              seed=seed)
+        p = LatencyPredictor(space, kind, members=members).fit([archs[i] for i in train], [ms[i] for i in train],
+                                                               epochs=epochs, seed=seed)
         pred, true = p.predict([archs[i] for i in test]), [ms[i] for i in test]
         report[kind] = {"mape": round(mape(pred, true), 2), "kendall_tau": round(kendall_tau(pred, true), 4)}
-    final = LatencyPredictor(space, "automoe").fit(archs, ms, epochs=epochs, seed=seed)
-    final.measured_on = report["measured_on"] = setting
+    final = LatencyPredictor(space, "automoe", members=members).fit(archs, ms, epochs=epochs, seed=seed)
+    final.measured_on = report["measured_on"] = {**setting, "reference_scale_ms": scale,
+                                                 "reference": rows[0].get("reference")}
     final.save(out)
     return report
 
@@ -197,6 +275,20 @@ def run_search(supernet_dir: str | Path, data_dir: str | Path, out_dir: str | Pa
     state_path = out / "search_state.json"
     if state_path.exists() and not resume:
         raise FileExistsError(f"{state_path} exists: pass --resume to continue that search or use another folder")
+    # A resumed search must be the same search: another budget or population would mix two
+    # searches in one state and one search.jsonl.
+    settings = {"latency_ms": latency_ms, "gflops": gflops, "dense_only": dense_only,
+                "predictor": str(predictor) if predictor else None, "fitness_sentences": fitness_sentences,
+                "config": dataclasses.asdict(config)}
+    settings_path = out / "search_settings.json"
+    if settings_path.exists():
+        before = json.loads(settings_path.read_text(encoding="utf-8"))
+        changed = sorted(k for k in settings if before.get(k) != settings[k])
+        if changed:
+            raise ValueError(f"{out} holds a search with other settings ({', '.join(changed)}: "
+                             f"{ {k: before.get(k) for k in changed} }); resume it with those or use another folder")
+    else:
+        settings_path.write_text(json.dumps(settings, indent=2) + "\n", encoding="utf-8")
     supernet = load_supernet(supernet_dir)
     # HAT-style baseline: the same search over the space restricted to one expert per layer
     space = dataclasses.replace(supernet.space, max_experts=1) if dense_only else supernet.space
