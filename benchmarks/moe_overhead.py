@@ -8,7 +8,7 @@ default), run with 1 thread, batch 1, beam 4 on the first `--sentences` test sen
 models interleaved per sentence; only the decoder-step `session.run` calls are timed.
 Appends to benchmarks/results/moe_overhead.jsonl.
 
-    python benchmarks/moe_overhead.py --supernet models/supernet-small-bible --data data/bible-en-de
+    python benchmarks/moe_overhead.py --supernet models/supernet-small-bible-v3 --data data/bible-en-de
 """
 
 from __future__ import annotations

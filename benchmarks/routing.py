@@ -9,7 +9,7 @@ distinct experts the 4 beams of a decoding step pick per decoder layer, and the 
 token of the dense, all-experts and a mixed-width MoE subnet.
 Appends one record to benchmarks/results/routing.jsonl.
 
-    python benchmarks/routing.py --supernet models/supernet-small-bible --data data/bible-en-de
+    python benchmarks/routing.py --supernet models/supernet-small-bible-v3 --data data/bible-en-de
 """
 
 from __future__ import annotations

@@ -10,8 +10,8 @@ inherited weights, no fine-tuning). Searches resume from their folders under `--
 Appends one record per search to benchmarks/results/search.jsonl and copies each best.json into
 search/ beside it (extract one with `automoe extract SUPERNET --arch FILE --out DIR`).
 
-    python benchmarks/search_pareto.py --supernet models/supernet-small-bible-v2 \\
-        --data data/bible-en-de --predictor runs/latency-ort.safetensors \\
+    python benchmarks/search_pareto.py --supernet models/supernet-small-bible-v3 \\
+        --data data/bible-en-de --predictor benchmarks/results/latency-ort-v3.safetensors \\
         --dense-model models/dense-small-bible --runs runs/search --population 50 --iterations 15
 """
 

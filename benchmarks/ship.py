@@ -3,7 +3,7 @@
 The card's numbers come from config/provenance files and from evaluation records that this
 script writes with `automoe eval --results` semantics (benchmarks/results/eval.jsonl).
 
-    python benchmarks/ship.py supernet runs/supernet-small-bible models/supernet-small-bible --data data/bible-en-de
+    python benchmarks/ship.py supernet runs/supernet-v3 models/supernet-small-bible-v3 --data data/bible-en-de
     python benchmarks/ship.py model models/dense-small-bible models/dense-small-bible --data data/bible-en-de
 """
 

@@ -140,8 +140,16 @@ def quantize_int8(path: Path) -> None:
     graph = onnx.load(str(path)).graph
     routers = [node.name for node in graph.node if "/router/" in node.name]
     tmp = path.with_name(path.stem + ".int8.onnx")
-    quantize_dynamic(str(path), str(tmp), weight_type=QuantType.QInt8, op_types_to_quantize=["MatMul"],
-                     nodes_to_exclude=routers)
+    # The quantizer logs a line per tensor and a pre-processing hint per graph on the root logger:
+    # hundreds of lines per export that say nothing about this graph, so they are held back.
+    root = logging.getLogger()
+    level = root.level
+    root.setLevel(logging.ERROR)
+    try:
+        quantize_dynamic(str(path), str(tmp), weight_type=QuantType.QInt8, op_types_to_quantize=["MatMul"],
+                         nodes_to_exclude=routers)
+    finally:
+        root.setLevel(level)
     os.replace(tmp, path)
 
 

@@ -93,7 +93,8 @@ def latency_table(space: SearchSpace, out: str | Path, *, samples: int, sentence
                 if model_dir is not None:
                     shutil.rmtree(model_dir)
                 row = {"index": i, "arch": arch.to_dict(), **result, **cost(arch).to_dict(),
-                       "weights": "inherited" if supernet is not None else "random"}
+                       "weights": "inherited" if supernet is not None else "random",
+                       "supernet": str(supernet_dir) if supernet is not None else None}
                 if reference is not None:
                     row["reference"] = reference.to_dict()
                 f.write(json.dumps(row) + "\n")
