@@ -55,7 +55,8 @@ def cmd_search_fit_predictor(args: argparse.Namespace) -> int:
 
     archs, _ = read_table(args.table)
     space = dataclasses.replace(_space_arg(args.space), vocab_size=archs[0].vocab_size)
-    report = fit_predictor(space, args.table, args.out, holdout=args.holdout, seed=args.seed, members=args.members)
+    report = fit_predictor(space, args.table, args.out, holdout=args.holdout, seed=args.seed, members=args.members,
+                           model=args.model)
     print(json.dumps(report))
     return 0
 
@@ -125,7 +126,9 @@ def add_search_verbs(verbs) -> None:
     fp.add_argument("--out", required=True, help="predictor file (.safetensors)")
     fp.add_argument("--holdout", type=float, default=0.2)
     fp.add_argument("--seed", type=int, default=0)
-    fp.add_argument("--members", type=int, default=5, help="MLPs in the ensemble")
+    fp.add_argument("--model", default="linear", choices=["linear", "mlp"],
+                    help="ridge regression of log-latency on whole-model sums (measured best here) or an MLP ensemble")
+    fp.add_argument("--members", type=int, default=5, help="MLPs in an mlp ensemble")
     fp.set_defaults(func=cmd_search_fit_predictor)
     rn = se.add_parser("run", help="evolutionary search on a supernet", description=cmd_search_run.__doc__)
     rn.add_argument("--supernet", required=True, help="supernet folder (supernet.safetensors + space.json)")

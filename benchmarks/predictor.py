@@ -1,8 +1,9 @@
 """How well the latency predictor predicts, and how well the measurements it learns from repeat.
 
-For each of `--splits` seeded 80/20 splits of a latency table, fits the per-layer predictor
-ensemble and HAT's 10-feature predictor on the same 80% and reports held-out MAPE and Kendall
-tau of both. With `--repeat-table` (the first N architectures of the same table measured again,
+For each of `--splits` seeded 80/20 splits of a latency table, fits automoe's predictor (log-
+linear on whole-model sums, and the MLP ensemble on per-layer features) and HAT's 10-feature
+predictor (MLP as in HAT, and log-linear) on the same 80% and reports held-out MAPE and Kendall
+tau of each. With `--repeat-table` (the first N architectures of the same table measured again,
 e.g. `automoe search latency-table ... --samples N --out REPEAT`), also reports how well two
 measurements of the same architectures agree: the floor under any predictor's error.
 
@@ -58,9 +59,10 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--table", required=True, help="latency table (JSONL) of `automoe search latency-table`")
     p.add_argument("--space", default="small", help="preset or space.json the table was measured on")
-    p.add_argument("--splits", type=int, default=3, help="seeded 80/20 splits")
+    p.add_argument("--splits", type=int, default=5, help="seeded 80/20 splits")
     p.add_argument("--holdout", type=float, default=0.2)
     p.add_argument("--members", type=int, default=5)
+    p.add_argument("--model", default="linear", choices=["linear", "mlp"], help="the predictor automoe uses")
     p.add_argument("--epochs", type=int, default=2000)
     p.add_argument("--repeat-table", default=None, help="the first N architectures measured a second time")
     p.add_argument("--out", default=str(RESULTS / "predictor.jsonl"))
@@ -80,14 +82,14 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         for seed in range(args.splits):
             report = fit_predictor(space, args.table, Path(tmp) / "p.safetensors", holdout=args.holdout, seed=seed,
-                                   epochs=args.epochs, members=args.members)
+                                   epochs=args.epochs, members=args.members, model=args.model)
             setting = {k: v for k, v in report["measured_on"].items() if k != "reference"}
+            variants = {k: v for k, v in report.items() if isinstance(v, dict) and "mape" in v}
             records.append({**common, "kind": "split", "split_seed": seed, "train": report["train"],
-                            "test": report["test"], "members": args.members, "automoe": report["automoe"],
-                            "hat": report["hat"], **setting})
-            print(f"split {seed}: per-layer MAPE {report['automoe']['mape']:.2f}% tau "
-                  f"{report['automoe']['kendall_tau']:.3f} | HAT MAPE {report['hat']['mape']:.2f}% tau "
-                  f"{report['hat']['kendall_tau']:.3f}", flush=True)
+                            "test": report["test"], "model": args.model, "members": args.members, **variants,
+                            **setting})
+            print(f"split {seed}: " + " | ".join(f"{k} MAPE {v['mape']:.2f}% tau {v['kendall_tau']:.3f}"
+                                                  for k, v in variants.items()), flush=True)
     if args.repeat_table:
         rep = repeatability(args.table, args.repeat_table)
         records.append({**common, "kind": "repeat", "repeat_table": str(args.repeat_table), **rep})

@@ -152,17 +152,21 @@ def predictor_table() -> str:
     splits = [r for r in run if r["kind"] == "split"]
     lines = ["| predictor | " + " | ".join(f"split {r['split_seed']}" for r in splits) + " | mean |",
              "|---|" + "---:|" * (len(splits) + 1)]
-    for kind, name in (("automoe", "per-layer MLP ensemble"), ("hat", "HAT 10-feature")):
+    names = {"automoe": "automoe, used", "automoe_mlp": "automoe features, MLP ensemble",
+             "automoe_linear": "automoe features, log-linear", "hat": "HAT 10-feature, MLP (as HAT)",
+             "hat_linear": "HAT 10-feature, log-linear"}
+    for kind in [k for k in names if k in splits[0]]:
+        label = names[kind] if kind != "automoe" else f"automoe ({splits[0].get('model', 'mlp')}), used"
         cells = [f"{r[kind]['mape']:.2f}% / {r[kind]['kendall_tau']:.3f}" for r in splits]
         mean_mape = sum(r[kind]["mape"] for r in splits) / len(splits)
         mean_tau = sum(r[kind]["kendall_tau"] for r in splits) / len(splits)
-        lines.append(f"| {name} (MAPE / tau) | " + " | ".join(cells) + f" | **{mean_mape:.2f}% / {mean_tau:.3f}** |")
+        lines.append(f"| {label} (MAPE / tau) | " + " | ".join(cells) + f" | **{mean_mape:.2f}% / {mean_tau:.3f}** |")
     r0 = splits[0]
     text = ("\n".join(lines) + f"\n\n`{r0['table']}`: {r0['rows']} architectures ({r0['weights']} weights), "
             f"{r0['engine']} {r0['quantization'] or 'fp32'}, {r0['threads']} thread, beam {r0['beam']}, "
             f"{r0['sentences']} dev sentences decoded to {r0['out_len']} tokens, fastest of {r0['repeats']} per "
             f"sentence, timed against a reference model; held out {r0['test']} of {r0['rows']} per split, "
-            f"{r0['members']} MLPs per ensemble; commit `{(r0.get('git_commit') or '')[:10]}`.")
+            f"{r0['members']} MLPs per MLP ensemble; commit `{(r0.get('git_commit') or '')[:10]}`.")
     repeat = [r for r in run if r["kind"] == "repeat"]
     if repeat:
         r = repeat[-1]

@@ -151,21 +151,30 @@ def holdout_split(n: int, holdout: float, seed: int) -> tuple[list[int], list[in
 
 
 def fit_predictor(space: SearchSpace, table: str | Path, out: str | Path, *, holdout: float = 0.2,
-                  seed: int = 0, epochs: int = 2000, members: int = 5) -> dict:
-    """Fit the per-layer predictor and a HAT-style 10-feature predictor on the same split; save
-    the per-layer one (refitted on all rows) and return held-out MAPE / Kendall tau of both."""
+                  seed: int = 0, epochs: int = 2000, members: int = 5, model: str = "linear") -> dict:
+    """Fit the latency predictor (`model` "linear" or "mlp" on automoe's features) and, on the
+    same split, the other model and HAT's 10-feature predictor (an MLP as in HAT, and linear);
+    save the chosen one refitted on all rows and return held-out MAPE / Kendall tau of each
+    (keys "automoe", "automoe_<other model>", "hat", "hat_linear")."""
+    from .latency import MODELS
+
+    if model not in MODELS:
+        raise ValueError(f"model={model!r} must be one of {list(MODELS)}")
     rows = _table_rows(table)
     setting = table_setting(rows, table)  # before any fitting: a mixed table fails fast
     ms, scale = table_latencies(rows)
     archs = [ArchConfig.from_dict(r["arch"]) for r in rows]
     test, train = holdout_split(len(archs), holdout, seed)
-    report = {"rows": len(archs), "train": len(train), "test": len(test), "members": members}
-    for kind in ("automoe", "hat"):
-        p = LatencyPredictor(space, kind, members=members).fit([archs[i] for i in train], [ms[i] for i in train],
-                                                               epochs=epochs, seed=seed)
+    report = {"rows": len(archs), "train": len(train), "test": len(test), "model": model, "members": members}
+    other = next(m for m in MODELS if m != model)
+    variants = {"automoe": ("automoe", model), f"automoe_{other}": ("automoe", other), "hat": ("hat", "mlp"),
+                "hat_linear": ("hat", "linear")}
+    for name, (kind, regressor) in variants.items():
+        p = LatencyPredictor(space, kind, members=members, model=regressor).fit(
+            [archs[i] for i in train], [ms[i] for i in train], epochs=epochs, seed=seed)
         pred, true = p.predict([archs[i] for i in test]), [ms[i] for i in test]
-        report[kind] = {"mape": round(mape(pred, true), 2), "kendall_tau": round(kendall_tau(pred, true), 4)}
-    final = LatencyPredictor(space, "automoe", members=members).fit(archs, ms, epochs=epochs, seed=seed)
+        report[name] = {"mape": round(mape(pred, true), 2), "kendall_tau": round(kendall_tau(pred, true), 4)}
+    final = LatencyPredictor(space, "automoe", members=members, model=model).fit(archs, ms, epochs=epochs, seed=seed)
     final.measured_on = report["measured_on"] = {**setting, "reference_scale_ms": scale,
                                                  "reference": rows[0].get("reference")}
     final.save(out)
