@@ -130,12 +130,18 @@ def search_table() -> str:
     lines = ["| budget (x dense) | search | predicted ms | measured ms | speedup vs dense | dev BLEU | GFLOPs | "
              "active params | expert FFNs |", "|---|---|---:|---:|---:|---:|---:|---:|---:|"]
     for (fraction, kind), r in sorted(latest.items(), key=lambda kv: (-kv[0][0], kv[0][1])):
+        if r.get("infeasible"):
+            lines.append(f"| 1/{1 / fraction:.0f} ({r['budget_ms']:.2f} ms) | {kind} | infeasible: the smallest "
+                         f"architecture predicts {r['smallest_predicted_ms']:.2f} ms | | | | | | |")
+            continue
         lines.append(f"| 1/{1 / fraction:.0f} ({r['budget_ms']:.2f} ms) | {kind} | {r['predicted_ms']:.2f} | "
                      f"{r['measured_ms']:.2f} | {r['speedup_vs_dense']:.2f}x | {r['dev_bleu']:.2f} | "
                      f"{r['gflops']:.3f} | {r['active_params'] / 1e6:.2f}M | {r['experts']} |")
-    r0 = next(iter(latest.values()))
+    r0 = next(r for r in latest.values() if not r.get("infeasible"))
+    checks = [r for r in _read("search") if r.get("search") == "dense-check" and r.get("supernet") == r0["supernet"]]
+    again = f" ({checks[-1]['dense_ms_after']:.2f} ms measured again after the searches)" if checks else ""
     return ("\n".join(lines) + f"\n\nSupernet `{r0['supernet']}`, dense baseline `{r0['dense_model']}` at "
-            f"{r0['dense_ms']:.2f} ms; {r0['engine']} {r0['quantization'] or 'fp32'}, {r0['threads']} thread, batch 1, "
+            f"{r0['dense_ms']:.2f} ms{again}; {r0['engine']} {r0['quantization'] or 'fp32'}, {r0['threads']} thread, batch 1, "
             f"beam 4, {r0['latency_sentences']} dev sentences decoded to {r0['out_len']} tokens; population "
             f"{r0['population']}, {r0['iterations']} iterations; dev BLEU with inherited weights, no fine-tuning. "
             "hat = the same search restricted to one expert per layer.")

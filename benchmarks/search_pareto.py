@@ -91,6 +91,7 @@ def main(argv: list[str] | None = None) -> int:
     from automoe.evaluate import evaluate
     from automoe.extract import extract_subnet
     from automoe.search.flops import cost
+    from automoe.search.evolution import InfeasibleConstraint
     from automoe.search.latency import LatencyPredictor
     from automoe.search.run import run_search
     from automoe.serve import Translator
@@ -116,10 +117,23 @@ def main(argv: list[str] | None = None) -> int:
             budget = round(dense["ms"] * fraction, 3)
             if (folder / "search_settings.json").exists():  # a resumed search keeps the budget it started with
                 budget = json.loads((folder / "search_settings.json").read_text())["latency_ms"]
-            run_search(args.supernet, args.data, folder, latency_ms=budget, predictor=args.predictor,
-                       dense_only=dense_only, config=evolution_config(args),
-                       resume=(folder / "search_state.json").exists(), fitness_sentences=args.fitness_sentences,
-                       workers=args.workers)
+            try:
+                run_search(args.supernet, args.data, folder, latency_ms=budget, predictor=args.predictor,
+                           dense_only=dense_only, config=evolution_config(args),
+                           resume=(folder / "search_state.json").exists(), fitness_sentences=args.fitness_sentences,
+                           workers=args.workers)
+            except InfeasibleConstraint as e:
+                # recorded as a result (the budget is below what the space can reach), not a crash
+                smallest = supernet.space.smallest()
+                append_jsonl(Path(args.out), [{
+                    "benchmark": "search", "supernet": str(args.supernet), "search": kind, "infeasible": True,
+                    "fraction": round(fraction, 4), "budget_ms": budget, "dense_model": str(args.dense_model),
+                    "dense_ms": dense["ms"], "smallest_predicted_ms": round(predictor.predict([smallest])[0], 3),
+                    "message": str(e), "engine": args.engine, "threads": args.threads,
+                    "population": args.population, "iterations": args.iterations, **env}])
+                print(f"{kind:8s} 1/{1 / fraction:.0f}: budget {budget:.2f} ms is infeasible (the space's smallest "
+                      f"architecture predicts {predictor.predict([smallest])[0]:.2f} ms)", flush=True)
+                continue
             best = ArchConfig.load(folder / "best.json")
             info = json.loads((folder / "best_info.json").read_text())
             model = extract_subnet(supernet, best)
