@@ -27,18 +27,17 @@ def _read(name: str) -> list[dict]:
     return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
 
 
-def _latest_run(records: list[dict]) -> list[dict]:
-    """Records of the most recent run (same git commit and date prefix as the last record)."""
+def _last_run(records: list[dict], field: str) -> list[dict]:
+    """Records of the last record's run: same commit, same hour and same `field` value."""
     if not records:
         return []
-    last = records[-1]
-    key = (last.get("git_commit"), last.get("date", "")[:13], last.get("model"))
-    return [r for r in records if (r.get("git_commit"), r.get("date", "")[:13], r.get("model")) == key]
+    key = lambda r: (r.get("git_commit"), r.get("date", "")[:13], r.get(field))  # noqa: E731
+    return [r for r in records if key(r) == key(records[-1])]
 
 
 def engines_table() -> str:
     """Latency / throughput / BLEU per engine of the latest engines.jsonl run."""
-    rows = _latest_run(_read("engines"))
+    rows = _last_run(_read("engines"), "model")
     if not rows:
         return "_No engine benchmark has been run yet (benchmarks/engines.py)._"
     r0 = rows[0]
@@ -57,12 +56,10 @@ def engines_table() -> str:
 
 def moe_overhead_table() -> str:
     """The latest MoE dispatch overhead measurement (one row pair per FFN width measured in it)."""
-    rows = _read("moe_overhead")
-    if not rows:
+    run = _last_run(_read("moe_overhead"), "supernet")
+    if not run:
         return "_Not measured yet (benchmarks/moe_overhead.py)._"
-    last = rows[-1]
-    run = [r for r in rows if (r.get("git_commit"), r.get("date", "")[:13], r["supernet"]) ==
-           (last.get("git_commit"), last.get("date", "")[:13], last["supernet"])]
+    last = run[-1]
     latest = {r["width"]: r for r in run}  # the last record of each width
     lines = ["| model | decoder step median ms | p90 ms | overhead |", "|---|---:|---:|---:|"]
     for width, r in sorted(latest.items(), reverse=True):
@@ -149,12 +146,9 @@ def search_table() -> str:
 
 def predictor_table() -> str:
     """Held-out error of the latency predictor vs HAT's on the latest predictor.jsonl run."""
-    rows = _read("predictor")
-    if not rows:
+    run = _last_run(_read("predictor"), "table")
+    if not run:
         return "_Not measured yet (benchmarks/predictor.py)._"
-    last = rows[-1]
-    run = [r for r in rows if (r.get("git_commit"), r.get("date", "")[:13], r["table"]) ==
-           (last.get("git_commit"), last.get("date", "")[:13], last["table"])]
     splits = [r for r in run if r["kind"] == "split"]
     lines = ["| predictor | " + " | ".join(f"split {r['split_seed']}" for r in splits) + " | mean |",
              "|---|" + "---:|" * (len(splits) + 1)]
