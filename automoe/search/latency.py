@@ -300,10 +300,11 @@ class LatencyPredictor:
     `kind` picks the features: "automoe" (per-layer values and whole-model sums) or "hat" (HAT's
     10 averages, for comparison). `model` picks the regressor:
     - "linear" (default): ridge regression of log-latency on the whole-model sums (`kind`
-      "automoe") or the 10 HAT features. Measured on a 120-row table of this machine (5 seeded
-      80/20 splits): 7.5% held-out MAPE / Kendall tau 0.89, against 11.1% / 0.77 for an ensemble
-      of 5 MLPs on all per-layer features. Latency is close to a product of per-part costs, and a
-      few hundred noisy rows pin down 14 coefficients far better than thousands of MLP weights.
+      "automoe") or the 10 HAT features. Measured on a 330-row ORT int8 table of this machine
+      (benchmarks/results/predictor.jsonl, 5 seeded 80/20 splits): 6.9% held-out MAPE / Kendall
+      tau 0.875, against 9.6% / 0.823 for an ensemble of 5 MLPs on all per-layer features.
+      Latency is close to a product of per-part costs, and a few hundred noisy rows pin down 14
+      coefficients far better than thousands of MLP weights.
     - "mlp": an ensemble of `members` MLPs (mean prediction, members differ only in their
       initialisation seed) trained on mean squared relative error, as HAT did.
     """
