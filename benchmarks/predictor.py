@@ -26,31 +26,27 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import RESULTS, append_jsonl, environment  # noqa: E402
 
 
-def _rows(path: str | Path) -> list[dict]:
-    return [json.loads(line) for line in Path(path).read_text(encoding="utf-8").splitlines() if line.strip()]
-
-
 def repeatability(table: str | Path, repeat: str | Path) -> dict:
     """Agreement (MAPE of the second against the first, Kendall tau) of two measurements of the
     same architectures: the latency each table's predictor would learn, and the raw medians."""
     from automoe.search.latency import kendall_tau, mape
-    from automoe.search.run import table_latencies
+    from automoe.search.run import table_rows
 
-    first = {r["index"]: r for r in _rows(table)}
-    second = [r for r in _rows(repeat) if r["index"] in first]
+    first = {r["index"]: r for r in table_rows(table)}
+    second = [r for r in table_rows(repeat) if r["index"] in first]
     if len(second) < 3:
         raise SystemExit(f"{repeat} shares {len(second)} architectures with {table}; need at least 3")
     if any(first[r["index"]]["arch"] != r["arch"] for r in second):
         raise SystemExit(f"{repeat} measured other architectures than {table} under the same index: "
                          "measure it with the same --space and --seed")
-    a, _ = table_latencies([first[r["index"]] for r in second])
-    b, _ = table_latencies(second)
-    raw_a, raw_b = [first[r["index"]]["median_ms"] for r in second], [r["median_ms"] for r in second]
+    pairs = [(first[r["index"]], r) for r in second]
+    if len({json.dumps(r.get("reference"), sort_keys=True) for pair in pairs for r in pair}) != 1:
+        raise SystemExit(f"{table} and {repeat} were not all timed against one reference: their ratios do not compare")
     # each table scales its ratios by its own reference time: compare ratios (scale-free) directly
-    ratio = "ratio" in second[0]
-    if ratio:
-        a, b = [first[r["index"]]["ratio"] for r in second], [r["ratio"] for r in second]
-    return {"archs": len(second), "measure": "ratio" if ratio else "median_ms",
+    measure = "ratio" if "ratio" in second[0] else "median_ms"
+    a, b = [x[measure] for x, _ in pairs], [y[measure] for _, y in pairs]
+    raw_a, raw_b = [x["median_ms"] for x, _ in pairs], [y["median_ms"] for _, y in pairs]
+    return {"archs": len(second), "measure": measure,
             "mape": round(mape(b, a), 2), "kendall_tau": round(kendall_tau(b, a), 4),
             "raw_mape": round(mape(raw_b, raw_a), 2), "raw_kendall_tau": round(kendall_tau(raw_b, raw_a), 4)}
 
@@ -69,9 +65,9 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
 
     from automoe.config import ArchConfig, SearchSpace
-    from automoe.search.run import fit_predictor
+    from automoe.search.run import fit_predictor, table_rows
 
-    rows = _rows(args.table)
+    rows = table_rows(args.table)
     base = SearchSpace.load(args.space) if Path(args.space).is_file() else SearchSpace.preset(args.space)
     space = dataclasses.replace(base, vocab_size=ArchConfig.from_dict(rows[0]["arch"]).vocab_size)
     env = environment()

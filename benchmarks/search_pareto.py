@@ -124,15 +124,15 @@ def main(argv: list[str] | None = None) -> int:
                            workers=args.workers)
             except InfeasibleConstraint as e:
                 # recorded as a result (the budget is below what the space can reach), not a crash
-                smallest = supernet.space.smallest()
+                smallest_ms = round(predictor.predict([supernet.space.smallest()])[0], 3)
                 append_jsonl(Path(args.out), [{
                     "benchmark": "search", "supernet": str(args.supernet), "search": kind, "infeasible": True,
                     "fraction": round(fraction, 4), "budget_ms": budget, "dense_model": str(args.dense_model),
-                    "dense_ms": dense["ms"], "smallest_predicted_ms": round(predictor.predict([smallest])[0], 3),
+                    "dense_ms": dense["ms"], "smallest_predicted_ms": smallest_ms,
                     "message": str(e), "engine": args.engine, "threads": args.threads,
                     "population": args.population, "iterations": args.iterations, **env}])
                 print(f"{kind:8s} 1/{1 / fraction:.0f}: budget {budget:.2f} ms is infeasible (the space's smallest "
-                      f"architecture predicts {predictor.predict([smallest])[0]:.2f} ms)", flush=True)
+                      f"architecture predicts {smallest_ms:.2f} ms)", flush=True)
                 continue
             best = ArchConfig.load(folder / "best.json")
             info = json.loads((folder / "best_info.json").read_text())

@@ -44,7 +44,8 @@ def latency_table(space: SearchSpace, out: str | Path, *, samples: int, sentence
 
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    done = len(out.read_text(encoding="utf-8").splitlines()) if out.exists() else 0
+    existing = out.read_text(encoding="utf-8").splitlines() if out.exists() else []
+    done = len(existing)
     rng = random.Random(seed)
     archs = [space.largest(), space.smallest()] + [space.sample(rng) for _ in range(max(samples - 2, 0))]
     if done >= samples:
@@ -60,11 +61,12 @@ def latency_table(space: SearchSpace, out: str | Path, *, samples: int, sentence
             raise ValueError(f"reference={reference!r} must be one of {sorted(named)}, an ArchConfig or None")
         reference = named[reference]()
     setting = dict(engine=engine, threads=threads, quantize=quantize, out_len=out_len)
+    weights_kind = "inherited" if supernet is not None else "random"
     if done:  # a resumed table must go on measuring the way it started
-        first = json.loads(out.read_text(encoding="utf-8").splitlines()[0])
+        first = json.loads(existing[0])
         now = {"engine": engine, "threads": threads, "quantization": quantize, "out_len": out_len,
                "repeats": repeats, "sentences": len(sentences), "reference": reference.to_dict() if reference else None,
-               "weights": "inherited" if supernet is not None else "random"}
+               "weights": weights_kind}
         older = {"reference": None, "repeats": 1, "weights": "random"}  # rows written before these fields
         changed = sorted(k for k, v in now.items() if first.get(k, older.get(k)) != v)
         if changed:
@@ -93,8 +95,7 @@ def latency_table(space: SearchSpace, out: str | Path, *, samples: int, sentence
                 if model_dir is not None:
                     shutil.rmtree(model_dir)
                 row = {"index": i, "arch": arch.to_dict(), **result, **cost(arch).to_dict(),
-                       "weights": "inherited" if supernet is not None else "random",
-                       "supernet": str(supernet_dir) if supernet is not None else None}
+                       "weights": weights_kind, "supernet": str(supernet_dir) if supernet is not None else None}
                 if reference is not None:
                     row["reference"] = reference.to_dict()
                 f.write(json.dumps(row) + "\n")
@@ -105,7 +106,8 @@ def latency_table(space: SearchSpace, out: str | Path, *, samples: int, sentence
 MEASUREMENT_KEYS = ("engine", "threads", "quantization", "beam", "out_len")
 
 
-def _table_rows(path: str | Path) -> list[dict]:
+def table_rows(path: str | Path) -> list[dict]:
+    """The rows of a JSONL latency table (blank lines skipped)."""
     return [json.loads(line) for line in Path(path).read_text(encoding="utf-8").splitlines() if line.strip()]
 
 
@@ -128,7 +130,7 @@ def table_latencies(rows: list[dict]) -> tuple[list[float], float | None]:
 
 def read_table(path: str | Path) -> tuple[list[ArchConfig], list[float]]:
     """Architectures and latencies (ms; reference-scaled where timed against one) of a latency table."""
-    rows = _table_rows(path)
+    rows = table_rows(path)
     return [ArchConfig.from_dict(r["arch"]) for r in rows], table_latencies(rows)[0]
 
 
@@ -160,7 +162,7 @@ def fit_predictor(space: SearchSpace, table: str | Path, out: str | Path, *, hol
 
     if model not in MODELS:
         raise ValueError(f"model={model!r} must be one of {list(MODELS)}")
-    rows = _table_rows(table)
+    rows = table_rows(table)
     setting = table_setting(rows, table)  # before any fitting: a mixed table fails fast
     ms, scale = table_latencies(rows)
     archs = [ArchConfig.from_dict(r["arch"]) for r in rows]
