@@ -9,12 +9,14 @@ An export folder holds
   beam_search.onnx  both wrapped in ONNX Runtime's com.microsoft.BeamSearch operator (T5 layout):
                     a whole translation in one `session.run`, usable with onnxruntime alone
   config.json, spm.model, export_info.json
-Batch, source and cache lengths are dynamic. MoE layers export as gather / expert / scatter-add
-over the tokens routed to each expert; routers stay fp32 under int8 quantization.
+Batch, source and cache lengths are dynamic. Top-1 MoE layers export in the compact form of
+`onnx_moe` (tokens sorted by expert, split into one block per expert, scattered back); routers
+stay fp32 under int8 quantization.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -30,11 +32,14 @@ from automoe.checkpoint import CONFIG_NAME, WEIGHTS_NAME, read_model_config
 from automoe.corpora import sha256_file
 from automoe.modeling import DecoderState, MoETransformer
 
+from .onnx_moe import compact_moe_dispatch
+
 logger = logging.getLogger(__name__)
 
 ENCODER_FILE, DECODER_FILE, BEAM_FILE = "encoder.onnx", "decoder.onnx", "beam_search.onnx"
 OPSET = 17
 QUANTIZATIONS = (None, "int8")
+MOE_DISPATCHES = ("compact", "traced")
 
 
 def _require(module: str, extra: str = "onnx"):
@@ -97,8 +102,15 @@ def _example(model: MoETransformer):
     return src, mask, start
 
 
-def export_graphs(model: MoETransformer, out_dir: Path) -> tuple[Path, Path]:
-    """Trace `model` into encoder.onnx and decoder.onnx (TorchScript exporter, opset 17)."""
+def export_graphs(model: MoETransformer, out_dir: Path, moe_dispatch: str = "compact") -> tuple[Path, Path]:
+    """Trace `model` into encoder.onnx and decoder.onnx (TorchScript exporter, opset 17).
+
+    moe_dispatch: "compact" exports top-1 MoE layers as `onnx_moe.Top1MoE` (few graph nodes, the
+    default); "traced" exports PyTorch's own gather / scatter dispatch (kept to measure against).
+    """
+    if moe_dispatch not in MOE_DISPATCHES:
+        raise ValueError(f"moe_dispatch={moe_dispatch!r} must be one of {list(MOE_DISPATCHES)}")
+    dispatch = compact_moe_dispatch(model) if moe_dispatch == "compact" else contextlib.nullcontext()
     n = len(model.decoder_layers)
     model = model.float().eval()
     src, mask, start = _example(model)
@@ -111,7 +123,7 @@ def export_graphs(model: MoETransformer, out_dir: Path) -> tuple[Path, Path]:
             dyn[f"present_{t}_self_{i}"] = {0: "batch"}
             dyn[f"present_{t}_cross_{i}"] = {0: "batch", 2: f"memory_{i}"}
     encoder_init = EncoderInit(model)
-    with torch.no_grad(), warnings.catch_warnings():
+    with torch.no_grad(), dispatch, warnings.catch_warnings():
         warnings.simplefilter("ignore")  # tracer warnings about Python ints from shapes are expected
         torch.onnx.export(encoder_init, (src, mask, start), str(out_dir / ENCODER_FILE), input_names=enc_in,
                           output_names=enc_out, dynamic_axes=dyn, opset_version=OPSET, dynamo=False)
@@ -132,13 +144,23 @@ def export_graphs(model: MoETransformer, out_dir: Path) -> tuple[Path, Path]:
     return out_dir / ENCODER_FILE, out_dir / DECODER_FILE
 
 
+def router_matmuls(graph) -> list[str]:
+    """Names of the MoE router MatMuls of an ONNX graph: those with a constant weight whose output
+    feeds a Softmax (attention's Softmax follows a MatMul of two activations, the output
+    projection has no Softmax in the graph)."""
+    constants = {t.name for t in graph.initializer}
+    constants |= {out for node in graph.node if node.op_type == "Constant" for out in node.output}
+    softmax_inputs = {node.input[0] for node in graph.node if node.op_type == "Softmax"}
+    return [node.name for node in graph.node if node.op_type == "MatMul" and node.input[1] in constants
+            and node.output[0] in softmax_inputs]
+
+
 def quantize_int8(path: Path) -> None:
     """Dynamic int8 quantization of every constant-weight MatMul except the routers, in place."""
     onnx = _require("onnx")
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
-    graph = onnx.load(str(path)).graph
-    routers = [node.name for node in graph.node if "/router/" in node.name]
+    routers = router_matmuls(onnx.load(str(path)).graph)
     tmp = path.with_name(path.stem + ".int8.onnx")
     # The quantizer logs a line per tensor and a pre-processing hint per graph on the root logger:
     # hundreds of lines per export that say nothing about this graph, so they are held back.
@@ -218,10 +240,14 @@ def tool_versions(*modules: str) -> dict:
     return out
 
 
-def to_onnx(model_dir: str | Path, out_dir: str | Path, *, quantize: str | None = None, force: bool = False) -> Path:
-    """Export a model folder to an ONNX Runtime folder (see the module docstring); returns it."""
+def to_onnx(model_dir: str | Path, out_dir: str | Path, *, quantize: str | None = None, force: bool = False,
+            moe_dispatch: str = "compact") -> Path:
+    """Export a model folder to an ONNX Runtime folder (see the module docstring); returns it.
+    `moe_dispatch` is passed to `export_graphs`."""
     if quantize not in QUANTIZATIONS:
         raise ValueError(f"quantize={quantize!r} must be one of {list(QUANTIZATIONS)}")
+    if moe_dispatch not in MOE_DISPATCHES:
+        raise ValueError(f"moe_dispatch={moe_dispatch!r} must be one of {list(MOE_DISPATCHES)}")
     _require("onnxruntime")
     _require("onnx")
     model_dir, out_dir = Path(model_dir), Path(out_dir)
@@ -229,13 +255,14 @@ def to_onnx(model_dir: str | Path, out_dir: str | Path, *, quantize: str | None 
     model = MoETransformer.from_pretrained(model_dir)
     tmp = prepare_out_dir(out_dir, force)
     try:
-        encoder, decoder = export_graphs(model, tmp)
+        encoder, decoder = export_graphs(model, tmp, moe_dispatch)
         if quantize == "int8":
             quantize_int8(encoder)
             quantize_int8(decoder)
         build_beam_search(encoder, decoder, tmp / BEAM_FILE, arch)
         copy_model_files(model_dir, tmp, meta)
         info = {"format": "automoe-onnx", "target": "onnxruntime", "quantization": quantize, "opset": OPSET,
+                "moe_dispatch": moe_dispatch,
                 "files": {"encoder": ENCODER_FILE, "decoder": DECODER_FILE, "beam_search": BEAM_FILE},
                 "source": str(model_dir), "source_sha256": sha256_file(model_dir / WEIGHTS_NAME),
                 "arch": arch.to_dict(), "tokenizer": meta.get("tokenizer"),

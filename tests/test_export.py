@@ -56,10 +56,13 @@ def test_onnx_tokens_equal_torch_batched_and_single(moe_dir, onnx_dir, beam):
     assert len(set(expected)) > 5  # the sentences really differ
 
 
-def test_onnx_decoder_step_logprobs_match(moe_dir, onnx_dir):
-    from automoe.export.onnx import DecoderStep, EncoderInit
+@pytest.mark.parametrize("dispatch", ["compact", "traced"])
+def test_onnx_decoder_step_logprobs_match(moe_dir, onnx_dir, dispatch, tmp_path):
+    from automoe.export.onnx import DecoderStep, EncoderInit, to_onnx
     from automoe.serve.engines import OnnxEngine
 
+    if dispatch == "traced":  # PyTorch's own dispatch, kept as the reference the compact form is timed against
+        onnx_dir = to_onnx(moe_dir, tmp_path / "traced", moe_dispatch="traced")
     model = MoETransformer.from_pretrained(moe_dir)
     engine = OnnxEngine(onnx_dir)
     g = torch.Generator().manual_seed(0)
@@ -98,14 +101,27 @@ def test_onnx_folder_is_self_describing_and_refuses_overwrite(moe_dir, onnx_dir)
 def test_onnx_int8_runs_and_keeps_router_fp32(moe_dir, tmp_path):
     import onnx
 
-    from automoe.export.onnx import to_onnx
+    from automoe.checkpoint import read_model_config
+    from automoe.export.onnx import router_matmuls, to_onnx
 
     out = to_onnx(moe_dir, tmp_path / "q", quantize="int8")
     graph = onnx.load(str(out / "decoder.onnx")).graph
     ops = {node.op_type for node in graph.node}
     assert "DynamicQuantizeMatMul" in ops or "MatMulInteger" in ops
-    assert any("/router/" in node.name and node.op_type == "MatMul" for node in graph.node)
+    moe_layers = sum(len(widths) > 1 for widths in read_model_config(moe_dir)[0].decoder_ffn)
+    assert len(router_matmuls(graph)) == moe_layers == 2  # each still a plain fp32 MatMul
     assert len(Translator.from_pretrained(out).translate(SOURCES[:4], beam=2, max_length=10)) == 4
+
+
+def test_onnx_moe_layers_export_in_the_compact_form(onnx_dir):
+    """Top-1 MoE layers trace as one sort / split / scatter each (export/onnx_moe.py), not as the
+    per-expert NonZero / Gather dispatch: every decoder MoE layer costs a fixed number of nodes."""
+    import onnx
+
+    graph = onnx.load(str(onnx_dir / "decoder.onnx")).graph
+    count = lambda op: sum(node.op_type == op for node in graph.node)  # noqa: E731
+    assert count("NonZero") == 0
+    assert count("TopK") == count("ScatterND") == count("Split") == 2  # the two decoder MoE layers
 
 
 @pytest.mark.parametrize("beam", [1, 4])
