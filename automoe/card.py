@@ -57,9 +57,10 @@ def _training(training: dict) -> str:
                    f"updates (fresh optimizer and schedule); all {total['segments']} segments together: "
                    f"{total['updates']} updates, {total['tokens_seen']:,} target tokens processed, "
                    f"{total['wall_seconds'] / 3600:.2f} h.")
+    epochs = training.get("epochs")
     return (f"Trained on `{training.get('data')}` (manifest sha256 `{str(training.get('data_manifest_sha256'))[:12]}`) "
             f"for {training.get('updates')} updates, {training.get('tokens_seen'):,} target tokens processed"
-            f"{' (summed over the subnets of each update)' if tc.get('sandwich') else ''}, {training.get('epochs')} epochs, {hours:.2f} h wall time on "
+            f"{' (summed over the subnets of each update)' if tc.get('sandwich') else ''}, {epochs} epoch{'' if epochs == 1 else 's'}, {hours:.2f} h wall time on "
             f"{training.get('world_size', 1)} process(es) of a 2-core CPU machine, seed {training.get('seed')}, "
             f"peak lr {tc.get('lr')}, {tc.get('max_tokens')}-token batches, dropout {tc.get('dropout')}, "
             f"label smoothing {tc.get('label_smoothing')}, commit `{str(training.get('git_commit'))[:10]}`.{earlier}")

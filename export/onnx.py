@@ -110,7 +110,8 @@ def export_graphs(model: MoETransformer, out_dir: Path, moe_dispatch: str = "com
     """
     if moe_dispatch not in MOE_DISPATCHES:
         raise ValueError(f"moe_dispatch={moe_dispatch!r} must be one of {list(MOE_DISPATCHES)}")
-    dispatch = compact_moe_dispatch(model) if moe_dispatch == "compact" else contextlib.nullcontext()
+    compact = moe_dispatch == "compact"
+    dispatch = lambda one_token: compact_moe_dispatch(model, one_token) if compact else contextlib.nullcontext()  # noqa: E731
     n = len(model.decoder_layers)
     model = model.float().eval()
     src, mask, start = _example(model)
@@ -123,10 +124,11 @@ def export_graphs(model: MoETransformer, out_dir: Path, moe_dispatch: str = "com
             dyn[f"present_{t}_self_{i}"] = {0: "batch"}
             dyn[f"present_{t}_cross_{i}"] = {0: "batch", 2: f"memory_{i}"}
     encoder_init = EncoderInit(model)
-    with torch.no_grad(), dispatch, warnings.catch_warnings():
+    with torch.no_grad(), warnings.catch_warnings():
         warnings.simplefilter("ignore")  # tracer warnings about Python ints from shapes are expected
-        torch.onnx.export(encoder_init, (src, mask, start), str(out_dir / ENCODER_FILE), input_names=enc_in,
-                          output_names=enc_out, dynamic_axes=dyn, opset_version=OPSET, dynamo=False)
+        with dispatch(one_token=False):  # encoder layers see whole sources
+            torch.onnx.export(encoder_init, (src, mask, start), str(out_dir / ENCODER_FILE), input_names=enc_in,
+                              output_names=enc_out, dynamic_axes=dyn, opset_version=OPSET, dynamo=False)
         past = list(encoder_init(src, mask, start)[2:])
         step = DecoderStep(model)
         tokens = torch.full((2, 1), 5 % model.config.vocab_size, dtype=torch.int32)
@@ -139,8 +141,9 @@ def export_graphs(model: MoETransformer, out_dir: Path, moe_dispatch: str = "com
                 dyn[f"past_{t}_self_{i}"] = {0: "batch", 2: "past"}
                 dyn[f"past_{t}_cross_{i}"] = {0: "batch", 2: f"memory_{i}"}
                 dyn[f"present_{t}_self_{i}"] = {0: "batch", 2: "past_plus_1"}
-        torch.onnx.export(step, (tokens, mask, *past), str(out_dir / DECODER_FILE), input_names=dec_in,
-                          output_names=dec_out, dynamic_axes=dyn, opset_version=OPSET, dynamo=False)
+        with dispatch(one_token=True):  # input_ids is [batch, 1]: one token per row
+            torch.onnx.export(step, (tokens, mask, *past), str(out_dir / DECODER_FILE), input_names=dec_in,
+                              output_names=dec_out, dynamic_axes=dyn, opset_version=OPSET, dynamo=False)
     return out_dir / ENCODER_FILE, out_dir / DECODER_FILE
 
 

@@ -9,7 +9,8 @@ an argsort) exports as about 44 nodes for a 4-expert layer. This form exports as
     Shape -> TopK (tokens sorted by expert) -> GatherND -> OneHot -> ReduceSum (tokens per expert)
     Split -> per expert MatMul + Add -> Relu -> MatMul + Add -> Concat -> ScatterND -> Mul -> Reshape
 
-about 2 nodes per expert more than a dense FFN plus 16 per layer. An expert no token chose runs
+16 nodes per layer besides the experts' own; the decoder-step graph, whose rows are single
+tokens, leaves out Flatten and the final Shape / Reshape. An expert no token chose runs
 on an empty block (a node on 0 rows costs ~0.2 us; an `If` per expert was measured slower).
 It computes exactly what the PyTorch layer computes; the export parity tests hold it to that.
 `compact_moe_dispatch(model)` makes every top-1 MoE layer of a model trace this way.
@@ -35,10 +36,13 @@ class Top1MoE(torch.autograd.Function):
     ONNX graph of the module docstring when exported (TorchScript exporter, opset >= 13)."""
 
     @staticmethod
-    def forward(ctx, x: torch.Tensor, router_scale: bool, router_weight: torch.Tensor,
+    def forward(ctx, x: torch.Tensor, one_token: bool, router_scale: bool, router_weight: torch.Tensor,
                 *expert_params: torch.Tensor) -> torch.Tensor:
         """x: [B, T, d] -> [B, T, d]; expert_params are (fc1.weight, fc1.bias, fc2.weight, fc2.bias)
-        per expert, in expert order. The same arithmetic as `MoEFeedForward` with top-1 routing."""
+        per expert, in expert order. The same arithmetic as `MoEFeedForward` with top-1 routing.
+        one_token: T is 1 in every use of the graph (a decoder step), which saves three nodes."""
+        if one_token and x.shape[1] != 1:
+            raise ValueError(f"one_token=True needs x of shape [B, 1, d], got {list(x.shape)}")
         flat = x.reshape(-1, x.shape[-1])
         gate, choice = F.linear(flat, router_weight).softmax(dim=-1).max(dim=-1)  # [N], [N]
         out = torch.empty_like(flat)
@@ -49,19 +53,23 @@ class Top1MoE(torch.autograd.Function):
         return (out * gate.unsqueeze(-1) if router_scale else out).view_as(x)
 
     @staticmethod
-    def symbolic(g, x, router_scale: bool, router_weight, *expert_params):
-        """Emit the compact graph. The router MatMul is the only MatMul with a constant weight
-        whose output feeds a Softmax; int8 export keeps it fp32 (see onnx.router_matmuls)."""
+    def symbolic(g, x, one_token: bool, router_scale: bool, router_weight, *expert_params):
+        """Emit the compact graph. Tokens are the rows of x flattened to [N, d] (N = B * T) or, with
+        one_token, x itself ([B, 1, d]: GatherND / ScatterND index its first axis either way).
+        The router MatMul is the only MatMul with a constant weight whose output feeds a Softmax;
+        int8 export keeps it fp32 (see onnx.router_matmuls)."""
         n_experts = len(expert_params) // 4
         transpose = lambda w: g.op("Transpose", w, perm_i=[1, 0])  # noqa: E731  (folded into the weight)
-        flat = g.op("Flatten", x, axis_i=2)  # [N, d], N = B * T
-        probs = g.op("Softmax", g.op("MatMul", flat, transpose(router_weight)), axis_i=-1)  # [N, E]
-        gate = g.op("ReduceMax", probs, axes_i=[-1], keepdims_i=1)  # [N, 1]
-        choice = g.op("ArgMax", probs, axis_i=-1, keepdims_i=1)  # [N, 1], first maximum like torch.max
-        n = g.op("Shape", flat, start_i=0, end_i=1)  # [1] = N
-        _, order = g.op("TopK", choice, n, axis_i=0, largest_i=0, outputs=2)  # [N, 1] tokens by expert
-        grouped = g.op("GatherND", flat, order)  # [N, d], each expert's tokens contiguous
-        one_hot = g.op("OneHot", choice, _tensor(g, n_experts), _tensor(g, [0, 1]), axis_i=-1)  # [N, 1, E]
+        rows = x if one_token else g.op("Flatten", x, axis_i=2)  # [B, 1, d] or [N, d]
+        probs = g.op("Softmax", g.op("MatMul", rows, transpose(router_weight)), axis_i=-1)  # [..., E]
+        gate = g.op("ReduceMax", probs, axes_i=[-1], keepdims_i=1)  # [B, 1, 1] or [N, 1]
+        # [B, 1] or [N, 1]: one index per token and a trailing 1, as TopK / GatherND / ScatterND need;
+        # ArgMax picks the first maximum, like torch.max
+        choice = g.op("ArgMax", probs, axis_i=-1, keepdims_i=0 if one_token else 1)
+        n = g.op("Shape", rows, start_i=0, end_i=1)  # [1]: B or N
+        _, order = g.op("TopK", choice, n, axis_i=0, largest_i=0, outputs=2)  # tokens sorted by expert
+        grouped = g.op("GatherND", rows, order)  # each expert's tokens contiguous
+        one_hot = g.op("OneHot", choice, _tensor(g, n_experts), _tensor(g, [0, 1]), axis_i=-1)  # [., 1, E]
         counts = g.op("ReduceSum", one_hot, _tensor(g, [0, 1]), keepdims_i=0)  # [E] tokens per expert
         blocks = g.op("Split", grouped, counts, axis_i=0, outputs=n_experts)
         blocks = blocks if n_experts > 1 else [blocks]
@@ -70,28 +78,29 @@ class Top1MoE(torch.autograd.Function):
             w1, b1, w2, b2 = expert_params[4 * e: 4 * e + 4]
             h = g.op("Relu", g.op("Add", g.op("MatMul", block, transpose(w1)), b1))
             outputs.append(g.op("Add", g.op("MatMul", h, transpose(w2)), b2))  # [n_e, d]
-        y = g.op("Concat", *outputs, axis_i=0)  # [N, d] in `order`
+        y = g.op("Concat", *outputs, axis_i=0)  # in `order`
         y = g.op("ScatterND", y, order, y)  # back to token order (every row is overwritten)
         if router_scale:
             y = g.op("Mul", y, gate)
-        return g.op("Reshape", y, g.op("Shape", x))  # [B, T, d]
+        return y if one_token else g.op("Reshape", y, g.op("Shape", x))  # [B, T, d]
 
 
-def _export_forward(module: MoEFeedForward, x: torch.Tensor, mask: torch.Tensor | None = None):
+def _export_forward(module: MoEFeedForward, one_token: bool, x: torch.Tensor, mask: torch.Tensor | None = None):
     """MoEFeedForward.forward for export: the output through Top1MoE; the balancing loss and the
     routing, which no exported graph returns, as zeros."""
     params = [p for e in module.experts for p in (e.fc1.weight, e.fc1.bias, e.fc2.weight, e.fc2.bias)]
-    out = Top1MoE.apply(x, module.router_scale, module.router.weight, *params)
+    out = Top1MoE.apply(x, one_token, module.router_scale, module.router.weight, *params)
     return out, x.new_zeros(()), torch.zeros(x.shape[:2], dtype=torch.long, device=x.device)
 
 
 @contextlib.contextmanager
-def compact_moe_dispatch(model: torch.nn.Module):
+def compact_moe_dispatch(model: torch.nn.Module, one_token: bool = False):
     """Within the block every top-1 MoE layer of `model` (with a router) runs and traces as
-    `Top1MoE`; dense layers and top-k > 1 layers are untouched. Restored on exit."""
+    `Top1MoE`; dense layers and top-k > 1 layers are untouched. Restored on exit.
+    one_token: every traced call sees one token per row (the decoder-step graph)."""
     layers = [m for m in model.modules() if isinstance(m, MoEFeedForward) and m.router is not None and m.top_k == 1]
     for m in layers:
-        m.forward = functools.partial(_export_forward, m)
+        m.forward = functools.partial(_export_forward, m, one_token)
     try:
         yield model
     finally:
