@@ -55,20 +55,26 @@ def engines_table() -> str:
 
 
 def moe_overhead_table() -> str:
-    """The latest MoE dispatch overhead measurement (one row pair per FFN width measured in it)."""
+    """The latest MoE dispatch overhead measurement (one row per FFN width measured in it)."""
     run = _last_run(_read("moe_overhead"), "supernet")
     if not run:
         return "_Not measured yet (benchmarks/moe_overhead.py)._"
     last = run[-1]
     latest = {r["width"]: r for r in run}  # the last record of each width
-    lines = ["| model | decoder step median ms | p90 ms | overhead |", "|---|---:|---:|---:|"]
+    cell = lambda r, key, over: (f"{r[key]['median_ms']:.3f} ({100 * r[over]:+.1f}%)"  # noqa: E731
+                                 if key in r else "")
+    lines = ["| FFN width | dense step ms | 4 experts: step ms (overhead) | all tokens to expert 0 (fixed dispatch "
+             "cost) | PyTorch's traced dispatch | int8 decoder MiB dense / MoE |", "|---:|---:|---:|---:|---:|---:|"]
     for width, r in sorted(latest.items(), reverse=True):
-        lines += [f"| dense FFN {width} | {r['dense_step']['median_ms']:.3f} | {r['dense_step']['p90_ms']:.3f} | |",
-                  f"| {r['experts']} top-1 experts of {width} | {r['moe_step']['median_ms']:.3f} | "
-                  f"{r['moe_step']['p90_ms']:.3f} | {100 * r['overhead']:.1f}% |"]
-    return ("\n".join(lines) + f"\n\nONNX Runtime {last['quantization'] or 'fp32'}, {last['threads']} thread, batch 1, "
-            f"beam {last['beam']}, {last['sentences']} real test sentences, weights and routers of "
-            f"`{last['supernet']}`, commit `{(last.get('git_commit') or '')[:10]}`.")
+        mib = r.get("decoder_mib") or {}
+        lines.append(f"| {width} | {r['dense_step']['median_ms']:.3f} | {cell(r, 'moe_step', 'overhead')} | "
+                     f"{cell(r, 'moe_one_expert_step', 'dispatch_overhead')} | "
+                     f"{cell(r, 'moe_traced_step', 'traced_overhead')} | {mib.get('dense', '')} / {mib.get('moe', '')} |")
+    return ("\n".join(lines) + f"\n\nMedian decoder step, ONNX Runtime {last['quantization'] or 'fp32'}, "
+            f"{last['threads']} thread, batch 1, beam {last['beam']}, the recorded steps of {last['sentences']} real "
+            f"test sentences replayed through every model in blocks of {last.get('block', 1)} sentences "
+            f"({last.get('timed_steps', '?')} timed steps each), weights and routers of `{last['supernet']}`, "
+            f"L3 cache {last.get('l3_cache')}, commit `{(last.get('git_commit') or '')[:10]}`.")
 
 
 def load_demo_table() -> str:
