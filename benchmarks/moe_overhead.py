@@ -120,16 +120,11 @@ def main(argv: list[str] | None = None) -> int:
             if name == moe_name:
                 tr.backend.use_beam_graph = False  # decode through decoder.onnx so its steps are recorded
                 recorder = tr.backend.decoder = RecordingSession(tr.backend.decoder)
+                sentences = []  # per sentence, the inputs of its decoder steps
                 for sentence in sources:
-                    recorder.feeds.append(None)  # sentence boundary
+                    recorder.feeds = []
                     tr.translate([sentence], beam=args.beam)
-    sentences, current = [], None
-    for feed in recorder.feeds:
-        if feed is None:
-            current = []
-            sentences.append(current)
-        else:
-            current.append(feed)
+                    sentences.append(recorder.feeds)
     names = list(decoders)
     seconds = {name: [] for name in names}
     for i, start in enumerate(range(0, len(sentences), args.block)):
