@@ -61,8 +61,13 @@ def moe_overhead_table() -> str:
         return "_Not measured yet (benchmarks/moe_overhead.py)._"
     last = run[-1]
     latest = {r["width"]: r for r in run}  # the last record of each width
-    cell = lambda r, key, over: (f"{r[key]['median_ms']:.3f} ({100 * r[over]:+.1f}%)"  # noqa: E731
-                                 if key in r else "")
+
+    def cell(r: dict, key: str, over: str) -> str:
+        if key not in r:
+            return ""
+        least = r.get(f"{over}_min")
+        return f"{r[key]['median_ms']:.3f} ({100 * r[over]:+.1f}%" + (f"; {100 * least:+.1f}%)" if least is not None else ")")
+
     lines = ["| FFN width | dense step ms | 4 experts: step ms (overhead) | all tokens to expert 0 (fixed dispatch "
              "cost) | PyTorch's traced dispatch | int8 decoder MiB dense / MoE |", "|---:|---:|---:|---:|---:|---:|"]
     for width, r in sorted(latest.items(), reverse=True):
@@ -70,10 +75,17 @@ def moe_overhead_table() -> str:
         lines.append(f"| {width} | {r['dense_step']['median_ms']:.3f} | {cell(r, 'moe_step', 'overhead')} | "
                      f"{cell(r, 'moe_one_expert_step', 'dispatch_overhead')} | "
                      f"{cell(r, 'moe_traced_step', 'traced_overhead')} | {mib.get('dense', '')} / {mib.get('moe', '')} |")
-    return ("\n".join(lines) + f"\n\nMedian decoder step, ONNX Runtime {last['quantization'] or 'fp32'}, "
-            f"{last['threads']} thread, batch 1, beam {last['beam']}, the recorded steps of {last['sentences']} real "
-            f"test sentences replayed through every model in blocks of {last.get('block', 1)} sentences "
-            f"({last.get('timed_steps', '?')} timed steps each), weights and routers of `{last['supernet']}`, "
+    if "rounds" in last:
+        turn = "all" if last["turn"] >= last["sentences"] else f"{last['turn']}"
+        protocol = (f"{last['rounds']} rounds; in each, every model in turn replays {turn} of them in a row (the first "
+                    f"{last['warmup']} of a turn untimed). Overhead: the median over rounds of the ratio of round medians "
+                    f"to the dense model's; after the semicolon, the ratio of per-step minima over rounds")
+    else:
+        protocol = f"in blocks of {last.get('block', 1)} sentences, the first untimed"
+    return ("\n".join(lines) + f"\n\nDecoder step, ONNX Runtime {last['quantization'] or 'fp32'}, "
+            f"{last['threads']} thread, batch 1, beam {last['beam']}; the recorded steps of {last['sentences']} real "
+            f"test sentences replayed through every model, {protocol} ({last.get('timed_steps', '?')} timed steps per "
+            f"model and round); ms are pooled medians. Weights and routers of `{last['supernet']}`, "
             f"L3 cache {last.get('l3_cache')}, commit `{(last.get('git_commit') or '')[:10]}`.")
 
 
