@@ -13,22 +13,23 @@ Each is exported to ONNX Runtime (int8 by default) and run with 1 thread. The fi
 test sentences are translated by `moe` (batch 1, beam 4) and every decoder-step input is
 recorded; all models replay identical inputs, in order, as in real decoding.
 
-Replay protocol (steady state, as in a server that runs one model): `--rounds` rounds; in each,
-every model in turn (the order rotating per round) replays its turns of `--turn` sentences
-(default: all of them), the first `--warmup` sentences of each turn untimed so that the cache
-holds that model's weights, and every other `session.run` is timed. A short turn measures a
-model that has to win the cache back after another model ran: one warm-up sentence brings back
-only the experts that sentence picks, so short turns charge a MoE model for misses that a server
-running it alone does not have (`--turn 10 --warmup 1 --rounds 1` is the protocol of the records
-before this option existed). The host is shared, so absolute step times drift by tens of percent
-within a minute; every figure is a ratio to `dense` within one round, combined over rounds:
-  overhead          median over rounds of (moe median step / dense median step) - 1 (the figure
-                    the project is judged by)
+Replay protocol: `--rounds` passes over the sentences, cut into turns of `--turn` sentences.
+Every model in turn (the order rotating per turn) replays a turn's sentences in order, the first
+`--warmup` of them untimed so that the cache holds that model's weights as in a server running it
+alone; every other `session.run` is timed. The host is shared and its speed drifts by tens of
+percent within seconds, which swamps a 15% difference between models timed seconds apart, so
+every figure pairs a model's turn with the same turn of another model (under a second apart):
+  overhead          median over turns of (moe turn time / dense turn time) - 1 (the figure the
+                    project is judged by); `_quartiles` give the spread of the paired ratios
   overhead_min      per-step minimum over rounds, summed, moe / dense - 1 (the least-contended
                     cost; needs >= 2 rounds)
   dispatch_overhead the same for moe-one
   expert_overhead   moe / moe-one - 1 (reading and running the other distinct experts the beams chose)
   traced_overhead   the same for moe-traced
+  control_overhead  the same for a second session of the dense graph (the A/A control: 0 on a
+                    quiet host; its quartiles show how far one paired turn can be off)
+The records before `--rounds` existed used one round of 10-sentence turns, 1 warm-up, and pooled
+medians (no pairing).
 Appends to benchmarks/results/moe_overhead.jsonl.
 
     python benchmarks/moe_overhead.py --supernet models/supernet-small-bible-v3 --data data/bible-en-de
@@ -45,6 +46,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import RESULTS, append_jsonl, environment, summary_ms  # noqa: E402
+
+
+CONTROL = "dense-again"  # a second session of the dense graph: its "overhead" is the host's noise
 
 
 class RecordingSession:
@@ -70,31 +74,34 @@ def time_steps(session, feeds: list[dict]) -> list[float]:
 
 
 def replay(sessions: dict, sentences: list[list[dict]], rounds: int, turn: int, warmup: int) -> dict:
-    """Per model, per round, the seconds of every timed step (the protocol of the module docstring).
-    Every model times the same steps in the same order, so rounds can be compared step by step."""
+    """Per model, per round, per turn: the seconds of every timed step (the protocol of the module
+    docstring). Every model times the same steps in the same order, so turns and rounds can be
+    compared step by step."""
     names = list(sessions)
-    turns = [sentences[i: i + turn] for i in range(0, len(sentences), turn)]
-    seconds = {name: [[] for _ in range(rounds)] for name in names}
+    blocks = [sentences[i: i + turn] for i in range(0, len(sentences), turn)]
+    seconds = {name: [[[] for _ in blocks] for _ in range(rounds)] for name in names}
     slot = 0
     for r in range(rounds):
-        for block in turns:
+        for b, block in enumerate(blocks):
             for name in names[slot % len(names):] + names[: slot % len(names)]:
                 for steps in block[:warmup]:
                     time_steps(sessions[name], steps)
                 for steps in block[warmup:]:
-                    seconds[name][r] += time_steps(sessions[name], steps)
+                    seconds[name][r][b] += time_steps(sessions[name], steps)
             slot += 1
     return seconds
 
 
 def ratio_stats(seconds: dict, name: str, base: str) -> dict:
-    """`name` against `base`: the median over rounds of the ratio of round medians (minus 1), each
-    round's ratio, and the ratio of summed per-step minima over rounds."""
-    per_round = [statistics.median(a) / statistics.median(b) for a, b in zip(seconds[name], seconds[base])]
-    fastest = lambda runs: sum(min(step) for step in zip(*runs))  # noqa: E731
-    return {"overhead": round(statistics.median(per_round) - 1, 4),
-            "rounds": [round(x - 1, 4) for x in per_round],
-            "overhead_min": round(fastest(seconds[name]) / fastest(seconds[base]) - 1, 4) if len(per_round) > 1 else None}
+    """`name` against `base`: the median over turns of the ratio of a turn's summed step times to
+    the same turn of `base` (one round apart at most, so the host's drift mostly cancels), its
+    quartiles, and the ratio of per-step minima over rounds, summed (None with one round)."""
+    pairs = [sum(a) / sum(b) for ra, rb in zip(seconds[name], seconds[base]) for a, b in zip(ra, rb) if b]
+    q1, median, q3 = statistics.quantiles(pairs, n=4) if len(pairs) > 1 else (pairs[0],) * 3
+    steps = lambda runs: [sum(min(step) for step in zip(*turns)) for turns in zip(*runs)]  # noqa: E731
+    least = sum(steps(seconds[name])) / sum(steps(seconds[base])) if len(seconds[name]) > 1 else None
+    return {"overhead": round(median - 1, 4), "quartiles": [round(q1 - 1, 4), round(q3 - 1, 4)],
+            "turns": len(pairs), "overhead_min": None if least is None else round(least - 1, 4)}
 
 
 def l3_cache() -> str | None:
@@ -110,15 +117,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--experts", type=int, default=4)
     p.add_argument("--width", type=int, default=None, help="expert / dense FFN width (default: the widest of the space)")
     p.add_argument("--sentences", type=int, default=100)
-    p.add_argument("--rounds", type=int, default=8, help="rounds of turns; each figure is the median over rounds")
-    p.add_argument("--turn", type=int, default=0, help="sentences per model turn (default 0: all of them)")
-    p.add_argument("--warmup", type=int, default=5, help="untimed sentences at the start of every turn")
+    p.add_argument("--rounds", type=int, default=8, help="passes over the sentences")
+    p.add_argument("--turn", type=int, default=6, help="sentences per model turn, the warm-up included")
+    p.add_argument("--warmup", type=int, default=2, help="untimed sentences at the start of every turn")
     p.add_argument("--quantize", default="int8", choices=["int8", "none"])
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--beam", type=int, default=4)
     p.add_argument("--out", default=str(RESULTS / "moe_overhead.jsonl"))
     args = p.parse_args(argv)
-    turn = args.turn or args.sentences
+    turn = args.turn
     if args.rounds < 1 or args.warmup < 0 or not args.warmup < turn <= args.sentences:
         p.error("need --rounds >= 1 and 0 <= --warmup < --turn <= --sentences (every turn times a sentence)")
     env = environment()  # the commit and time the run started with
@@ -159,6 +166,8 @@ def main(argv: list[str] | None = None) -> int:
             sizes[name] = round((exported / "decoder.onnx").stat().st_size / 2**20, 1)
             tr = Translator.from_pretrained(exported, threads=args.threads)
             decoders[name] = tr.backend.decoder
+            if name == "dense":  # the A/A control: the same graph in a second session
+                decoders[CONTROL] = Translator.from_pretrained(exported, threads=args.threads).backend.decoder
             if name == moe_name:
                 tr.backend.use_beam_graph = False  # decode through decoder.onnx so its steps are recorded
                 recorder = tr.backend.decoder = RecordingSession(tr.backend.decoder)
@@ -168,10 +177,11 @@ def main(argv: list[str] | None = None) -> int:
                     tr.translate([sentence], beam=args.beam)
                     sentences.append(recorder.feeds)
     seconds = replay(decoders, sentences, args.rounds, turn, args.warmup)
-    pooled = {name: [t for runs in rounds for t in runs] for name, rounds in seconds.items()}
+    pooled = {name: [t for turns in rounds for steps in turns for t in steps] for name, rounds in seconds.items()}
     stats = {name: summary_ms(s) for name, s in pooled.items()}
     vs = {"overhead": ratio_stats(seconds, moe_name, "dense"), "dispatch_overhead": ratio_stats(seconds, one_name, "dense"),
-          "expert_overhead": ratio_stats(seconds, moe_name, one_name), "traced_overhead": ratio_stats(seconds, traced_name, "dense")}
+          "expert_overhead": ratio_stats(seconds, moe_name, one_name), "traced_overhead": ratio_stats(seconds, traced_name, "dense"),
+          "control_overhead": ratio_stats(seconds, CONTROL, "dense")}
     record = {"benchmark": "moe_overhead", "supernet": str(args.supernet), "experts": args.experts,
               "width": width, "quantization": quant, "threads": args.threads, "beam": args.beam,
               "rows_per_step": args.beam, "sentences": len(sources), "method": "replayed steps",
@@ -181,14 +191,16 @@ def main(argv: list[str] | None = None) -> int:
               "moe_traced_step": stats[traced_name],
               **{key: v["overhead"] for key, v in vs.items()},
               **{f"{key}_min": v["overhead_min"] for key, v in vs.items()},
-              "overhead_rounds": vs["overhead"]["rounds"], "dispatch_overhead_rounds": vs["dispatch_overhead"]["rounds"],
+              **{f"{key}_quartiles": v["quartiles"] for key, v in vs.items()}, "paired_turns": vs["overhead"]["turns"],
               "decoder_mib": {"dense": sizes["dense"], "moe": sizes[moe_name]}, "l3_cache": l3_cache(), **env}
     append_jsonl(Path(args.out), [record])
     pct = lambda key: "n/a" if record[key] is None else f"{100 * record[key]:+.1f}%"  # noqa: E731
-    print(f"width {width}, decoder step (median over {args.rounds} rounds of the ratio to dense, per-step minimum "
-          f"in brackets): {moe_name} {pct('overhead')} [{pct('overhead_min')}], all tokens to one expert "
+    spread = lambda key: " .. ".join(f"{100 * q:+.1f}%" for q in record[f"{key}_quartiles"])  # noqa: E731
+    print(f"width {width}, decoder step (median over {record['paired_turns']} paired turns of the ratio to dense, "
+          f"per-step minimum over rounds in brackets): {moe_name} {pct('overhead')} [{pct('overhead_min')}], all tokens to one expert "
           f"{pct('dispatch_overhead')} [{pct('dispatch_overhead_min')}], other experts {pct('expert_overhead')}, "
-          f"traced dispatch {pct('traced_overhead')}; pooled medians: dense {stats['dense']['median_ms']:.3f} ms, "
+          f"traced dispatch {pct('traced_overhead')}; quartiles of the paired ratios: {moe_name} {spread('overhead')}, "
+          f"dense against itself {pct('control_overhead')} ({spread('control_overhead')}); pooled medians: dense {stats['dense']['median_ms']:.3f} ms, "
           f"{moe_name} {stats[moe_name]['median_ms']:.3f} ms")
     return 0
 

@@ -61,6 +61,7 @@ def moe_overhead_table() -> str:
         return "_Not measured yet (benchmarks/moe_overhead.py)._"
     last = run[-1]
     latest = {r["width"]: r for r in run}  # the last record of each width
+    paired = "paired_turns" in last
 
     def cell(r: dict, key: str, over: str) -> str:
         if key not in r:
@@ -68,24 +69,32 @@ def moe_overhead_table() -> str:
         least = r.get(f"{over}_min")
         return f"{r[key]['median_ms']:.3f} ({100 * r[over]:+.1f}%" + (f"; {100 * least:+.1f}%)" if least is not None else ")")
 
-    lines = ["| FFN width | dense step ms | 4 experts: step ms (overhead) | all tokens to expert 0 (fixed dispatch "
-             "cost) | PyTorch's traced dispatch | int8 decoder MiB dense / MoE |", "|---:|---:|---:|---:|---:|---:|"]
+    def control(r: dict) -> str:
+        q1, q3 = r["control_overhead_quartiles"]
+        return f"{100 * r['control_overhead']:+.1f}% ({100 * q1:+.0f}% .. {100 * q3:+.0f}%); {100 * r['control_overhead_min']:+.1f}%"
+
+    head = ("| FFN width | dense step ms | 4 experts: step ms (overhead) | all tokens to expert 0 (fixed dispatch "
+            "cost) | PyTorch's traced dispatch |" + (" dense against itself (A/A control) |" if paired else "")
+            + " int8 decoder MiB dense / MoE |")
+    lines = [head, "|---:|---:|---:|---:|---:|" + ("---:|" if paired else "") + "---:|"]
     for width, r in sorted(latest.items(), reverse=True):
         mib = r.get("decoder_mib") or {}
         lines.append(f"| {width} | {r['dense_step']['median_ms']:.3f} | {cell(r, 'moe_step', 'overhead')} | "
                      f"{cell(r, 'moe_one_expert_step', 'dispatch_overhead')} | "
-                     f"{cell(r, 'moe_traced_step', 'traced_overhead')} | {mib.get('dense', '')} / {mib.get('moe', '')} |")
-    if "rounds" in last:
-        turn = "all" if last["turn"] >= last["sentences"] else f"{last['turn']}"
-        protocol = (f"{last['rounds']} rounds; in each, every model in turn replays {turn} of them in a row (the first "
-                    f"{last['warmup']} of a turn untimed). Overhead: the median over rounds of the ratio of round medians "
-                    f"to the dense model's; after the semicolon, the ratio of per-step minima over rounds")
+                     f"{cell(r, 'moe_traced_step', 'traced_overhead')} |" + (f" {control(r)} |" if paired else "")
+                     + f" {mib.get('dense', '')} / {mib.get('moe', '')} |")
+    if paired:
+        protocol = (f"{last['rounds']} passes in turns of {last['turn']} sentences per model (the first {last['warmup']} "
+                    f"untimed), the order rotating per turn. Overhead: the median over {last['paired_turns']} turns of "
+                    f"the ratio to the same turn of the dense model; after the semicolon, the ratio of per-step minima "
+                    f"over passes (the least-contended cost); the control's quartiles show how far one paired turn "
+                    f"strays on this host")
     else:
         protocol = f"in blocks of {last.get('block', 1)} sentences, the first untimed"
     return ("\n".join(lines) + f"\n\nDecoder step, ONNX Runtime {last['quantization'] or 'fp32'}, "
             f"{last['threads']} thread, batch 1, beam {last['beam']}; the recorded steps of {last['sentences']} real "
             f"test sentences replayed through every model, {protocol} ({last.get('timed_steps', '?')} timed steps per "
-            f"model and round); ms are pooled medians. Weights and routers of `{last['supernet']}`, "
+            f"model and pass); ms are pooled medians. Weights and routers of `{last['supernet']}`, "
             f"L3 cache {last.get('l3_cache')}, commit `{(last.get('git_commit') or '')[:10]}`.")
 
 

@@ -40,3 +40,46 @@ def test_card_states_the_whole_budget_of_a_continued_run():
     card = model_card("Title", "Summary.", arch, training, [])
     assert "earlier run of 1273 updates" in card
     assert "all 2 segments together: 1773 updates, 13,970,863 target tokens processed, 2.03 h" in card
+
+
+class _FakeSession:
+    """Stands in for an onnxruntime session: logs which step it ran."""
+
+    def __init__(self, name, log):
+        self.name, self.log = name, log
+
+    def run(self, output_names, feed):
+        self.log.append((self.name, feed["step"]))
+
+
+def test_moe_overhead_replay_times_the_same_steps_for_every_model_with_warmup_untimed():
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    from moe_overhead import replay
+
+    log = []
+    sessions = {n: _FakeSession(n, log) for n in ("dense", "moe")}
+    sentences = [[{"step": (s, i)} for i in range(s + 1)] for s in range(5)]  # sentence s has s + 1 steps
+    seconds = replay(sessions, sentences, rounds=3, turn=5, warmup=2)
+    timed_steps = sum(len(s) for s in sentences[2:])
+    assert all(len(seconds[n]) == 3 and all(len(t) == timed_steps for r in seconds[n] for t in r) for n in sessions)
+    # every model runs every step of every round (warm-up included), whole turns in a row, order rotating
+    assert len(log) == 3 * 2 * sum(len(s) for s in sentences)
+    firsts = [log[i][0] for i in range(0, len(log), len(log) // 6)]
+    assert firsts == ["dense", "moe", "moe", "dense", "dense", "moe"]
+    # short turns: each turn of `turn` sentences starts with `warmup` untimed sentences
+    seconds = replay(sessions, sentences, rounds=1, turn=2, warmup=1)
+    assert [len(t) for t in seconds["moe"][0]] == [len(sentences[1]), len(sentences[3]), 0]
+
+
+def test_moe_overhead_ratio_stats_pair_turns():
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    from moe_overhead import ratio_stats
+
+    # 2 rounds x 3 turns; round 1 was contended for both models; the last turn times nothing
+    seconds = {"dense": [[[1.0, 1.0], [1.0, 1.0], []], [[2.0, 2.0], [2.0, 2.0], []]],
+               "moe": [[[1.1, 1.1], [1.3, 1.1], []], [[2.4, 2.4], [2.0, 2.2], []]]}
+    stats = ratio_stats(seconds, "moe", "dense")
+    assert stats["turns"] == 4 and stats["overhead"] == 0.15  # pairs: 1.1, 1.2, 1.2, 1.05
+    # per-step minima over rounds: turn 0 (1.1, 1.1) vs (1, 1); turn 1 (1.3, 1.1) vs (1, 1)
+    assert stats["overhead_min"] == 0.15
+    assert ratio_stats({k: v[1:] for k, v in seconds.items()}, "moe", "dense")["overhead_min"] is None
