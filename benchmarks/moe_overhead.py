@@ -28,7 +28,10 @@ every figure pairs a model's turn with the same turn of another model (under a s
   traced_overhead   the same for moe-traced
   control_overhead  the same for a second session of the dense graph (the A/A control: 0 on a
                     quiet host; its quartiles show how far one paired turn can be off)
-The records before `--rounds` existed used one round of 10-sentence turns, 1 warm-up, and pooled
+Short turns are the pessimistic side for a MoE model: its warm-up sentences bring back only the
+experts they pick, and the others are read cold after another model ran (at width 768, 40-sentence
+turns gave +9% and +15% where 6-sentence turns gave +32% and +19%, in a scratch comparison whose
+long turns were too few to pair reliably). The records before `--rounds` existed used one round of 10-sentence turns, 1 warm-up, and pooled
 medians (no pairing).
 Appends to benchmarks/results/moe_overhead.jsonl.
 
@@ -61,6 +64,51 @@ class RecordingSession:
     def run(self, output_names, feed):
         self.feeds.append({name: value.copy() for name, value in feed.items()})
         return self.session.run(output_names, feed)
+
+
+def build_models(supernet, width: int, experts: int, traced: bool = True) -> dict:
+    """The models of the module docstring, extracted from `supernet`: dense, moe-E, moe-E-one and
+    (with `traced`) moe-E-traced, in that order."""
+    import torch
+
+    from automoe.extract import extract_subnet
+
+    if width not in supernet.space.ffn_dims:
+        raise SystemExit(f"--width {width} is not a width of the space: {list(supernet.space.ffn_dims)}")
+    largest = supernet.space.largest()
+    dense_arch = largest.replace(encoder_ffn=((width,),) * largest.encoder_layers,
+                                 decoder_ffn=((width,),) * largest.decoder_layers)
+    moe_arch = dense_arch.replace(encoder_ffn=((width,) * experts,) * dense_arch.encoder_layers,
+                                  decoder_ffn=((width,) * experts,) * dense_arch.decoder_layers)
+    names = [f"moe-{experts}{s}" for s in ("", "-one", "-traced")][: 3 if traced else 2]
+    models = {"dense": extract_subnet(supernet, dense_arch), **{n: extract_subnet(supernet, moe_arch) for n in names}}
+    for layer in list(models[names[1]].encoder_layers) + list(models[names[1]].decoder_layers):
+        # equal logits: every token takes expert 0 (a new tensor: extracted weights may share storage)
+        layer.ffn.router.weight.data = torch.zeros_like(layer.ffn.router.weight)
+    return models
+
+
+def export_model(model, folder: Path, tokenizer: Path, quantize: str | None, traced: bool = False) -> Path:
+    """Save `model` to `folder` and export it to ONNX Runtime beside it; returns the export folder."""
+    from automoe.export.onnx import to_onnx
+
+    model.save_pretrained(folder, tokenizer_file=tokenizer)
+    return to_onnx(folder, folder.with_name(folder.name + "-onnx"), quantize=quantize,
+                   moe_dispatch="traced" if traced else "compact")
+
+
+def record_steps(translator, sources: list[str], beam: int) -> list[list[dict]]:
+    """Translate each source one at a time with an onnxruntime `translator` through its decoder-step
+    graph; per sentence, the inputs of every decoder step."""
+    translator.backend.use_beam_graph = False  # decode through decoder.onnx so its steps are recorded
+    recorder = translator.backend.decoder = RecordingSession(translator.backend.decoder)
+    sentences = []
+    for sentence in sources:
+        recorder.feeds = []
+        translator.translate([sentence], beam=beam)
+        sentences.append(recorder.feeds)
+    translator.backend.decoder = recorder.session
+    return sentences
 
 
 def time_steps(session, feeds: list[dict]) -> list[float]:
@@ -133,49 +181,27 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     from automoe.evaluate import read_split
-    from automoe.export.onnx import to_onnx
-    from automoe.extract import extract_subnet
     from automoe.serve import Translator
     from automoe.train import load_supernet
 
     torch.set_num_threads(args.threads)
     supernet = load_supernet(args.supernet)
     width = args.width or max(supernet.space.ffn_dims)
-    if width not in supernet.space.ffn_dims:
-        raise SystemExit(f"--width {width} is not a width of the space: {list(supernet.space.ffn_dims)}")
-    largest = supernet.space.largest()
-    dense_arch = largest.replace(encoder_ffn=((width,),) * largest.encoder_layers,
-                                 decoder_ffn=((width,),) * largest.decoder_layers)
-    moe_arch = dense_arch.replace(encoder_ffn=((width,) * args.experts,) * dense_arch.encoder_layers,
-                                  decoder_ffn=((width,) * args.experts,) * dense_arch.decoder_layers)
+    models = build_models(supernet, width, args.experts)
+    moe_name, one_name, traced_name = list(models)[1:]
     sources, _ = read_split(args.data, "test", limit=args.sentences)
     quant = None if args.quantize == "none" else args.quantize
-    moe_name, one_name, traced_name = (f"moe-{args.experts}{s}" for s in ("", "-one", "-traced"))
-    models = {"dense": extract_subnet(supernet, dense_arch), moe_name: extract_subnet(supernet, moe_arch),
-              one_name: extract_subnet(supernet, moe_arch), traced_name: extract_subnet(supernet, moe_arch)}
-    for layer in list(models[one_name].encoder_layers) + list(models[one_name].decoder_layers):
-        # equal logits: every token takes expert 0 (a new tensor: extracted weights may share storage)
-        layer.ffn.router.weight.data = torch.zeros_like(layer.ffn.router.weight)
     decoders, sizes = {}, {}
     with tempfile.TemporaryDirectory() as tmp:
         for name, model in models.items():
-            folder = Path(tmp) / name
-            model.save_pretrained(folder, tokenizer_file=Path(args.data) / "spm.model")
-            exported = to_onnx(folder, Path(tmp) / f"{name}-onnx", quantize=quant,
-                               moe_dispatch="traced" if name == traced_name else "compact")
+            exported = export_model(model, Path(tmp) / name, Path(args.data) / "spm.model", quant, name == traced_name)
             sizes[name] = round((exported / "decoder.onnx").stat().st_size / 2**20, 1)
             tr = Translator.from_pretrained(exported, threads=args.threads)
             decoders[name] = tr.backend.decoder
             if name == "dense":  # the A/A control: the same graph in a second session
                 decoders[CONTROL] = Translator.from_pretrained(exported, threads=args.threads).backend.decoder
             if name == moe_name:
-                tr.backend.use_beam_graph = False  # decode through decoder.onnx so its steps are recorded
-                recorder = tr.backend.decoder = RecordingSession(tr.backend.decoder)
-                sentences = []  # per sentence, the inputs of its decoder steps
-                for sentence in sources:
-                    recorder.feeds = []
-                    tr.translate([sentence], beam=args.beam)
-                    sentences.append(recorder.feeds)
+                sentences = record_steps(tr, sources, args.beam)
     seconds = replay(decoders, sentences, args.rounds, turn, args.warmup)
     pooled = {name: [t for turns in rounds for steps in turns for t in steps] for name, rounds in seconds.items()}
     stats = {name: summary_ms(s) for name, s in pooled.items()}

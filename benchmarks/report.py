@@ -98,6 +98,35 @@ def moe_overhead_table() -> str:
             f"L3 cache {last.get('l3_cache')}, commit `{(last.get('git_commit') or '')[:10]}`.")
 
 
+def moe_instructions_table() -> str:
+    """The latest counted (cachegrind) MoE decoder step, one row per width and MoE model."""
+    records = _read("moe_instructions")
+    if not records:
+        return "_Not measured yet (benchmarks/moe_instructions.py)._"
+    # one width takes ~15 minutes, so a run spans hours: same commit and supernet as the last record
+    key = lambda r: (r.get("git_commit"), r.get("supernet"))  # noqa: E731
+    run = [r for r in records if key(r) == key(records[-1])]
+    latest = {r["width"]: r for r in run}
+    sizes = list(run[-1]["per_step"])
+    lines = ["| FFN width | model | instructions | I1 misses | D1 misses | " + " | ".join(f"LL misses ({s})" for s in sizes)
+             + " | mispredicted branches |", "|---:|---|---:|---:|---:|" + "---:|" * len(sizes) + "---:|"]
+    for width, r in sorted(latest.items(), reverse=True):
+        dense = r["per_step"][sizes[0]]["dense"]
+        lines.append(f"| {width} | dense | {dense['instructions'] / 1e6:.2f}M | {dense['i1_misses']:,} | "
+                     f"{dense['d1_misses']:,} | " + " | ".join(f"{r['per_step'][s]['dense']['lld_misses']:,}" for s in sizes)
+                     + f" | {dense['mispredicts']:,} |")
+        for name in r["vs_dense"][sizes[0]]:
+            pct = lambda s, key: f"{100 * r['vs_dense'][s][name][key]:+.1f}%"  # noqa: E731
+            lines.append(f"| {width} | {name} | {pct(sizes[0], 'instructions')} | {pct(sizes[0], 'i1_misses')} | "
+                         f"{pct(sizes[0], 'd1_misses')} | " + " | ".join(pct(s, "lld_misses") for s in sizes)
+                         + f" | {pct(sizes[0], 'mispredicts')} |")
+    last = run[-1]
+    return ("\n".join(lines) + f"\n\nOne decoder step (ONNX Runtime int8, beam 4), counted by cachegrind over "
+            f"{last['steps']} recorded steps of {last['sentences']} real test sentences: dense rows per step, MoE rows "
+            f"relative to dense; simulated last-level caches {', '.join(sizes)} ({last['ll_ways']}-way). Weights and "
+            f"routers of `{last['supernet']}`, commit `{(last.get('git_commit') or '')[:10]}`.")
+
+
 def load_demo_table() -> str:
     """The latest load test of the demo."""
     rows = _read("load_demo")
@@ -203,7 +232,8 @@ def predictor_table() -> str:
     return text
 
 
-TABLES = {"models": models_table, "search": search_table, "predictor": predictor_table, "engines": engines_table, "moe_overhead": moe_overhead_table, "load_demo": load_demo_table}
+TABLES = {"models": models_table, "search": search_table, "predictor": predictor_table, "engines": engines_table,
+          "moe_overhead": moe_overhead_table, "moe_instructions": moe_instructions_table, "load_demo": load_demo_table}
 
 
 def render(readme: str) -> str:

@@ -83,3 +83,22 @@ def test_moe_overhead_ratio_stats_pair_turns():
     # per-step minima over rounds: turn 0 (1.1, 1.1) vs (1, 1); turn 1 (1.3, 1.1) vs (1, 1)
     assert stats["overhead_min"] == 0.15
     assert ratio_stats({k: v[1:] for k, v in seconds.items()}, "moe", "dense")["overhead_min"] is None
+
+
+def test_moe_instructions_reads_cachegrind_totals():
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    from moe_instructions import parse_cachegrind
+
+    text = """==5230== I   refs:      2,318,361,238
+==5230== I1  misses:       20,525,925
+==5230== LLi misses:          101,304
+==5230== D   refs:      1,350,341,738  (855,888,328 rd   + 494,453,410 wr)
+==5230== D1  misses:       31,299,432  ( 24,014,840 rd   +   7,284,592 wr)
+==5230== LLd misses:        3,403,335  (    531,784 rd   +   2,871,551 wr)
+==5230== Mispredicts:      25,636,013  ( 15,743,141 cond +   9,892,872 ind)"""
+    assert parse_cachegrind(text) == {"instructions": 2318361238, "i1_misses": 20525925, "d1_misses": 31299432,
+                                      "lld_misses": 3403335, "mispredicts": 25636013}
+    import pytest
+
+    with pytest.raises(RuntimeError, match="Mispredicts"):
+        parse_cachegrind(text.rsplit("\n", 1)[0])
