@@ -36,6 +36,7 @@ import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+
 # cachegrind's summary lines -> record keys (the total of each line, reads and writes together)
 COUNTERS = {"I   refs": "instructions", "I1  misses": "i1_misses", "D1  misses": "d1_misses",
             "LLd misses": "lld_misses", "Mispredicts": "mispredicts"}
@@ -75,7 +76,8 @@ def cachegrind(decoder: Path, feeds: Path, steps: int, ll_mib: int) -> subproces
     """Start cachegrind on a child process that runs `steps` + 1 steps (stderr piped)."""
     # without address randomisation, so that the simulated caches and branch predictor see the same
     # addresses in both runs and in every run
-    cmd = ["setarch", platform.machine(), "--addr-no-randomize", "valgrind", "--tool=cachegrind", "--cache-sim=yes", "--branch-sim=yes", "--cachegrind-out-file=/dev/null",
+    cmd = ["setarch", platform.machine(), "--addr-no-randomize",
+           "valgrind", "--tool=cachegrind", "--cache-sim=yes", "--branch-sim=yes", "--cachegrind-out-file=/dev/null",
            f"--LL={ll_mib * 2**20},16,64", sys.executable, __file__, "--child", str(decoder), str(feeds), str(steps)]
     env = {**os.environ, "PYTHONHASHSEED": "0"}  # the same dict orders, so the same allocations
     return subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env)

@@ -31,8 +31,8 @@ every figure pairs a model's turn with the same turn of another model (under a s
 Short turns are the pessimistic side for a MoE model: its warm-up sentences bring back only the
 experts they pick, and the others are read cold after another model ran (at width 768, 40-sentence
 turns gave +9% and +15% where 6-sentence turns gave +32% and +19%, in a scratch comparison whose
-long turns were too few to pair reliably). The records before `--rounds` existed used one round of 10-sentence turns, 1 warm-up, and pooled
-medians (no pairing).
+long turns were too few to pair reliably). The records before `--rounds` existed used one round
+of 10-sentence turns, 1 warm-up, and pooled medians (no pairing).
 Appends to benchmarks/results/moe_overhead.jsonl.
 
     python benchmarks/moe_overhead.py --supernet models/supernet-small-bible-v3 --data data/bible-en-de
@@ -173,8 +173,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--beam", type=int, default=4)
     p.add_argument("--out", default=str(RESULTS / "moe_overhead.jsonl"))
     args = p.parse_args(argv)
-    turn = args.turn
-    if args.rounds < 1 or args.warmup < 0 or not args.warmup < turn <= args.sentences:
+    if args.rounds < 1 or args.warmup < 0 or not args.warmup < args.turn <= args.sentences:
         p.error("need --rounds >= 1 and 0 <= --warmup < --turn <= --sentences (every turn times a sentence)")
     env = environment()  # the commit and time the run started with
 
@@ -202,7 +201,7 @@ def main(argv: list[str] | None = None) -> int:
                 decoders[CONTROL] = Translator.from_pretrained(exported, threads=args.threads).backend.decoder
             if name == moe_name:
                 sentences = record_steps(tr, sources, args.beam)
-    seconds = replay(decoders, sentences, args.rounds, turn, args.warmup)
+    seconds = replay(decoders, sentences, args.rounds, args.turn, args.warmup)
     pooled = {name: [t for turns in rounds for steps in turns for t in steps] for name, rounds in seconds.items()}
     stats = {name: summary_ms(s) for name, s in pooled.items()}
     vs = {"overhead": ratio_stats(seconds, moe_name, "dense"), "dispatch_overhead": ratio_stats(seconds, one_name, "dense"),
@@ -211,7 +210,7 @@ def main(argv: list[str] | None = None) -> int:
     record = {"benchmark": "moe_overhead", "supernet": str(args.supernet), "experts": args.experts,
               "width": width, "quantization": quant, "threads": args.threads, "beam": args.beam,
               "rows_per_step": args.beam, "sentences": len(sources), "method": "replayed steps",
-              "rounds": args.rounds, "turn": turn, "warmup": args.warmup,
+              "rounds": args.rounds, "turn": args.turn, "warmup": args.warmup,
               "timed_steps": len(pooled["dense"]) // args.rounds,
               "dense_step": stats["dense"], "moe_step": stats[moe_name], "moe_one_expert_step": stats[one_name],
               "moe_traced_step": stats[traced_name],

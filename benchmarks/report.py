@@ -27,11 +27,12 @@ def _read(name: str) -> list[dict]:
     return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
 
 
-def _last_run(records: list[dict], field: str) -> list[dict]:
-    """Records of the last record's run: same commit, same hour and same `field` value."""
+def _last_run(records: list[dict], field: str, same_hour: bool = True) -> list[dict]:
+    """Records of the last record's run: same commit, same `field` value and (with `same_hour`)
+    the same hour; a run whose records take hours to write passes same_hour=False."""
     if not records:
         return []
-    key = lambda r: (r.get("git_commit"), r.get("date", "")[:13], r.get(field))  # noqa: E731
+    key = lambda r: (r.get("git_commit"), r.get("date", "")[:13] if same_hour else None, r.get(field))  # noqa: E731
     return [r for r in records if key(r) == key(records[-1])]
 
 
@@ -100,12 +101,9 @@ def moe_overhead_table() -> str:
 
 def moe_instructions_table() -> str:
     """The latest counted (cachegrind) MoE decoder step, one row per width and MoE model."""
-    records = _read("moe_instructions")
-    if not records:
+    run = _last_run(_read("moe_instructions"), "supernet", same_hour=False)  # ~15 minutes per width
+    if not run:
         return "_Not measured yet (benchmarks/moe_instructions.py)._"
-    # one width takes ~15 minutes, so a run spans hours: same commit and supernet as the last record
-    key = lambda r: (r.get("git_commit"), r.get("supernet"))  # noqa: E731
-    run = [r for r in records if key(r) == key(records[-1])]
     latest = {r["width"]: r for r in run}
     sizes = list(run[-1]["per_step"])
     lines = ["| FFN width | model | instructions | I1 misses | D1 misses | " + " | ".join(f"LL misses ({s})" for s in sizes)
