@@ -79,7 +79,10 @@ def cachegrind(decoder: Path, feeds: Path, steps: int, ll_mib: int) -> subproces
     cmd = ["setarch", platform.machine(), "--addr-no-randomize",
            "valgrind", "--tool=cachegrind", "--cache-sim=yes", "--branch-sim=yes", "--cachegrind-out-file=/dev/null",
            f"--LL={ll_mib * 2**20},16,64", sys.executable, __file__, "--child", str(decoder), str(feeds), str(steps)]
-    env = {**os.environ, "PYTHONHASHSEED": "0"}  # the same dict orders, so the same allocations
+    # PYTHONHASHSEED: the same dict orders, so the same allocations. One BLAS thread: numpy's
+    # OpenBLAS otherwise starts a server thread whose polling cachegrind counts with the steps, in
+    # proportion to the run's length (records before this fix include such instructions)
+    env = {**os.environ, "PYTHONHASHSEED": "0", "OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1"}
     return subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env)
 
 
@@ -152,7 +155,7 @@ def main(argv: list[str] | None = None) -> int:
     record = {"benchmark": "moe_instructions", "supernet": str(args.supernet), "experts": args.experts, "width": width,
               "quantization": "int8", "beam": args.beam, "steps": args.steps, "sentences": args.sentences,
               "ll_ways": 16, "per_step": counts, "vs_dense": ratios,
-              "versions": {"valgrind": subprocess.run(["valgrind", "--version"], capture_output=True, text=True).stdout.strip()},
+              "blas_threads": 1, "versions": {"valgrind": subprocess.run(["valgrind", "--version"], capture_output=True, text=True).stdout.strip()},
               **env}
     append_jsonl(Path(args.out), [record])
     for ll, by_model in ratios.items():

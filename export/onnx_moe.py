@@ -10,8 +10,10 @@ an argsort) exports as about 44 nodes for a 4-expert layer. This form exports as
     Split -> per expert MatMul + Add -> Relu -> MatMul + Add -> Concat -> ScatterND -> Mul -> Reshape
 
 16 nodes per layer besides the experts' own; the decoder-step graph, whose rows are single
-tokens, leaves out Flatten and the final Shape / Reshape. An expert no token chose runs
-on an empty block (a node on 0 rows costs ~0.2 us; an `If` per expert was measured slower).
+tokens, leaves out Flatten and the final Shape / Reshape. ScatterND writes into the layer's input
+rows, so its output keeps their (batch) shape and ONNX Runtime still fuses the residual Add and
+LayerNorm after the layer into SkipLayerNormalization, as in a dense layer. An expert no token
+chose runs on an empty block (a node on 0 rows costs ~0.2 us; an `If` per expert was measured slower).
 It computes exactly what the PyTorch layer computes; the export parity tests hold it to that.
 `compact_moe_dispatch(model)` makes every top-1 MoE layer of a model trace this way.
 """
@@ -79,7 +81,9 @@ class Top1MoE(torch.autograd.Function):
             h = g.op("Relu", g.op("Add", g.op("MatMul", block, transpose(w1)), b1))
             outputs.append(g.op("Add", g.op("MatMul", h, transpose(w2)), b2))  # [n_e, d]
         y = g.op("Concat", *outputs, axis_i=0)  # in `order`
-        y = g.op("ScatterND", y, order, y)  # back to token order (every row is overwritten)
+        # back to token order; every row of `rows` is overwritten, and the output keeps its (batch)
+        # shape, so ONNX Runtime still fuses the residual Add and LayerNorm that follow
+        y = g.op("ScatterND", rows, order, y)
         if router_scale:
             y = g.op("Mul", y, gate)
         return y if one_token else g.op("Reshape", y, g.op("Shape", x))  # [B, T, d]

@@ -124,6 +124,35 @@ def test_onnx_moe_layers_export_in_the_compact_form(onnx_dir):
     assert count("TopK") == count("ScatterND") == count("Split") == 2  # the two decoder MoE layers
 
 
+def _optimized_ops(onnx_file: Path, tmp_path: Path) -> list[str]:
+    """Op types of `onnx_file` after ONNX Runtime's graph optimizations (fusions)."""
+    import onnx
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.optimized_model_filepath = str(tmp_path / f"{onnx_file.parent.name}-optimized.onnx")
+    ort.InferenceSession(str(onnx_file), options, providers=["CPUExecutionProvider"])
+    return [node.op_type for node in onnx.load(options.optimized_model_filepath).graph.node]
+
+
+def test_onnx_moe_output_keeps_residual_layer_norm_fusion(moe_dir, tmp_path):
+    """ONNX Runtime fuses a residual Add + LayerNormalization into SkipLayerNormalization only when
+    both Add inputs have the same known shape: the MoE output must keep the batch shape, so the
+    int8 decoder step of a MoE model fuses as many as the same model with dense FFNs (one node per
+    MoE layer and step)."""
+    from automoe.checkpoint import read_model_config
+    from automoe.export.onnx import to_onnx
+
+    arch = read_model_config(moe_dir)[0]
+    dense = arch.replace(encoder_ffn=tuple((w[0],) for w in arch.encoder_ffn),
+                         decoder_ffn=tuple((w[0],) for w in arch.decoder_ffn))
+    dense_dir = _save(dense, tmp_path / "dense")
+    fused = {name: _optimized_ops(to_onnx(folder, tmp_path / f"{name}-int8", quantize="int8") / "decoder.onnx",
+                                  tmp_path).count("SkipLayerNormalization")
+             for name, folder in (("moe", moe_dir), ("dense", dense_dir))}
+    assert fused["moe"] == fused["dense"] >= arch.decoder_layers
+
+
 @pytest.mark.parametrize("beam", [1, 4])
 def test_ct2_tokens_equal_torch_for_dense_subnets(dense_dir, tmp_path, beam):
     from automoe.export.ctranslate2 import to_ctranslate2
