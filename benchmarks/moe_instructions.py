@@ -38,8 +38,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 # cachegrind's summary lines -> record keys (the total of each line, reads and writes together)
-COUNTERS = {"I   refs": "instructions", "I1  misses": "i1_misses", "D1  misses": "d1_misses",
-            "LLd misses": "lld_misses", "Mispredicts": "mispredicts"}
+COUNTERS = {"I   refs": "instructions", "I1  misses": "i1_misses", "LLi misses": "lli_misses",
+            "D1  misses": "d1_misses", "LLd misses": "lld_misses", "Mispredicts": "mispredicts"}
 
 
 def run_steps(decoder: str, feeds: str, steps: int) -> None:

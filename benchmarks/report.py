@@ -56,12 +56,15 @@ def engines_table() -> str:
 
 
 def moe_overhead_table() -> str:
-    """The latest MoE dispatch overhead measurement (one row per FFN width measured in it)."""
+    """The latest MoE dispatch overhead measurement: one row per FFN width (and per turn length, when
+    the run timed several) measured in it."""
     run = _last_run(_read("moe_overhead"), "supernet")
     if not run:
         return "_Not measured yet (benchmarks/moe_overhead.py)._"
     last = run[-1]
-    latest = {r["width"]: r for r in run}  # the last record of each width
+    latest = {(r["width"], r.get("turn")): r for r in run}  # the last record of each width and turn length
+    protocols = {r.get("turn"): r for r in latest.values()}  # turn length -> one of its records
+    several = len(protocols) > 1
     paired = "paired_turns" in last
 
     def cell(r: dict, key: str, over: str) -> str:
@@ -74,29 +77,31 @@ def moe_overhead_table() -> str:
         q1, q3 = r["control_overhead_quartiles"]
         return f"{100 * r['control_overhead']:+.1f}% ({100 * q1:+.0f}% .. {100 * q3:+.0f}%); {100 * r['control_overhead_min']:+.1f}%"
 
-    head = ("| FFN width | dense step ms | 4 experts: step ms (overhead) | all tokens to expert 0 (fixed dispatch "
-            "cost) | PyTorch's traced dispatch |" + (" dense against itself (A/A control) |" if paired else "")
-            + " int8 decoder MiB dense / MoE |")
-    lines = [head, "|---:|---:|---:|---:|---:|" + ("---:|" if paired else "") + "---:|"]
-    for width, r in sorted(latest.items(), reverse=True):
+    head = ("| FFN width |" + (" turn (sentences) |" if several else "") + " dense step ms | 4 experts: step ms "
+            "(overhead) | all tokens to expert 0 (fixed dispatch cost) | PyTorch's traced dispatch |"
+            + (" dense against itself (A/A control) |" if paired else "") + " int8 decoder MiB dense / MoE |")
+    lines = [head, "|---:|" + ("---:|" if several else "") + "---:|---:|---:|---:|" + ("---:|" if paired else "") + "---:|"]
+    for (width, turn), r in sorted(latest.items(), key=lambda kv: (-kv[0][0], kv[0][1] or 0)):
         mib = r.get("decoder_mib") or {}
-        lines.append(f"| {width} | {r['dense_step']['median_ms']:.3f} | {cell(r, 'moe_step', 'overhead')} | "
-                     f"{cell(r, 'moe_one_expert_step', 'dispatch_overhead')} | "
+        lines.append(f"| {width} |" + (f" {turn} |" if several else "") + f" {r['dense_step']['median_ms']:.3f} | "
+                     f"{cell(r, 'moe_step', 'overhead')} | {cell(r, 'moe_one_expert_step', 'dispatch_overhead')} | "
                      f"{cell(r, 'moe_traced_step', 'traced_overhead')} |" + (f" {control(r)} |" if paired else "")
                      + f" {mib.get('dense', '')} / {mib.get('moe', '')} |")
     if paired:
-        protocol = (f"{last['rounds']} passes in turns of {last['turn']} sentences per model (the first {last['warmup']} "
-                    f"untimed), the order rotating per turn. Overhead: the median over {last['paired_turns']} turns of "
-                    f"the ratio to the same turn of the dense model; after the semicolon, the ratio of per-step minima "
-                    f"over passes (the least-contended cost); the control's quartiles show how far one paired turn "
-                    f"strays on this host")
+        turns = " or ".join(f"{t} sentences per model (the first {r['warmup']} untimed; {r.get('paired_turns')} turns, "
+                            f"{r.get('timed_steps', '?')} timed steps per model and pass)"
+                            for t, r in sorted(protocols.items(), key=lambda kv: kv[0] or 0))
+        protocol = (f"{last['rounds']} passes in turns of {turns}, the order rotating per turn. Overhead: the median "
+                    f"over turns of the ratio to the same turn of the dense model; after the semicolon, the ratio of "
+                    f"per-step minima over passes (the least-contended cost); the control's quartiles show how far "
+                    f"one paired turn strays on this host")
     else:
-        protocol = f"in blocks of {last.get('block', 1)} sentences, the first untimed"
+        protocol = (f"in blocks of {last.get('block', 1)} sentences, the first untimed "
+                    f"({last.get('timed_steps', '?')} timed steps per model and pass)")
     return ("\n".join(lines) + f"\n\nDecoder step, ONNX Runtime {last['quantization'] or 'fp32'}, "
             f"{last['threads']} thread, batch 1, beam {last['beam']}; the recorded steps of {last['sentences']} real "
-            f"test sentences replayed through every model, {protocol} ({last.get('timed_steps', '?')} timed steps per "
-            f"model and pass); ms are pooled medians. Weights and routers of `{last['supernet']}`, "
-            f"L3 cache {last.get('l3_cache')}, commit `{(last.get('git_commit') or '')[:10]}`.")
+            f"test sentences replayed through every model, {protocol}; ms are pooled medians. Weights and routers of "
+            f"`{last['supernet']}`, L3 cache {last.get('l3_cache')}, commit `{(last.get('git_commit') or '')[:10]}`.")
 
 
 def moe_instructions_table() -> str:
@@ -106,17 +111,20 @@ def moe_instructions_table() -> str:
         return "_Not measured yet (benchmarks/moe_instructions.py)._"
     latest = {r["width"]: r for r in run}
     sizes = list(run[-1]["per_step"])
+    lli = "lli_misses" in run[-1]["per_step"][sizes[0]]["dense"]  # instruction fetches missing the LL (newer records)
+    misses = ["lld_misses"] + (["lli_misses"] if lli else [])
     lines = ["| FFN width | model | instructions | I1 misses | D1 misses | " + " | ".join(f"LL misses ({s})" for s in sizes)
-             + " | mispredicted branches |", "|---:|---|---:|---:|---:|" + "---:|" * len(sizes) + "---:|"]
+             + "".join(f" | LL instruction misses ({s})" for s in sizes if lli) + " | mispredicted branches |",
+             "|---:|---|---:|---:|---:|" + "---:|" * len(sizes) * len(misses) + "---:|"]
     for width, r in sorted(latest.items(), reverse=True):
         dense = r["per_step"][sizes[0]]["dense"]
         lines.append(f"| {width} | dense | {dense['instructions'] / 1e6:.2f}M | {dense['i1_misses']:,} | "
-                     f"{dense['d1_misses']:,} | " + " | ".join(f"{r['per_step'][s]['dense']['lld_misses']:,}" for s in sizes)
-                     + f" | {dense['mispredicts']:,} |")
+                     f"{dense['d1_misses']:,} | " + " | ".join(f"{r['per_step'][s]['dense'][key]:,}" for key in misses
+                                                              for s in sizes) + f" | {dense['mispredicts']:,} |")
         for name in r["vs_dense"][sizes[0]]:
             pct = lambda s, key: f"{100 * r['vs_dense'][s][name][key]:+.1f}%"  # noqa: E731
             lines.append(f"| {width} | {name} | {pct(sizes[0], 'instructions')} | {pct(sizes[0], 'i1_misses')} | "
-                         f"{pct(sizes[0], 'd1_misses')} | " + " | ".join(pct(s, "lld_misses") for s in sizes)
+                         f"{pct(sizes[0], 'd1_misses')} | " + " | ".join(pct(s, key) for key in misses for s in sizes)
                          + f" | {pct(sizes[0], 'mispredicts')} |")
     last = run[-1]
     return ("\n".join(lines) + f"\n\nOne decoder step (ONNX Runtime int8, beam 4), counted by cachegrind over "

@@ -96,8 +96,8 @@ def test_moe_instructions_reads_cachegrind_totals():
 ==5230== D1  misses:       31,299,432  ( 24,014,840 rd   +   7,284,592 wr)
 ==5230== LLd misses:        3,403,335  (    531,784 rd   +   2,871,551 wr)
 ==5230== Mispredicts:      25,636,013  ( 15,743,141 cond +   9,892,872 ind)"""
-    assert parse_cachegrind(text) == {"instructions": 2318361238, "i1_misses": 20525925, "d1_misses": 31299432,
-                                      "lld_misses": 3403335, "mispredicts": 25636013}
+    assert parse_cachegrind(text) == {"instructions": 2318361238, "i1_misses": 20525925, "lli_misses": 101304,
+                                      "d1_misses": 31299432, "lld_misses": 3403335, "mispredicts": 25636013}
     import pytest
 
     with pytest.raises(RuntimeError, match="Mispredicts"):
