@@ -14,6 +14,7 @@ import argparse
 import json
 import re
 import sys
+from datetime import datetime, timedelta
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -27,13 +28,25 @@ def _read(name: str) -> list[dict]:
     return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
 
 
-def _last_run(records: list[dict], field: str, same_hour: bool = True) -> list[dict]:
+def _last_run(records: list[dict], field: str, same_hour: bool = True, hours: float | None = None) -> list[dict]:
     """Records of the last record's run: same commit, same `field` value and (with `same_hour`)
-    the same hour; a run whose records take hours to write passes same_hour=False."""
+    the same hour. A benchmark launched as several scripts one after another, which may start
+    under different commits of other files, passes `hours`: then the run is every record with the
+    same `field` value written within that many hours before the last one, whatever its commit."""
     if not records:
         return []
+    if hours is not None:
+        end = datetime.fromisoformat(records[-1]["date"])
+        return [r for r in records if r.get(field) == records[-1].get(field)
+                and timedelta(0) <= end - datetime.fromisoformat(r["date"]) <= timedelta(hours=hours)]
     key = lambda r: (r.get("git_commit"), r.get("date", "")[:13] if same_hour else None, r.get(field))  # noqa: E731
     return [r for r in records if key(r) == key(records[-1])]
+
+
+def _commits(run: list[dict]) -> str:
+    """The distinct commits of a run's records, short, in order of appearance."""
+    return ", ".join(f"`{c[:10]}{'-dirty' if c.endswith('-dirty') else ''}`"
+                     for c in dict.fromkeys(r.get("git_commit") or "" for r in run))
 
 
 def engines_table() -> str:
@@ -58,7 +71,7 @@ def engines_table() -> str:
 def moe_overhead_table() -> str:
     """The latest MoE dispatch overhead measurement: one row per FFN width (and per turn length, when
     the run timed several) measured in it."""
-    run = _last_run(_read("moe_overhead"), "supernet")
+    run = _last_run(_read("moe_overhead"), "supernet", hours=1)  # ~5 minutes per width and turn length
     if not run:
         return "_Not measured yet (benchmarks/moe_overhead.py)._"
     last = run[-1]
@@ -101,12 +114,12 @@ def moe_overhead_table() -> str:
     return ("\n".join(lines) + f"\n\nDecoder step, ONNX Runtime {last['quantization'] or 'fp32'}, "
             f"{last['threads']} thread, batch 1, beam {last['beam']}; the recorded steps of {last['sentences']} real "
             f"test sentences replayed through every model, {protocol}; ms are pooled medians. Weights and routers of "
-            f"`{last['supernet']}`, L3 cache {last.get('l3_cache')}, commit `{(last.get('git_commit') or '')[:10]}`.")
+            f"`{last['supernet']}`, L3 cache {last.get('l3_cache')}, commit {_commits(run)}.")
 
 
 def moe_instructions_table() -> str:
     """The latest counted (cachegrind) MoE decoder step, one row per width and MoE model."""
-    run = _last_run(_read("moe_instructions"), "supernet", same_hour=False)  # ~15 minutes per width
+    run = _last_run(_read("moe_instructions"), "supernet", hours=1.5)  # ~10 minutes per width
     if not run:
         return "_Not measured yet (benchmarks/moe_instructions.py)._"
     latest = {r["width"]: r for r in run}
@@ -130,7 +143,7 @@ def moe_instructions_table() -> str:
     return ("\n".join(lines) + f"\n\nOne decoder step (ONNX Runtime int8, beam 4), counted by cachegrind over "
             f"{last['steps']} recorded steps of {last['sentences']} real test sentences: dense rows per step, MoE rows "
             f"relative to dense; simulated last-level caches {', '.join(sizes)} ({last['ll_ways']}-way). Weights and "
-            f"routers of `{last['supernet']}`, commit `{(last.get('git_commit') or '')[:10]}`.")
+            f"routers of `{last['supernet']}`, commit {_commits(run)}.")
 
 
 def load_demo_table() -> str:
