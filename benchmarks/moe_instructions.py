@@ -37,6 +37,11 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+# The counted child's environment. PYTHONHASHSEED: the same dict orders, so the same allocations.
+# One BLAS thread: numpy's OpenBLAS otherwise starts a server thread whose polling cachegrind counts
+# with the steps, in proportion to the run's length (records before it include such instructions).
+CHILD_ENV = {"PYTHONHASHSEED": "0", "OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1"}
+
 # cachegrind's summary lines -> record keys (the total of each line, reads and writes together)
 COUNTERS = {"I   refs": "instructions", "I1  misses": "i1_misses", "LLi misses": "lli_misses",
             "D1  misses": "d1_misses", "LLd misses": "lld_misses", "Mispredicts": "mispredicts"}
@@ -79,11 +84,8 @@ def cachegrind(decoder: Path, feeds: Path, steps: int, ll_mib: int) -> subproces
     cmd = ["setarch", platform.machine(), "--addr-no-randomize",
            "valgrind", "--tool=cachegrind", "--cache-sim=yes", "--branch-sim=yes", "--cachegrind-out-file=/dev/null",
            f"--LL={ll_mib * 2**20},16,64", sys.executable, __file__, "--child", str(decoder), str(feeds), str(steps)]
-    # PYTHONHASHSEED: the same dict orders, so the same allocations. One BLAS thread: numpy's
-    # OpenBLAS otherwise starts a server thread whose polling cachegrind counts with the steps, in
-    # proportion to the run's length (records before this fix include such instructions)
-    env = {**os.environ, "PYTHONHASHSEED": "0", "OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1"}
-    return subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env)
+    return subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, **CHILD_ENV})
 
 
 def per_step(decoder: Path, feeds: Path, steps: int, ll_mib: int) -> dict:
@@ -155,7 +157,7 @@ def main(argv: list[str] | None = None) -> int:
     record = {"benchmark": "moe_instructions", "supernet": str(args.supernet), "experts": args.experts, "width": width,
               "quantization": "int8", "beam": args.beam, "steps": args.steps, "sentences": args.sentences,
               "ll_ways": 16, "per_step": counts, "vs_dense": ratios,
-              "blas_threads": 1, "versions": {"valgrind": subprocess.run(["valgrind", "--version"], capture_output=True, text=True).stdout.strip()},
+              "blas_threads": int(CHILD_ENV["OPENBLAS_NUM_THREADS"]), "versions": {"valgrind": subprocess.run(["valgrind", "--version"], capture_output=True, text=True).stdout.strip()},
               **env}
     append_jsonl(Path(args.out), [record])
     for ll, by_model in ratios.items():

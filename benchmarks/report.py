@@ -28,18 +28,18 @@ def _read(name: str) -> list[dict]:
     return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
 
 
-def _last_run(records: list[dict], field: str, same_hour: bool = True, hours: float | None = None) -> list[dict]:
-    """Records of the last record's run: same commit, same `field` value and (with `same_hour`)
-    the same hour. A benchmark launched as several scripts one after another, which may start
-    under different commits of other files, passes `hours`: then the run is every record with the
-    same `field` value written within that many hours before the last one, whatever its commit."""
+def _last_run(records: list[dict], field: str, hours: float | None = None) -> list[dict]:
+    """Records of the last record's run: same commit, same hour and same `field` value. A benchmark
+    launched as several scripts one after another, which may start under different commits of
+    other files, passes `hours`: then the run is every record with the same `field` value written
+    within that many hours before the last one, whatever its commit."""
     if not records:
         return []
     if hours is not None:
         end = datetime.fromisoformat(records[-1]["date"])
         return [r for r in records if r.get(field) == records[-1].get(field)
                 and timedelta(0) <= end - datetime.fromisoformat(r["date"]) <= timedelta(hours=hours)]
-    key = lambda r: (r.get("git_commit"), r.get("date", "")[:13] if same_hour else None, r.get(field))  # noqa: E731
+    key = lambda r: (r.get("git_commit"), r.get("date", "")[:13], r.get(field))  # noqa: E731
     return [r for r in records if key(r) == key(records[-1])]
 
 
