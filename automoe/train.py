@@ -278,12 +278,19 @@ def _truncate_log(path: Path, update: int) -> None:
         os.replace(tmp, path)
 
 
-def git_commit() -> str | None:
-    """The git commit of the automoe source tree ("-dirty" if tracked files changed), if it is a checkout."""
-    root = Path(__file__).resolve().parent
+# Files that benchmark runs rewrite: a chain of runs at one commit must not record the later runs as
+# "-dirty" because an earlier one appended its results.
+GENERATED_PATHS = ("benchmarks/results", "README.md")
+
+
+def git_commit(root: str | Path | None = None) -> str | None:
+    """The git commit of the automoe source tree (of `root`, default this package's folder), if it
+    is a checkout: "-dirty" when tracked files other than GENERATED_PATHS changed."""
+    root = Path(root) if root is not None else Path(__file__).resolve().parent
+    paths = [":(top)"] + [f":(top,exclude){p}" for p in GENERATED_PATHS]
     try:
         head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, timeout=5)
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root,
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--", *paths], cwd=root,
                                capture_output=True, text=True, timeout=5)
     except (OSError, subprocess.SubprocessError):
         return None

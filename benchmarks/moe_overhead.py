@@ -97,15 +97,15 @@ def export_model(model, folder: Path, tokenizer: Path, quantize: str | None, tra
                    moe_dispatch="traced" if traced else "compact")
 
 
-def record_steps(translator, sources: list[str], beam: int) -> list[list[dict]]:
+def record_steps(translator, sources: list[str], beam: int, max_length: int | None = None) -> list[list[dict]]:
     """Translate each source one at a time with an onnxruntime `translator` through its decoder-step
-    graph; per sentence, the inputs of every decoder step."""
+    graph; per sentence, the inputs of every decoder step (`max_length` as in `translate`)."""
     translator.backend.use_beam_graph = False  # decode through decoder.onnx so its steps are recorded
     recorder = translator.backend.decoder = RecordingSession(translator.backend.decoder)
     sentences = []
     for sentence in sources:
         recorder.feeds = []
-        translator.translate([sentence], beam=beam)
+        translator.translate([sentence], beam=beam, max_length=max_length)
         sentences.append(recorder.feeds)
     translator.backend.decoder = recorder.session
     return sentences

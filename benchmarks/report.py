@@ -117,6 +117,40 @@ def moe_overhead_table() -> str:
             f"`{last['supernet']}`, L3 cache {last.get('l3_cache')}, commit {_commits(run)}.")
 
 
+def moe_dispatch_parts_table() -> str:
+    """The latest in-place breakdown of the fixed dispatch cost: one row per FFN width, each column
+    cutting more of the all-tokens-to-expert-0 graph's dispatch."""
+    run = _last_run(_read("moe_dispatch_parts"), "supernet", hours=1)  # ~5 minutes per width
+    if not run:
+        return "_Not measured yet (benchmarks/moe_dispatch_parts.py)._"
+    latest = {r["width"]: r for r in run}
+    last = run[-1]
+    cuts = ("no-empty", "no-split", "router-only")
+
+    def cell(part: dict) -> str:
+        least = part.get("overhead_min")
+        return f"{100 * part['overhead']:+.1f}%" + ("" if least is None else f"; {100 * least:+.1f}%")
+
+    def removed(cut: str) -> str:
+        ops = last["removed_ops"][cut]
+        return ", ".join(f"{n // last['moe_layers']} {op}" for op, n in sorted(ops.items()))
+
+    lines = ["| FFN width | dense step ms | whole dispatch (all tokens to expert 0) | without the empty experts | "
+             "also without Split / Concat | router and gate only | dense against itself (A/A control) |",
+             "|---:|---:|---:|---:|---:|---:|---:|"]
+    for width, r in sorted(latest.items(), reverse=True):
+        parts = r["parts"]
+        lines.append(f"| {width} | {r['dense_step']['median_ms']:.3f} | {cell(parts['moe-one'])} | "
+                     + " | ".join(cell(parts[c]) for c in cuts) + f" | {cell(parts['dense-again'])} |")
+    return ("\n".join(lines) + f"\n\nOverhead of each graph's decoder step over the dense model's (ONNX Runtime int8, "
+            f"{last['threads']} thread, batch 1, beam {last['beam']}, {last['moe_layers']} MoE decoder layers): the median "
+            f"over {last['parts']['moe-one']['turns']} paired turns, then the ratio of per-step minima over "
+            f"{last['rounds']} passes; the recorded steps of {last['sentences']} real test sentences in turns of "
+            f"{last['turn']} (the first {last['warmup']} untimed). Nodes removed per layer, cumulative: without the empty experts "
+            f"{removed('no-empty')}; also without Split / Concat {removed('no-split')}; router and gate only "
+            f"{removed('router-only')}. Weights of `{last['supernet']}`, commit {_commits(run)}.")
+
+
 def moe_instructions_table() -> str:
     """The latest counted (cachegrind) MoE decoder step, one row per width and MoE model."""
     run = _last_run(_read("moe_instructions"), "supernet", hours=1.5)  # ~10 minutes per width
@@ -252,7 +286,8 @@ def predictor_table() -> str:
 
 
 TABLES = {"models": models_table, "search": search_table, "predictor": predictor_table, "engines": engines_table,
-          "moe_overhead": moe_overhead_table, "moe_instructions": moe_instructions_table, "load_demo": load_demo_table}
+          "moe_overhead": moe_overhead_table, "moe_dispatch_parts": moe_dispatch_parts_table,
+          "moe_instructions": moe_instructions_table, "load_demo": load_demo_table}
 
 
 def render(readme: str) -> str:

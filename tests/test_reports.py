@@ -3,6 +3,8 @@
 import sys
 from pathlib import Path
 
+import pytest
+
 from automoe.card import model_card, read_records
 from automoe.config import SearchSpace
 
@@ -102,3 +104,52 @@ def test_moe_instructions_reads_cachegrind_totals():
 
     with pytest.raises(RuntimeError, match="Mispredicts"):
         parse_cachegrind(text.rsplit("\n", 1)[0])
+
+
+def test_moe_dispatch_parts_cuts_are_exact_only_while_every_token_takes_expert_0(tmp_path):
+    """Each cut of benchmarks/moe_dispatch_parts.py leaves a decoder graph that computes what the
+    all-tokens-to-expert-0 graph computes, and removes the nodes it names; with a real router the
+    check refuses the cut graph."""
+    import onnx
+    import torch
+
+    from automoe.config import SearchSpace
+    from automoe.modeling import MoETransformer
+    from automoe.serve import Translator
+
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    from moe_dispatch_parts import VARIANTS, check_equal, cut_dispatch, optimized_graph, plain_session
+    from moe_overhead import export_model, record_steps
+
+    data = ROOT / "tests" / "data" / "bible-en-de"
+    base = SearchSpace.preset("tiny").largest()
+    arch = base.replace(vocab_size=1000, max_positions=64, encoder_ffn=((24,) * 4,) * base.encoder_layers,
+                        decoder_ffn=((24,) * 4,) * base.decoder_layers)
+    torch.manual_seed(0)
+    real = MoETransformer(arch)
+    one = MoETransformer(arch)
+    one.load_state_dict(real.state_dict())
+    for layer in list(one.encoder_layers) + list(one.decoder_layers):
+        layer.ffn.router.weight.data = torch.zeros_like(layer.ffn.router.weight)
+    sources = [line.strip() for line in (data / "test.src").read_text().splitlines()[:2]]
+    for name, model in (("one", one), ("real", real)):
+        exported = export_model(model, tmp_path / name, data / "spm.model", "int8")
+        translator = Translator.from_pretrained(exported, threads=1)
+        steps = [feed for sentence in record_steps(translator, sources, beam=4, max_length=6) for feed in sentence]
+        graph = optimized_graph(exported / "decoder.onnx", tmp_path / f"{name}.onnx", threads=1)
+        sessions = {"whole": plain_session(graph, 1)}
+        for variant in VARIANTS:
+            model_proto = onnx.load(str(graph))
+            layers, removed = cut_dispatch(model_proto.graph, variant)
+            onnx.save(model_proto, str(tmp_path / f"{name}-{variant}.onnx"))
+            sessions[variant] = plain_session(tmp_path / f"{name}-{variant}.onnx", 1)
+            assert layers == base.decoder_layers
+            per_layer = {op: n // layers for op, n in removed.items()}
+            assert per_layer["DynamicQuantizeMatMul"] == 6 and per_layer["Relu"] == 3  # 3 empty experts
+            assert ("Split" in per_layer) == (variant != "no-empty")
+            assert all(op in per_layer for op in ("TopK", "GatherND", "ScatterND", "OneHot")) == (variant == "router-only")
+        if name == "one":
+            check_equal(sessions, "whole", steps)
+        else:
+            with pytest.raises(RuntimeError, match="does every token take expert 0"):
+                check_equal(sessions, "whole", steps)
