@@ -17,7 +17,8 @@ The variants are measuring devices, not models: they are exact only while every 
 
 All graphs (and the dense one, and a second dense session as the A/A control) are optimized once
 by ONNX Runtime and loaded with graph optimization off, so each variant differs from moe-one only
-by the cut. Steps are recorded and replayed as in moe_overhead.py (same `replay` and pairing).
+by the cut. Steps are recorded and replayed as in moe_overhead.py (same `replay`, pairing and
+`--instances` sessions per graph in rotation).
 Appends to benchmarks/results/moe_dispatch_parts.jsonl.
 
     python benchmarks/moe_dispatch_parts.py --supernet models/supernet-small-bible-v3 --data data/bible-en-de --width 384
@@ -151,8 +152,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--warmup", type=int, default=4, help="untimed sentences at the start of every turn")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--beam", type=int, default=4)
+    p.add_argument("--instances", type=int, default=3, help="sessions per graph, one per turn in rotation")
     p.add_argument("--out", default=str(RESULTS / "moe_dispatch_parts.jsonl"))
     args = p.parse_args(argv)
+    if args.instances < 1:
+        p.error("--instances must be >= 1")
     if args.rounds < 1 or args.warmup < 0 or not args.warmup < args.turn <= args.sentences:
         p.error("need --rounds >= 1 and 0 <= --warmup < --turn <= --sentences (every turn times a sentence)")
     env = environment()
@@ -186,9 +190,10 @@ def main(argv: list[str] | None = None) -> int:
             removed[variant] = dict(cut)
             onnx.save(model, str(tmp / f"{variant}.onnx"))
             graphs[variant] = tmp / f"{variant}.onnx"
-        sessions = {name: plain_session(graphs[name], args.threads) for name in ["dense", one_name, *VARIANTS]}
-        sessions[CONTROL] = plain_session(graphs["dense"], args.threads)
-    check_equal({k: sessions[k] for k in [one_name, *VARIANTS]}, one_name, [s for steps in sentences[:5] for s in steps])
+        sessions = {name: [plain_session(graphs[name], args.threads) for _ in range(args.instances)]
+                    for name in ["dense", one_name, *VARIANTS]}
+        sessions[CONTROL] = [plain_session(graphs["dense"], args.threads) for _ in range(args.instances)]
+    check_equal({k: sessions[k][0] for k in [one_name, *VARIANTS]}, one_name, [s for steps in sentences[:5] for s in steps])
     seconds = replay(sessions, sentences, args.rounds, args.turn, args.warmup)
     pooled = {name: [t for turns in rounds for steps in turns for t in steps] for name, rounds in seconds.items()}
     parts = {name: {**ratio_stats(seconds, name, "dense"), "step": summary_ms(pooled[name])}
@@ -196,7 +201,7 @@ def main(argv: list[str] | None = None) -> int:
     record = {"benchmark": "moe_dispatch_parts", "supernet": str(args.supernet), "experts": args.experts,
               "width": width, "quantization": "int8", "threads": args.threads, "beam": args.beam,
               "sentences": len(sources), "method": "replayed steps", "rounds": args.rounds, "turn": args.turn,
-              "warmup": args.warmup, "moe_layers": layers, "dense_step": summary_ms(pooled["dense"]),
+              "warmup": args.warmup, "instances": args.instances, "moe_layers": layers, "dense_step": summary_ms(pooled["dense"]),
               "parts": {("moe-one" if k == one_name else k): v for k, v in parts.items()},
               "removed_ops": removed, "l3_cache": l3_cache(), **env}
     append_jsonl(Path(args.out), [record])

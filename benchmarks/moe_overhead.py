@@ -33,6 +33,12 @@ experts they pick, and the others are read cold after another model ran (at widt
 turns gave +9% and +15% where 6-sentence turns gave +32% and +19%, in a scratch comparison whose
 long turns were too few to pair reliably). The records before `--rounds` existed used one round
 of 10-sentence turns, 1 warm-up, and pooled medians (no pairing).
+Sessions of one graph differ by several percent among themselves, for the whole run (each lays out
+its weights and buffers in memory differently; three sessions of the dense graph replaying the
+same steps differed by up to 6% in a scratch run), which pairing cannot cancel. So every model
+runs as `--instances` sessions, one per turn in rotation, and each figure averages over layouts
+(the idea of Curtsinger & Berger's Stabilizer, arXiv 1303.3929, by rotation instead of
+re-randomizing). Records without "instances" used one session per model.
 Appends to benchmarks/results/moe_overhead.jsonl.
 
     python benchmarks/moe_overhead.py --supernet models/supernet-small-bible-v3 --data data/bible-en-de
@@ -124,18 +130,21 @@ def time_steps(session, feeds: list[dict]) -> list[float]:
 def replay(sessions: dict, sentences: list[list[dict]], rounds: int, turn: int, warmup: int) -> dict:
     """Per model, per round, per turn: the seconds of every timed step (the protocol of the module
     docstring). Every model times the same steps in the same order, so turns and rounds can be
-    compared step by step."""
+    compared step by step. A model given as a list of sessions (instances of one graph) runs each
+    turn on the next instance in rotation."""
     names = list(sessions)
+    instances = {name: s if isinstance(s, list) else [s] for name, s in sessions.items()}
     blocks = [sentences[i: i + turn] for i in range(0, len(sentences), turn)]
     seconds = {name: [[[] for _ in blocks] for _ in range(rounds)] for name in names}
     slot = 0
     for r in range(rounds):
         for b, block in enumerate(blocks):
             for name in names[slot % len(names):] + names[: slot % len(names)]:
+                session = instances[name][slot % len(instances[name])]
                 for steps in block[:warmup]:
-                    time_steps(sessions[name], steps)
+                    time_steps(session, steps)
                 for steps in block[warmup:]:
-                    seconds[name][r][b] += time_steps(sessions[name], steps)
+                    seconds[name][r][b] += time_steps(session, steps)
             slot += 1
     return seconds
 
@@ -171,8 +180,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--quantize", default="int8", choices=["int8", "none"])
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--beam", type=int, default=4)
+    p.add_argument("--instances", type=int, default=3,
+                   help="sessions per model, one per turn in rotation (each lays its weights out in memory differently)")
     p.add_argument("--out", default=str(RESULTS / "moe_overhead.jsonl"))
     args = p.parse_args(argv)
+    if args.instances < 1:
+        p.error("--instances must be >= 1")
     if args.rounds < 1 or args.warmup < 0 or not args.warmup < args.turn <= args.sentences:
         p.error("need --rounds >= 1 and 0 <= --warmup < --turn <= --sentences (every turn times a sentence)")
     env = environment()  # the commit and time the run started with
@@ -195,10 +208,11 @@ def main(argv: list[str] | None = None) -> int:
         for name, model in models.items():
             exported = export_model(model, Path(tmp) / name, Path(args.data) / "spm.model", quant, name == traced_name)
             sizes[name] = round((exported / "decoder.onnx").stat().st_size / 2**20, 1)
-            tr = Translator.from_pretrained(exported, threads=args.threads)
-            decoders[name] = tr.backend.decoder
-            if name == "dense":  # the A/A control: the same graph in a second session
-                decoders[CONTROL] = Translator.from_pretrained(exported, threads=args.threads).backend.decoder
+            load = lambda: Translator.from_pretrained(exported, threads=args.threads)  # noqa: E731
+            tr = load()
+            decoders[name] = [tr.backend.decoder] + [load().backend.decoder for _ in range(args.instances - 1)]
+            if name == "dense":  # the A/A control: the same graph in other sessions
+                decoders[CONTROL] = [load().backend.decoder for _ in range(args.instances)]
             if name == moe_name:
                 sentences = record_steps(tr, sources, args.beam)
     seconds = replay(decoders, sentences, args.rounds, args.turn, args.warmup)
@@ -210,7 +224,7 @@ def main(argv: list[str] | None = None) -> int:
     record = {"benchmark": "moe_overhead", "supernet": str(args.supernet), "experts": args.experts,
               "width": width, "quantization": quant, "threads": args.threads, "beam": args.beam,
               "rows_per_step": args.beam, "sentences": len(sources), "method": "replayed steps",
-              "rounds": args.rounds, "turn": args.turn, "warmup": args.warmup,
+              "rounds": args.rounds, "turn": args.turn, "warmup": args.warmup, "instances": args.instances,
               "timed_steps": len(pooled["dense"]) // args.rounds,
               "dense_step": stats["dense"], "moe_step": stats[moe_name], "moe_one_expert_step": stats[one_name],
               "moe_traced_step": stats[traced_name],

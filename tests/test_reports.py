@@ -71,6 +71,13 @@ def test_moe_overhead_replay_times_the_same_steps_for_every_model_with_warmup_un
     # short turns: each turn of `turn` sentences starts with `warmup` untimed sentences
     seconds = replay(sessions, sentences, rounds=1, turn=2, warmup=1)
     assert [len(t) for t in seconds["moe"][0]] == [len(sentences[1]), len(sentences[3]), 0]
+    # a model given as several sessions runs each turn on the next one, whole turns on one session
+    log.clear()
+    sessions["dense"] = [_FakeSession("dense0", log), _FakeSession("dense1", log)]
+    replay(sessions, sentences, rounds=2, turn=5, warmup=2)
+    dense_turns = [name for i, (name, _) in enumerate(log) if name.startswith("dense") and
+                   (i == 0 or log[i - 1][0] != name)]
+    assert dense_turns == ["dense0", "dense1"]
 
 
 def test_moe_overhead_ratio_stats_pair_turns():
