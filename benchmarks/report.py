@@ -104,7 +104,10 @@ def moe_overhead_table() -> str:
         turns = " or ".join(f"{t} sentences per model (the first {r['warmup']} untimed; {r.get('paired_turns')} turns, "
                             f"{r.get('timed_steps', '?')} timed steps per model and pass)"
                             for t, r in sorted(protocols.items(), key=lambda kv: kv[0] or 0))
-        protocol = (f"{last['rounds']} passes in turns of {turns}, the order rotating per turn. Overhead: the median "
+        instances = last.get("instances", 1)
+        sessions = (f", each model running as {instances} sessions (memory layouts), one per turn in rotation"
+                    if instances > 1 else "")
+        protocol = (f"{last['rounds']} passes in turns of {turns}, the order rotating per turn{sessions}. Overhead: the median "
                     f"over turns of the ratio to the same turn of the dense model; after the semicolon, the ratio of "
                     f"per-step minima over passes (the least-contended cost); the control's quartiles show how far "
                     f"one paired turn strays on this host")
@@ -146,7 +149,8 @@ def moe_dispatch_parts_table() -> str:
             f"{last['threads']} thread, batch 1, beam {last['beam']}, {last['moe_layers']} MoE decoder layers): the median "
             f"over {last['parts']['moe-one']['turns']} paired turns, then the ratio of per-step minima over "
             f"{last['rounds']} passes; the recorded steps of {last['sentences']} real test sentences in turns of "
-            f"{last['turn']} (the first {last['warmup']} untimed). Nodes removed per layer, cumulative: without the empty experts "
+            f"{last['turn']} (the first {last['warmup']} untimed), {last.get('instances', 1)} session(s) per graph in "
+            f"rotation. Nodes removed per layer, cumulative: without the empty experts "
             f"{removed('no-empty')}; also without Split / Concat {removed('no-split')}; router and gate only "
             f"{removed('router-only')}. Weights of `{last['supernet']}`, commit {_commits(run)}.")
 
