@@ -34,7 +34,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import RESULTS, append_jsonl, environment, summary_ms  # noqa: E402
-from moe_overhead import CONTROL, build_models, export_model, l3_cache, ratio_stats, record_steps, replay  # noqa: E402
+from moe_overhead import (  # noqa: E402
+    CONTROL, add_replay_arguments, build_models, check_replay_arguments, export_model, l3_cache, ratio_stats, record_steps, replay)
 
 VARIANTS = ("no-empty", "no-split", "router-only")
 SORT_OPS = ("Shape", "TopK", "GatherND", "OneHot", "ReduceSum", "ScatterND")
@@ -142,23 +143,10 @@ def check_equal(sessions: dict, reference: str, steps: list[dict]) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--supernet", required=True, help="supernet folder (supernet.safetensors + space.json)")
-    p.add_argument("--data", required=True, help="dataset folder (test split, spm.model)")
-    p.add_argument("--experts", type=int, default=4)
-    p.add_argument("--width", type=int, default=None, help="expert / dense FFN width (default: the widest of the space)")
-    p.add_argument("--sentences", type=int, default=100)
-    p.add_argument("--rounds", type=int, default=8, help="passes over the sentences")
-    p.add_argument("--turn", type=int, default=20, help="sentences per model turn, the warm-up included")
-    p.add_argument("--warmup", type=int, default=4, help="untimed sentences at the start of every turn")
-    p.add_argument("--threads", type=int, default=1)
-    p.add_argument("--beam", type=int, default=4)
-    p.add_argument("--instances", type=int, default=3, help="sessions per graph, one per turn in rotation")
+    add_replay_arguments(p, turn=20, warmup=4)
     p.add_argument("--out", default=str(RESULTS / "moe_dispatch_parts.jsonl"))
     args = p.parse_args(argv)
-    if args.instances < 1:
-        p.error("--instances must be >= 1")
-    if args.rounds < 1 or args.warmup < 0 or not args.warmup < args.turn <= args.sentences:
-        p.error("need --rounds >= 1 and 0 <= --warmup < --turn <= --sentences (every turn times a sentence)")
+    check_replay_arguments(p, args)
     env = environment()
 
     import onnx

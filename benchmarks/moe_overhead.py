@@ -167,27 +167,37 @@ def l3_cache() -> str | None:
     return path.read_text().strip() if path.exists() else None
 
 
-def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def add_replay_arguments(p: argparse.ArgumentParser, turn: int, warmup: int) -> None:
+    """The model, data and replay-protocol options shared by the decode-step timing scripts."""
     p.add_argument("--supernet", required=True, help="supernet folder (supernet.safetensors + space.json)")
     p.add_argument("--data", required=True, help="dataset folder (test split, spm.model)")
     p.add_argument("--experts", type=int, default=4)
     p.add_argument("--width", type=int, default=None, help="expert / dense FFN width (default: the widest of the space)")
     p.add_argument("--sentences", type=int, default=100)
     p.add_argument("--rounds", type=int, default=8, help="passes over the sentences")
-    p.add_argument("--turn", type=int, default=6, help="sentences per model turn, the warm-up included")
-    p.add_argument("--warmup", type=int, default=2, help="untimed sentences at the start of every turn")
-    p.add_argument("--quantize", default="int8", choices=["int8", "none"])
+    p.add_argument("--turn", type=int, default=turn, help="sentences per model turn, the warm-up included")
+    p.add_argument("--warmup", type=int, default=warmup, help="untimed sentences at the start of every turn")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--beam", type=int, default=4)
     p.add_argument("--instances", type=int, default=3,
                    help="sessions per model, one per turn in rotation (each lays its weights out in memory differently)")
-    p.add_argument("--out", default=str(RESULTS / "moe_overhead.jsonl"))
-    args = p.parse_args(argv)
+
+
+def check_replay_arguments(p: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """Refuse a replay protocol that would time nothing (exits through `p.error`)."""
     if args.instances < 1:
         p.error("--instances must be >= 1")
     if args.rounds < 1 or args.warmup < 0 or not args.warmup < args.turn <= args.sentences:
         p.error("need --rounds >= 1 and 0 <= --warmup < --turn <= --sentences (every turn times a sentence)")
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_replay_arguments(p, turn=6, warmup=2)
+    p.add_argument("--quantize", default="int8", choices=["int8", "none"])
+    p.add_argument("--out", default=str(RESULTS / "moe_overhead.jsonl"))
+    args = p.parse_args(argv)
+    check_replay_arguments(p, args)
     env = environment()  # the commit and time the run started with
 
     import torch
