@@ -35,7 +35,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import RESULTS, append_jsonl, environment, summary_ms  # noqa: E402
 from moe_overhead import (  # noqa: E402
-    CONTROL, add_replay_arguments, build_models, check_replay_arguments, export_model, l3_cache, ratio_stats, record_steps, replay)
+    CONTROL, add_replay_arguments, build_models, check_replay_arguments, export_model, l3_cache, load_weights, ratio_stats,
+    record_steps, replay)
 
 VARIANTS = ("no-empty", "no-split", "router-only")
 SORT_OPS = ("Shape", "TopK", "GatherND", "OneHot", "ReduceSum", "ScatterND")
@@ -154,10 +155,9 @@ def main(argv: list[str] | None = None) -> int:
 
     from automoe.evaluate import read_split
     from automoe.serve import Translator
-    from automoe.train import load_supernet
 
     torch.set_num_threads(args.threads)
-    supernet = load_supernet(args.supernet)
+    supernet, weights = load_weights(args)
     width = args.width or max(supernet.space.ffn_dims)
     models = build_models(supernet, width, args.experts, traced=False)
     moe_name, one_name = list(models)[1:]
@@ -169,7 +169,8 @@ def main(argv: list[str] | None = None) -> int:
         for name, model in models.items():
             exported = export_model(model, tmp / name, Path(args.data) / "spm.model", "int8")
             if name == moe_name:  # real routing, so the recorded steps are those of real decoding
-                sentences = record_steps(Translator.from_pretrained(exported, threads=args.threads), sources, args.beam)
+                sentences = record_steps(Translator.from_pretrained(exported, threads=args.threads), sources, args.beam,
+                                         args.max_length)
             else:
                 graphs[name] = optimized_graph(exported / "decoder.onnx", tmp / f"{name}.onnx", args.threads)
         for variant in VARIANTS:
@@ -186,10 +187,10 @@ def main(argv: list[str] | None = None) -> int:
     pooled = {name: [t for turns in rounds for steps in turns for t in steps] for name, rounds in seconds.items()}
     parts = {name: {**ratio_stats(seconds, name, "dense"), "step": summary_ms(pooled[name])}
              for name in [one_name, *VARIANTS, CONTROL]}
-    record = {"benchmark": "moe_dispatch_parts", "supernet": str(args.supernet), "experts": args.experts,
+    record = {"benchmark": "moe_dispatch_parts", **weights, "experts": args.experts,
               "width": width, "quantization": "int8", "threads": args.threads, "beam": args.beam,
-              "sentences": len(sources), "method": "replayed steps", "rounds": args.rounds, "turn": args.turn,
-              "warmup": args.warmup, "instances": args.instances, "moe_layers": layers, "dense_step": summary_ms(pooled["dense"]),
+              "sentences": len(sources), "max_length": args.max_length, "method": "replayed steps", "rounds": args.rounds,
+              "turn": args.turn, "warmup": args.warmup, "instances": args.instances, "moe_layers": layers, "dense_step": summary_ms(pooled["dense"]),
               "parts": {("moe-one" if k == one_name else k): v for k, v in parts.items()},
               "removed_ops": removed, "l3_cache": l3_cache(), **env}
     append_jsonl(Path(args.out), [record])

@@ -169,7 +169,11 @@ def l3_cache() -> str | None:
 
 def add_replay_arguments(p: argparse.ArgumentParser, turn: int, warmup: int) -> None:
     """The model, data and replay-protocol options shared by the decode-step timing scripts."""
-    p.add_argument("--supernet", required=True, help="supernet folder (supernet.safetensors + space.json)")
+    p.add_argument("--supernet", help="supernet folder (supernet.safetensors + space.json): trained weights and routers")
+    p.add_argument("--space", choices=["small", "wmt14"],
+                   help="instead of --supernet: a random-weight supernet of this preset search space (how the "
+                        "overhead scales with model size; routing is that of random routers)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the --space weights")
     p.add_argument("--data", required=True, help="dataset folder (test split, spm.model)")
     p.add_argument("--experts", type=int, default=4)
     p.add_argument("--width", type=int, default=None, help="expert / dense FFN width (default: the widest of the space)")
@@ -179,16 +183,42 @@ def add_replay_arguments(p: argparse.ArgumentParser, turn: int, warmup: int) -> 
     p.add_argument("--warmup", type=int, default=warmup, help="untimed sentences at the start of every turn")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--beam", type=int, default=4)
+    p.add_argument("--max-length", type=int, default=None,
+                   help="generated tokens per sentence at most (default: translate's; random weights rarely stop "
+                        "on their own, so give one with --space)")
     p.add_argument("--instances", type=int, default=3,
                    help="sessions per model, one per turn in rotation (each lays its weights out in memory differently)")
 
 
 def check_replay_arguments(p: argparse.ArgumentParser, args: argparse.Namespace) -> None:
     """Refuse a replay protocol that would time nothing (exits through `p.error`)."""
+    if (args.supernet is None) == (args.space is None):
+        p.error("give exactly one of --supernet (trained weights) and --space (random weights)")
     if args.instances < 1:
         p.error("--instances must be >= 1")
     if args.rounds < 1 or args.warmup < 0 or not args.warmup < args.turn <= args.sentences:
         p.error("need --rounds >= 1 and 0 <= --warmup < --turn <= --sentences (every turn times a sentence)")
+
+
+def load_weights(args: argparse.Namespace):
+    """The supernet the models come from, and the record fields that name it: the trained one of
+    `--supernet`, or one with random weights (`--seed`) of the preset `--space`, its vocabulary that
+    of `--data`'s spm.model."""
+    import dataclasses
+
+    import torch
+
+    from automoe.config import SearchSpace
+    from automoe.data import load_tokenizer
+    from automoe.supernet import SuperTransformer
+    from automoe.train import load_supernet
+
+    if args.supernet:
+        return load_supernet(args.supernet), {"supernet": str(args.supernet)}
+    space = dataclasses.replace(SearchSpace.preset(args.space), vocab_size=load_tokenizer(args.data).vocab_size())
+    torch.manual_seed(args.seed)
+    return SuperTransformer(space).eval(), {"supernet": None, "space": args.space, "seed": args.seed,
+                                            "d_model": max(space.d_model), "decoder_layers": max(space.decoder_layers)}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -204,10 +234,9 @@ def main(argv: list[str] | None = None) -> int:
 
     from automoe.evaluate import read_split
     from automoe.serve import Translator
-    from automoe.train import load_supernet
 
     torch.set_num_threads(args.threads)
-    supernet = load_supernet(args.supernet)
+    supernet, weights = load_weights(args)
     width = args.width or max(supernet.space.ffn_dims)
     models = build_models(supernet, width, args.experts)
     moe_name, one_name, traced_name = list(models)[1:]
@@ -224,16 +253,16 @@ def main(argv: list[str] | None = None) -> int:
             if name == "dense":  # the A/A control: the same graph in other sessions
                 decoders[CONTROL] = [load().backend.decoder for _ in range(args.instances)]
             if name == moe_name:
-                sentences = record_steps(tr, sources, args.beam)
+                sentences = record_steps(tr, sources, args.beam, args.max_length)
     seconds = replay(decoders, sentences, args.rounds, args.turn, args.warmup)
     pooled = {name: [t for turns in rounds for steps in turns for t in steps] for name, rounds in seconds.items()}
     stats = {name: summary_ms(s) for name, s in pooled.items()}
     vs = {"overhead": ratio_stats(seconds, moe_name, "dense"), "dispatch_overhead": ratio_stats(seconds, one_name, "dense"),
           "expert_overhead": ratio_stats(seconds, moe_name, one_name), "traced_overhead": ratio_stats(seconds, traced_name, "dense"),
           "control_overhead": ratio_stats(seconds, CONTROL, "dense")}
-    record = {"benchmark": "moe_overhead", "supernet": str(args.supernet), "experts": args.experts,
+    record = {"benchmark": "moe_overhead", **weights, "experts": args.experts,
               "width": width, "quantization": quant, "threads": args.threads, "beam": args.beam,
-              "rows_per_step": args.beam, "sentences": len(sources), "method": "replayed steps",
+              "rows_per_step": args.beam, "sentences": len(sources), "max_length": args.max_length, "method": "replayed steps",
               "rounds": args.rounds, "turn": args.turn, "warmup": args.warmup, "instances": args.instances,
               "timed_steps": len(pooled["dense"]) // args.rounds,
               "dense_step": stats["dense"], "moe_step": stats[moe_name], "moe_one_expert_step": stats[one_name],
