@@ -169,8 +169,10 @@ def l3_cache() -> str | None:
 
 def add_replay_arguments(p: argparse.ArgumentParser, turn: int, warmup: int) -> None:
     """The model, data and replay-protocol options shared by the decode-step timing scripts."""
+    from automoe.config import PRESETS
+
     p.add_argument("--supernet", help="supernet folder (supernet.safetensors + space.json): trained weights and routers")
-    p.add_argument("--space", choices=["small", "wmt14"],
+    p.add_argument("--space", choices=sorted(PRESETS),
                    help="instead of --supernet: a random-weight supernet of this preset search space (how the "
                         "overhead scales with model size; routing is that of random routers)")
     p.add_argument("--seed", type=int, default=0, help="seed of the --space weights")

@@ -68,10 +68,25 @@ def engines_table() -> str:
     return head + "\n".join(lines)
 
 
+def _step_cell(r: dict, key: str, over: str) -> str:
+    """A moe_overhead record's pooled median step ms of `key` and its overhead `over` (; per-step minima)."""
+    if key not in r:
+        return ""
+    least = r.get(f"{over}_min")
+    return f"{r[key]['median_ms']:.3f} ({100 * r[over]:+.1f}%" + (f"; {100 * least:+.1f}%)" if least is not None else ")")
+
+
+def _control_cell(r: dict) -> str:
+    """A moe_overhead record's A/A control: median (quartiles); per-step minima."""
+    q1, q3 = r["control_overhead_quartiles"]
+    return f"{100 * r['control_overhead']:+.1f}% ({100 * q1:+.0f}% .. {100 * q3:+.0f}%); {100 * r['control_overhead_min']:+.1f}%"
+
+
 def moe_overhead_table() -> str:
-    """The latest MoE dispatch overhead measurement: one row per FFN width (and per turn length, when
-    the run timed several) measured in it."""
-    run = _last_run(_read("moe_overhead"), "supernet", hours=1)  # ~5 minutes per width and turn length
+    """The latest MoE dispatch overhead measurement with trained weights: one row per FFN width (and
+    per turn length, when the run timed several) measured in it."""
+    trained = [r for r in _read("moe_overhead") if r.get("supernet")]
+    run = _last_run(trained, "supernet", hours=1)  # ~5 minutes per width and turn length
     if not run:
         return "_Not measured yet (benchmarks/moe_overhead.py)._"
     last = run[-1]
@@ -79,16 +94,7 @@ def moe_overhead_table() -> str:
     protocols = {r.get("turn"): r for r in latest.values()}  # turn length -> one of its records
     several = len(protocols) > 1
     paired = "paired_turns" in last
-
-    def cell(r: dict, key: str, over: str) -> str:
-        if key not in r:
-            return ""
-        least = r.get(f"{over}_min")
-        return f"{r[key]['median_ms']:.3f} ({100 * r[over]:+.1f}%" + (f"; {100 * least:+.1f}%)" if least is not None else ")")
-
-    def control(r: dict) -> str:
-        q1, q3 = r["control_overhead_quartiles"]
-        return f"{100 * r['control_overhead']:+.1f}% ({100 * q1:+.0f}% .. {100 * q3:+.0f}%); {100 * r['control_overhead_min']:+.1f}%"
+    cell, control = _step_cell, _control_cell
 
     head = ("| FFN width |" + (" turn (sentences) |" if several else "") + " dense step ms | 4 experts: step ms "
             "(overhead) | all tokens to expert 0 (fixed dispatch cost) | PyTorch's traced dispatch |"
@@ -120,10 +126,39 @@ def moe_overhead_table() -> str:
             f"`{last['supernet']}`, L3 cache {last.get('l3_cache')}, commit {_commits(run)}.")
 
 
+def moe_overhead_scale_table() -> str:
+    """The latest MoE dispatch overhead measurement with random weights of a larger preset space
+    (`moe_overhead.py --space`): one row per FFN width."""
+    random = [r for r in _read("moe_overhead") if r.get("space")]
+    run = _last_run(random, "space", hours=1.5)  # ~10 minutes per width
+    if not run:
+        return "_Not measured yet (benchmarks/moe_overhead.py --space wmt14)._"
+    last = run[-1]
+    latest = {r["width"]: r for r in run}
+    lines = ["| FFN width | dense step ms | 4 experts: step ms (overhead) | all tokens to expert 0 (fixed dispatch cost) | "
+             "other experts (the beams' extra distinct experts) | PyTorch's traced dispatch | dense against itself (A/A control) "
+             "| int8 decoder MiB dense / MoE |", "|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for width, r in sorted(latest.items(), reverse=True):
+        least = r.get("expert_overhead_min")
+        lines.append(f"| {width} | {r['dense_step']['median_ms']:.3f} | {_step_cell(r, 'moe_step', 'overhead')} | "
+                     f"{_step_cell(r, 'moe_one_expert_step', 'dispatch_overhead')} | {100 * r['expert_overhead']:+.1f}%"
+                     + ("" if least is None else f"; {100 * least:+.1f}%") + f" | {_step_cell(r, 'moe_traced_step', 'traced_overhead')} | "
+                     f"{_control_cell(r)} | {r['decoder_mib']['dense']} / {r['decoder_mib']['moe']} |")
+    return ("\n".join(lines) + f"\n\nThe `{last['space']}` space's largest model (d_model {last['d_model']}, "
+            f"{last['decoder_layers']} decoder layers) with random weights (seed {last['seed']}) and random routers, "
+            f"so its routing is not a trained router's. Otherwise as above: ONNX Runtime {last['quantization'] or 'fp32'}, "
+            f"{last['threads']} thread, batch 1, beam {last['beam']}; the recorded steps of {last['sentences']} real "
+            f"test sentences (at most {last['max_length']} tokens each) replayed through every model, {last['rounds']} "
+            f"passes in turns of {last['turn']} sentences (the first {last['warmup']} untimed; {last['paired_turns']} "
+            f"turns), {last['instances']} sessions per model in rotation; after the semicolon, the ratio of per-step "
+            f"minima over passes; commit {_commits(run)}.")
+
+
 def moe_dispatch_parts_table() -> str:
     """The latest in-place breakdown of the fixed dispatch cost: one row per FFN width, each column
     cutting more of the all-tokens-to-expert-0 graph's dispatch."""
-    run = _last_run(_read("moe_dispatch_parts"), "supernet", hours=1)  # ~5 minutes per width
+    trained = [r for r in _read("moe_dispatch_parts") if r.get("supernet")]
+    run = _last_run(trained, "supernet", hours=1)  # ~5 minutes per width
     if not run:
         return "_Not measured yet (benchmarks/moe_dispatch_parts.py)._"
     latest = {r["width"]: r for r in run}
@@ -290,7 +325,8 @@ def predictor_table() -> str:
 
 
 TABLES = {"models": models_table, "search": search_table, "predictor": predictor_table, "engines": engines_table,
-          "moe_overhead": moe_overhead_table, "moe_dispatch_parts": moe_dispatch_parts_table,
+          "moe_overhead": moe_overhead_table,
+          "moe_overhead_scale": moe_overhead_scale_table, "moe_dispatch_parts": moe_dispatch_parts_table,
           "moe_instructions": moe_instructions_table, "load_demo": load_demo_table}
 
 

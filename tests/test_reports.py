@@ -160,3 +160,53 @@ def test_moe_dispatch_parts_cuts_are_exact_only_while_every_token_takes_expert_0
         else:
             with pytest.raises(RuntimeError, match="does every token take expert 0"):
                 check_equal(sessions, "whole", steps)
+
+
+def _overhead_record(**fields) -> dict:
+    step = {"median_ms": 1.0}
+    stats = {k: 0.1 for k in ("overhead", "dispatch_overhead", "expert_overhead", "traced_overhead", "control_overhead")}
+    return {"benchmark": "moe_overhead", "experts": 4, "width": 384, "quantization": "int8", "threads": 1, "beam": 4,
+            "sentences": 60, "max_length": 32, "rounds": 4, "turn": 20, "warmup": 4, "instances": 3, "paired_turns": 12,
+            "timed_steps": 100, "dense_step": step, "moe_step": step, "moe_one_expert_step": step, "moe_traced_step": step,
+            **stats, **{f"{k}_min": 0.1 for k in stats}, "control_overhead_quartiles": [0.0, 0.1],
+            "decoder_mib": {"dense": 1.0, "moe": 2.0}, "git_commit": "abc", "date": "2026-12-03T00:00:00+00:00", **fields}
+
+
+def test_moe_overhead_tables_keep_trained_and_random_weights_apart(monkeypatch):
+    """A run on random weights (--space) fills its own table and does not replace the trained run's."""
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    import report
+
+    trained = _overhead_record(supernet="models/trained", width=768)
+    random = _overhead_record(supernet=None, space="wmt14", seed=0, d_model=640, decoder_layers=6, width=3072,
+                              date="2026-12-03T00:30:00+00:00")
+    monkeypatch.setattr(report, "_read", lambda name: [trained, random] if name == "moe_overhead" else [])
+    table, scale = report.moe_overhead_table(), report.moe_overhead_scale_table()
+    assert "| 768 |" in table and "3072" not in table and "models/trained" in table
+    assert "| 3072 |" in scale and "| 768 |" not in scale and "d_model 640, 6 decoder layers" in scale
+    monkeypatch.setattr(report, "_read", lambda name: [trained] if name == "moe_overhead" else [])
+    assert report.moe_overhead_scale_table().startswith("_Not measured yet")
+
+
+def test_moe_overhead_weights_come_from_exactly_one_source():
+    """--supernet (trained) or --space (random weights of a preset, the data's vocabulary): exactly one."""
+    import argparse
+
+    from automoe.data import load_tokenizer
+
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    from moe_overhead import add_replay_arguments, check_replay_arguments, load_weights
+
+    data = ROOT / "tests" / "data" / "bible-en-de"
+    p = argparse.ArgumentParser()
+    add_replay_arguments(p, turn=6, warmup=2)
+    for argv in ([], ["--supernet", "x", "--space", "tiny"]):
+        with pytest.raises(SystemExit):
+            check_replay_arguments(p, p.parse_args(["--data", str(data), *argv]))
+    args = p.parse_args(["--data", str(data), "--space", "tiny", "--seed", "3", "--sentences", "6"])
+    check_replay_arguments(p, args)
+    supernet, fields = load_weights(args)
+    assert supernet.space.vocab_size == load_tokenizer(data).vocab_size() != SearchSpace.preset("tiny").vocab_size
+    assert fields == {"supernet": None, "space": "tiny", "seed": 3, "d_model": 24, "decoder_layers": 3}
+    again, _ = load_weights(args)
+    assert all(a.equal(b) for a, b in zip(supernet.state_dict().values(), again.state_dict().values()))
