@@ -18,7 +18,7 @@ The variants are measuring devices, not models: they are exact only while every 
 All graphs (and the dense one, and a second dense session as the A/A control) are optimized once
 by ONNX Runtime and loaded with graph optimization off, so each variant differs from moe-one only
 by the cut. Steps are recorded and replayed as in moe_overhead.py (same `replay`, pairing and
-`--instances` sessions per graph in rotation).
+`--instances` sessions per graph, opened and timed in rotation).
 Appends to benchmarks/results/moe_dispatch_parts.jsonl.
 
     python benchmarks/moe_dispatch_parts.py --supernet models/supernet-small-bible-v3 --data data/bible-en-de --width 384
@@ -35,8 +35,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import RESULTS, append_jsonl, environment, summary_ms  # noqa: E402
 from moe_overhead import (  # noqa: E402
-    CONTROL, add_replay_arguments, build_models, check_replay_arguments, export_model, l3_cache, load_weights, ratio_stats,
-    record_steps, replay)
+    CONTROL, add_replay_arguments, build_models, check_replay_arguments, export_model, l3_cache, load_weights, open_interleaved,
+    ratio_stats, record_steps, replay)
 
 VARIANTS = ("no-empty", "no-split", "router-only")
 SORT_OPS = ("Shape", "TopK", "GatherND", "OneHot", "ReduceSum", "ScatterND")
@@ -179,9 +179,9 @@ def main(argv: list[str] | None = None) -> int:
             removed[variant] = dict(cut)
             onnx.save(model, str(tmp / f"{variant}.onnx"))
             graphs[variant] = tmp / f"{variant}.onnx"
-        sessions = {name: [plain_session(graphs[name], args.threads) for _ in range(args.instances)]
-                    for name in ["dense", one_name, *VARIANTS]}
-        sessions[CONTROL] = [plain_session(graphs["dense"], args.threads) for _ in range(args.instances)]
+        graphs[CONTROL] = graphs["dense"]  # the A/A control: the same graph in other sessions
+        sessions = open_interleaved({name: lambda path=graphs[name]: plain_session(path, args.threads)
+                                     for name in ["dense", one_name, *VARIANTS, CONTROL]}, args.instances)
     check_equal({k: sessions[k][0] for k in [one_name, *VARIANTS]}, one_name, [s for steps in sentences[:5] for s in steps])
     seconds = replay(sessions, sentences, args.rounds, args.turn, args.warmup)
     pooled = {name: [t for turns in rounds for steps in turns for t in steps] for name, rounds in seconds.items()}
@@ -190,7 +190,8 @@ def main(argv: list[str] | None = None) -> int:
     record = {"benchmark": "moe_dispatch_parts", **weights, "experts": args.experts,
               "width": width, "quantization": "int8", "threads": args.threads, "beam": args.beam,
               "sentences": len(sources), "max_length": args.max_length, "method": "replayed steps", "rounds": args.rounds,
-              "turn": args.turn, "warmup": args.warmup, "instances": args.instances, "moe_layers": layers, "dense_step": summary_ms(pooled["dense"]),
+              "turn": args.turn, "warmup": args.warmup, "instances": args.instances, "opening": "interleaved",
+              "moe_layers": layers, "dense_step": summary_ms(pooled["dense"]),
               "parts": {("moe-one" if k == one_name else k): v for k, v in parts.items()},
               "removed_ops": removed, "l3_cache": l3_cache(), **env}
     append_jsonl(Path(args.out), [record])

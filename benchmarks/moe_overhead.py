@@ -38,7 +38,9 @@ its weights and buffers in memory differently; three sessions of the dense graph
 same steps differed by up to 6% in a scratch run), which pairing cannot cancel. So every model
 runs as `--instances` sessions, one per turn in rotation, and each figure averages over layouts
 (the idea of Curtsinger & Berger's Stabilizer, arXiv 1303.3929, by rotation instead of
-re-randomizing). Records without "instances" used one session per model.
+re-randomizing). The sessions are opened in rotation too (one of every model, then the next), so
+that no model owns the early or late openings. Records without "instances" used one session per
+model; records without "opening" opened each model's sessions together.
 Appends to benchmarks/results/moe_overhead.jsonl.
 
     python benchmarks/moe_overhead.py --supernet models/supernet-small-bible-v3 --data data/bible-en-de
@@ -149,6 +151,18 @@ def replay(sessions: dict, sentences: list[list[dict]], rounds: int, turn: int, 
     return seconds
 
 
+def open_interleaved(loaders: dict, instances: int) -> dict:
+    """Per model, `instances` sessions from its loader, opened in rotation: one of every model, then
+    a second of every model, and so on, so that no model owns the early or the late openings of a
+    process (while moe_dispatch_parts.py opened each model's sessions together, its A/A control,
+    opened last, ran 6-13% faster than the dense sessions opened first in every run)."""
+    sessions = {name: [] for name in loaders}
+    for _ in range(instances):
+        for name, load in loaders.items():
+            sessions[name].append(load())
+    return sessions
+
+
 def ratio_stats(seconds: dict, name: str, base: str) -> dict:
     """`name` against `base`: the median over turns of the ratio of a turn's summed step times to
     the same turn of `base` (one round apart at most, so the host's drift mostly cancels), its
@@ -244,18 +258,18 @@ def main(argv: list[str] | None = None) -> int:
     moe_name, one_name, traced_name = list(models)[1:]
     sources, _ = read_split(args.data, "test", limit=args.sentences)
     quant = None if args.quantize == "none" else args.quantize
-    decoders, sizes = {}, {}
+    loaders, sizes = {}, {}
     with tempfile.TemporaryDirectory() as tmp:
         for name, model in models.items():
             exported = export_model(model, Path(tmp) / name, Path(args.data) / "spm.model", quant, name == traced_name)
             sizes[name] = round((exported / "decoder.onnx").stat().st_size / 2**20, 1)
-            load = lambda: Translator.from_pretrained(exported, threads=args.threads)  # noqa: E731
-            tr = load()
-            decoders[name] = [tr.backend.decoder] + [load().backend.decoder for _ in range(args.instances - 1)]
+            loaders[name] = lambda folder=exported: Translator.from_pretrained(folder, threads=args.threads).backend.decoder
             if name == "dense":  # the A/A control: the same graph in other sessions
-                decoders[CONTROL] = [load().backend.decoder for _ in range(args.instances)]
+                loaders[CONTROL] = loaders[name]
             if name == moe_name:
-                sentences = record_steps(tr, sources, args.beam, args.max_length)
+                sentences = record_steps(Translator.from_pretrained(exported, threads=args.threads), sources, args.beam,
+                                         args.max_length)
+        decoders = open_interleaved(loaders, args.instances)
     seconds = replay(decoders, sentences, args.rounds, args.turn, args.warmup)
     pooled = {name: [t for turns in rounds for steps in turns for t in steps] for name, rounds in seconds.items()}
     stats = {name: summary_ms(s) for name, s in pooled.items()}
@@ -266,6 +280,7 @@ def main(argv: list[str] | None = None) -> int:
               "width": width, "quantization": quant, "threads": args.threads, "beam": args.beam,
               "rows_per_step": args.beam, "sentences": len(sources), "max_length": args.max_length, "method": "replayed steps",
               "rounds": args.rounds, "turn": args.turn, "warmup": args.warmup, "instances": args.instances,
+              "opening": "interleaved",
               "timed_steps": len(pooled["dense"]) // args.rounds,
               "dense_step": stats["dense"], "moe_step": stats[moe_name], "moe_one_expert_step": stats[one_name],
               "moe_traced_step": stats[traced_name],

@@ -154,13 +154,14 @@ def moe_overhead_scale_table() -> str:
             f"minima over passes; commit {_commits(run)}.")
 
 
-def moe_dispatch_parts_table() -> str:
+def moe_dispatch_parts_table(random: bool = False) -> str:
     """The latest in-place breakdown of the fixed dispatch cost: one row per FFN width, each column
-    cutting more of the all-tokens-to-expert-0 graph's dispatch."""
-    trained = [r for r in _read("moe_dispatch_parts") if r.get("supernet")]
-    run = _last_run(trained, "supernet", hours=1)  # ~5 minutes per width
+    cutting more of the all-tokens-to-expert-0 graph's dispatch. With `random`, the latest run on
+    random weights of a preset space (`--space`) instead of a trained supernet's."""
+    field = "space" if random else "supernet"
+    run = _last_run([r for r in _read("moe_dispatch_parts") if r.get(field)], field, hours=1.5 if random else 1)
     if not run:
-        return "_Not measured yet (benchmarks/moe_dispatch_parts.py)._"
+        return "_Not measured yet (benchmarks/moe_dispatch_parts.py" + (" --space)._" if random else ")._")
     latest = {r["width"]: r for r in run}
     last = run[-1]
     cuts = ("no-empty", "no-split", "router-only")
@@ -187,7 +188,9 @@ def moe_dispatch_parts_table() -> str:
             f"{last['turn']} (the first {last['warmup']} untimed), {last.get('instances', 1)} session(s) per graph in "
             f"rotation. Nodes removed per layer, cumulative: without the empty experts "
             f"{removed('no-empty')}; also without Split / Concat {removed('no-split')}; router and gate only "
-            f"{removed('router-only')}. Weights of `{last['supernet']}`, commit {_commits(run)}.")
+            f"{removed('router-only')}. " + (f"Random weights (seed {last['seed']}) of the `{last['space']}` space's largest model "
+                                            f"(d_model {last['d_model']}), at most {last['max_length']} tokens per sentence"
+                                            if random else f"Weights of `{last['supernet']}`") + f", commit {_commits(run)}.")
 
 
 def moe_instructions_table() -> str:
@@ -327,6 +330,7 @@ def predictor_table() -> str:
 TABLES = {"models": models_table, "search": search_table, "predictor": predictor_table, "engines": engines_table,
           "moe_overhead": moe_overhead_table,
           "moe_overhead_scale": moe_overhead_scale_table, "moe_dispatch_parts": moe_dispatch_parts_table,
+          "moe_dispatch_parts_scale": lambda: moe_dispatch_parts_table(random=True),
           "moe_instructions": moe_instructions_table, "load_demo": load_demo_table}
 
 

@@ -210,3 +210,22 @@ def test_moe_overhead_weights_come_from_exactly_one_source():
     assert fields == {"supernet": None, "space": "tiny", "seed": 3, "d_model": 24, "decoder_layers": 3}
     again, _ = load_weights(args)
     assert all(a.equal(b) for a, b in zip(supernet.state_dict().values(), again.state_dict().values()))
+
+
+def test_moe_dispatch_parts_tables_keep_trained_and_random_weights_apart(monkeypatch):
+    """The in-place breakdown on random weights (--space) has its own table, as in moe_overhead."""
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    import report
+
+    part = {"overhead": 0.1, "overhead_min": 0.1, "turns": 12}
+    cuts = {"moe-one": part, "no-empty": part, "no-split": part, "router-only": part, "dense-again": part}
+    base = {"benchmark": "moe_dispatch_parts", "threads": 1, "beam": 4, "moe_layers": 6, "rounds": 4, "sentences": 60,
+            "turn": 20, "warmup": 4, "instances": 3, "dense_step": {"median_ms": 1.0}, "parts": cuts,
+            "removed_ops": {c: {"Split": 6} for c in ("no-empty", "no-split", "router-only")}, "git_commit": "abc"}
+    trained = {**base, "supernet": "models/trained", "width": 768, "date": "2026-12-03T00:00:00+00:00"}
+    random = {**base, "supernet": None, "space": "wmt14", "seed": 0, "d_model": 640, "max_length": 32, "width": 2048,
+              "date": "2026-12-03T00:30:00+00:00"}
+    monkeypatch.setattr(report, "_read", lambda name: [trained, random] if name == "moe_dispatch_parts" else [])
+    table, scale = report.moe_dispatch_parts_table(), report.moe_dispatch_parts_table(random=True)
+    assert "| 768 |" in table and "| 2048 |" not in table and "models/trained" in table
+    assert "| 2048 |" in scale and "| 768 |" not in scale and "`wmt14` space's largest model (d_model 640)" in scale
