@@ -82,6 +82,11 @@ def _control_cell(r: dict) -> str:
     return f"{100 * r['control_overhead']:+.1f}% ({100 * q1:+.0f}% .. {100 * q3:+.0f}%); {100 * r['control_overhead_min']:+.1f}%"
 
 
+def _opening(r: dict) -> str:
+    """How a timing record's sessions were opened (moe_overhead.open_interleaved, or all of a model's together)."""
+    return "opened in rotation" if r.get("opening") == "interleaved" else "each model's opened together"
+
+
 def moe_overhead_table() -> str:
     """The latest MoE dispatch overhead measurement with trained weights: one row per FFN width (and
     per turn length, when the run timed several) measured in it."""
@@ -111,8 +116,8 @@ def moe_overhead_table() -> str:
                             f"{r.get('timed_steps', '?')} timed steps per model and pass)"
                             for t, r in sorted(protocols.items(), key=lambda kv: kv[0] or 0))
         instances = last.get("instances", 1)
-        sessions = (f", each model running as {instances} sessions (memory layouts), one per turn in rotation"
-                    if instances > 1 else "")
+        sessions = (f", each model running as {instances} sessions (memory layouts, {_opening(last)}), one per turn "
+                    f"in rotation" if instances > 1 else "")
         protocol = (f"{last['rounds']} passes in turns of {turns}, the order rotating per turn{sessions}. Overhead: the median "
                     f"over turns of the ratio to the same turn of the dense model; after the semicolon, the ratio of "
                     f"per-step minima over passes (the least-contended cost); the control's quartiles show how far "
@@ -150,8 +155,8 @@ def moe_overhead_scale_table() -> str:
             f"{last['threads']} thread, batch 1, beam {last['beam']}; the recorded steps of {last['sentences']} real "
             f"test sentences (at most {last['max_length']} tokens each) replayed through every model, {last['rounds']} "
             f"passes in turns of {last['turn']} sentences (the first {last['warmup']} untimed; {last['paired_turns']} "
-            f"turns), {last['instances']} sessions per model in rotation; after the semicolon, the ratio of per-step "
-            f"minima over passes; commit {_commits(run)}.")
+            f"turns), {last['instances']} sessions per model ({_opening(last)}) in rotation; after the semicolon, "
+            f"the ratio of per-step minima over passes; commit {_commits(run)}.")
 
 
 def moe_dispatch_parts_table(random: bool = False) -> str:
@@ -185,7 +190,8 @@ def moe_dispatch_parts_table(random: bool = False) -> str:
             f"{last['threads']} thread, batch 1, beam {last['beam']}, {last['moe_layers']} MoE decoder layers): the median "
             f"over {last['parts']['moe-one']['turns']} paired turns, then the ratio of per-step minima over "
             f"{last['rounds']} passes; the recorded steps of {last['sentences']} real test sentences in turns of "
-            f"{last['turn']} (the first {last['warmup']} untimed), {last.get('instances', 1)} session(s) per graph in "
+            f"{last['turn']} (the first {last['warmup']} untimed), {last.get('instances', 1)} session(s) per graph "
+            f"({_opening(last)}) in "
             f"rotation. Nodes removed per layer, cumulative: without the empty experts "
             f"{removed('no-empty')}; also without Split / Concat {removed('no-split')}; router and gate only "
             f"{removed('router-only')}. " + (f"Random weights (seed {last['seed']}) of the `{last['space']}` space's largest model "
