@@ -68,6 +68,17 @@ def engines_table() -> str:
     return head + "\n".join(lines)
 
 
+def _run_of(name: str, field: str, hours: float) -> list[dict]:
+    """The last run (see `_last_run`) among the records of results/`name`.jsonl that have `field`
+    set: trained-weight records name their `supernet`, random-weight ones their `space`."""
+    return _last_run([r for r in _read(name) if r.get(field)], field, hours=hours)
+
+
+def _overhead_cell(value: float, least: float | None) -> str:
+    """An overhead and, after a semicolon, its ratio of per-step minima (when measured)."""
+    return f"{100 * value:+.1f}%" + ("" if least is None else f"; {100 * least:+.1f}%")
+
+
 def _step_cell(r: dict, key: str, over: str) -> str:
     """A moe_overhead record's pooled median step ms of `key` and its overhead `over` (; per-step minima)."""
     if key not in r:
@@ -90,8 +101,7 @@ def _opening(r: dict) -> str:
 def moe_overhead_table() -> str:
     """The latest MoE dispatch overhead measurement with trained weights: one row per FFN width (and
     per turn length, when the run timed several) measured in it."""
-    trained = [r for r in _read("moe_overhead") if r.get("supernet")]
-    run = _last_run(trained, "supernet", hours=1)  # ~5 minutes per width and turn length
+    run = _run_of("moe_overhead", "supernet", hours=1)  # ~5 minutes per width and turn length
     if not run:
         return "_Not measured yet (benchmarks/moe_overhead.py)._"
     last = run[-1]
@@ -99,7 +109,6 @@ def moe_overhead_table() -> str:
     protocols = {r.get("turn"): r for r in latest.values()}  # turn length -> one of its records
     several = len(protocols) > 1
     paired = "paired_turns" in last
-    cell, control = _step_cell, _control_cell
 
     head = ("| FFN width |" + (" turn (sentences) |" if several else "") + " dense step ms | 4 experts: step ms "
             "(overhead) | all tokens to expert 0 (fixed dispatch cost) | PyTorch's traced dispatch |"
@@ -108,8 +117,8 @@ def moe_overhead_table() -> str:
     for (width, turn), r in sorted(latest.items(), key=lambda kv: (-kv[0][0], kv[0][1] or 0)):
         mib = r.get("decoder_mib") or {}
         lines.append(f"| {width} |" + (f" {turn} |" if several else "") + f" {r['dense_step']['median_ms']:.3f} | "
-                     f"{cell(r, 'moe_step', 'overhead')} | {cell(r, 'moe_one_expert_step', 'dispatch_overhead')} | "
-                     f"{cell(r, 'moe_traced_step', 'traced_overhead')} |" + (f" {control(r)} |" if paired else "")
+                     f"{_step_cell(r, 'moe_step', 'overhead')} | {_step_cell(r, 'moe_one_expert_step', 'dispatch_overhead')} | "
+                     f"{_step_cell(r, 'moe_traced_step', 'traced_overhead')} |" + (f" {_control_cell(r)} |" if paired else "")
                      + f" {mib.get('dense', '')} / {mib.get('moe', '')} |")
     if paired:
         turns = " or ".join(f"{t} sentences per model (the first {r['warmup']} untimed; {r.get('paired_turns')} turns, "
@@ -134,8 +143,7 @@ def moe_overhead_table() -> str:
 def moe_overhead_scale_table() -> str:
     """The latest MoE dispatch overhead measurement with random weights of a larger preset space
     (`moe_overhead.py --space`): one row per FFN width."""
-    random = [r for r in _read("moe_overhead") if r.get("space")]
-    run = _last_run(random, "space", hours=1.5)  # ~10 minutes per width
+    run = _run_of("moe_overhead", "space", hours=1.5)  # ~10 minutes per width
     if not run:
         return "_Not measured yet (benchmarks/moe_overhead.py --space wmt14)._"
     last = run[-1]
@@ -144,11 +152,11 @@ def moe_overhead_scale_table() -> str:
              "other experts (the beams' extra distinct experts) | PyTorch's traced dispatch | dense against itself (A/A control) "
              "| int8 decoder MiB dense / MoE |", "|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for width, r in sorted(latest.items(), reverse=True):
-        least = r.get("expert_overhead_min")
         lines.append(f"| {width} | {r['dense_step']['median_ms']:.3f} | {_step_cell(r, 'moe_step', 'overhead')} | "
-                     f"{_step_cell(r, 'moe_one_expert_step', 'dispatch_overhead')} | {100 * r['expert_overhead']:+.1f}%"
-                     + ("" if least is None else f"; {100 * least:+.1f}%") + f" | {_step_cell(r, 'moe_traced_step', 'traced_overhead')} | "
-                     f"{_control_cell(r)} | {r['decoder_mib']['dense']} / {r['decoder_mib']['moe']} |")
+                     f"{_step_cell(r, 'moe_one_expert_step', 'dispatch_overhead')} | "
+                     f"{_overhead_cell(r['expert_overhead'], r.get('expert_overhead_min'))} | "
+                     f"{_step_cell(r, 'moe_traced_step', 'traced_overhead')} | {_control_cell(r)} | "
+                     f"{r['decoder_mib']['dense']} / {r['decoder_mib']['moe']} |")
     return ("\n".join(lines) + f"\n\nThe `{last['space']}` space's largest model (d_model {last['d_model']}, "
             f"{last['decoder_layers']} decoder layers) with random weights (seed {last['seed']}) and random routers, "
             f"so its routing is not a trained router's. Otherwise as above: ONNX Runtime {last['quantization'] or 'fp32'}, "
@@ -163,8 +171,7 @@ def moe_dispatch_parts_table(random: bool = False) -> str:
     """The latest in-place breakdown of the fixed dispatch cost: one row per FFN width, each column
     cutting more of the all-tokens-to-expert-0 graph's dispatch. With `random`, the latest run on
     random weights of a preset space (`--space`) instead of a trained supernet's."""
-    field = "space" if random else "supernet"
-    run = _last_run([r for r in _read("moe_dispatch_parts") if r.get(field)], field, hours=1.5 if random else 1)
+    run = _run_of("moe_dispatch_parts", "space" if random else "supernet", hours=1.5 if random else 1)
     if not run:
         return "_Not measured yet (benchmarks/moe_dispatch_parts.py" + (" --space)._" if random else ")._")
     latest = {r["width"]: r for r in run}
@@ -172,8 +179,7 @@ def moe_dispatch_parts_table(random: bool = False) -> str:
     cuts = ("no-empty", "no-split", "router-only")
 
     def cell(part: dict) -> str:
-        least = part.get("overhead_min")
-        return f"{100 * part['overhead']:+.1f}%" + ("" if least is None else f"; {100 * least:+.1f}%")
+        return _overhead_cell(part["overhead"], part.get("overhead_min"))
 
     def removed(cut: str) -> str:
         ops = last["removed_ops"][cut]
@@ -191,8 +197,7 @@ def moe_dispatch_parts_table(random: bool = False) -> str:
             f"over {last['parts']['moe-one']['turns']} paired turns, then the ratio of per-step minima over "
             f"{last['rounds']} passes; the recorded steps of {last['sentences']} real test sentences in turns of "
             f"{last['turn']} (the first {last['warmup']} untimed), {last.get('instances', 1)} session(s) per graph "
-            f"({_opening(last)}) in "
-            f"rotation. Nodes removed per layer, cumulative: without the empty experts "
+            f"({_opening(last)}) in rotation. Nodes removed per layer, cumulative: without the empty experts "
             f"{removed('no-empty')}; also without Split / Concat {removed('no-split')}; router and gate only "
             f"{removed('router-only')}. " + (f"Random weights (seed {last['seed']}) of the `{last['space']}` space's largest model "
                                             f"(d_model {last['d_model']}), at most {last['max_length']} tokens per sentence"
