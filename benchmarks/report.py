@@ -167,6 +167,32 @@ def moe_overhead_scale_table() -> str:
             f"the ratio of per-step minima over passes; commit {_commits(run)}.")
 
 
+def moe_overhead_beam_table() -> str:
+    """The latest MoE decode-step overhead timed inside the exported beam graph (moe_overhead_beam.py,
+    trained weights): one row per FFN width."""
+    run = _run_of("moe_overhead_beam", "supernet", hours=1.5)  # ~10 minutes per width
+    if not run:
+        return "_Not measured yet (benchmarks/moe_overhead_beam.py)._"
+    last = run[-1]
+    latest = {r["width"]: r for r in run}
+    lines = ["| FFN width | dense step ms | 4 experts: step ms (overhead) | all tokens to expert 0 (fixed dispatch cost) | "
+             "other experts (the beams' extra distinct experts) | dense against itself (A/A control) |",
+             "|---:|---:|---:|---:|---:|---:|"]
+    for width, r in sorted(latest.items(), reverse=True):
+        lines.append(f"| {width} | {r['dense_step']['median_ms']:.3f} | {_step_cell(r, 'moe_step', 'overhead')} | "
+                     f"{_step_cell(r, 'moe_one_expert_step', 'dispatch_overhead')} | "
+                     f"{_overhead_cell(r['expert_overhead'], r.get('expert_overhead_min'))} | {_control_cell(r)} |")
+    short, long = last["lengths"]
+    return ("\n".join(lines) + f"\n\nDecoder step inside the exported beam graph (`com.microsoft.BeamSearch`, what "
+            f"`Translator` runs at batch 1), ONNX Runtime {last['quantization'] or 'fp32'}, {last['threads']} thread, "
+            f"beam {last['beam']}: each of {last['sentences']} real test sentences decoded to {short} and to {long} tokens "
+            f"(end token suppressed), step = (time at {long} - time at {short}) / {long - short}; {last['rounds']} passes "
+            f"in turns of {last['turn']} sentences (the first {last['warmup']} untimed; {last['paired_turns']} turns), "
+            f"{last['instances']} sessions per model ({_opening(last)}) in rotation. Overhead: the median over turns of "
+            f"the ratio to the same turn of the dense model; after the semicolon, the ratio of per-sentence minima over "
+            f"passes. Weights and routers of `{last['supernet']}`, L3 cache {last.get('l3_cache')}, commit {_commits(run)}.")
+
+
 def moe_dispatch_parts_table(random: bool = False) -> str:
     """The latest in-place breakdown of the fixed dispatch cost: one row per FFN width, each column
     cutting more of the all-tokens-to-expert-0 graph's dispatch. With `random`, the latest run on
@@ -340,7 +366,8 @@ def predictor_table() -> str:
 
 TABLES = {"models": models_table, "search": search_table, "predictor": predictor_table, "engines": engines_table,
           "moe_overhead": moe_overhead_table,
-          "moe_overhead_scale": moe_overhead_scale_table, "moe_dispatch_parts": moe_dispatch_parts_table,
+          "moe_overhead_scale": moe_overhead_scale_table, "moe_overhead_beam": moe_overhead_beam_table,
+          "moe_dispatch_parts": moe_dispatch_parts_table,
           "moe_dispatch_parts_scale": lambda: moe_dispatch_parts_table(random=True),
           "moe_instructions": moe_instructions_table, "load_demo": load_demo_table}
 

@@ -229,3 +229,57 @@ def test_moe_dispatch_parts_tables_keep_trained_and_random_weights_apart(monkeyp
     table, scale = report.moe_dispatch_parts_table(), report.moe_dispatch_parts_table(random=True)
     assert "| 768 |" in table and "| 2048 |" not in table and "models/trained" in table
     assert "| 2048 |" in scale and "| 768 |" not in scale and "`wmt14` space's largest model (d_model 640)" in scale
+
+
+def test_moe_overhead_beam_decodes_to_fixed_lengths_and_differences_them(tmp_path):
+    """benchmarks/moe_overhead_beam.py: the feeds make the exported beam graph decode a real source to
+    exactly the asked number of tokens (end token suppressed), so a long and a short decode differ by
+    a known number of steps; step_costs turns [short, long] seconds per sentence into seconds per step."""
+    import numpy as np
+    import torch
+
+    from automoe.config import SearchSpace
+    from automoe.modeling import MoETransformer
+    from automoe.serve import Translator
+
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    from moe_overhead import export_model
+    from moe_overhead_beam import fixed_length_feeds, step_costs
+
+    data = ROOT / "tests" / "data" / "bible-en-de"
+    base = SearchSpace.preset("tiny").largest()
+    arch = base.replace(vocab_size=1000, max_positions=64, decoder_ffn=((24,) * 3,) * base.decoder_layers)
+    torch.manual_seed(0)
+    model = MoETransformer(arch)
+    with torch.no_grad():  # every step's output is the end token's embedding: left alone, it ends at once
+        norm = model.decoder_layers[-1].ffn_norm
+        norm.weight.zero_()
+        norm.bias.copy_(10 * model.embed_tokens.weight[arch.eos_id])
+    translator = Translator.from_pretrained(export_model(model, tmp_path / "moe", data / "spm.model", "int8"), threads=1)
+    source = (data / "test.src").read_text().splitlines()[0].strip()
+    ids = translator.tokenizer.encode(source, out_type=int) + [translator.config.eos_id]
+    ended = (arch.eos_id, arch.pad_id)
+    free = fixed_length_feeds(ids, 5, beam=4) | {"min_length": np.array([1], np.int32)}
+    assert set(translator.backend.beam.run(None, free)[0][0, 0, 1:].tolist()) <= set(ended)
+    with pytest.raises(ValueError, match="length >= 2"):
+        fixed_length_feeds(ids, 1, beam=4)
+    for length in (2, 5, 17):
+        sequences, _ = translator.backend.beam.run(None, fixed_length_feeds(ids, length, beam=4))
+        assert sequences.shape == (1, 1, length + 1)  # the start token and `length` generated ones
+        assert not set(sequences[0, 0, 1:].tolist()) & set(ended)
+    assert step_costs([1.0, 3.0, 2.0, 2.5], short=8, long=40) == [2.0 / 32, 0.5 / 32]
+
+
+def test_moe_overhead_beam_table_reads_the_last_trained_run(monkeypatch):
+    """The beam-graph table shows the last run's widths and says how a step was obtained."""
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    import report
+
+    records = [_overhead_record(benchmark="moe_overhead_beam", supernet="models/trained", width=w, lengths=[8, 40])
+               for w in (384, 768)]
+    monkeypatch.setattr(report, "_read", lambda name: records if name == "moe_overhead_beam" else [])
+    table = report.moe_overhead_beam_table()
+    assert "| 768 |" in table and "| 384 |" in table and "(time at 40 - time at 8) / 32" in table
+    assert "models/trained" in table
+    monkeypatch.setattr(report, "_read", lambda name: [])
+    assert report.moe_overhead_beam_table().startswith("_Not measured yet")
