@@ -140,6 +140,23 @@ def moe_overhead_table() -> str:
             f"`{last['supernet']}`, L3 cache {last.get('l3_cache')}, commit {_commits(run)}.")
 
 
+def _split_overhead_rows(run: list[dict], traced: bool) -> str:
+    """The table of a run's last record per FFN width, widest first: dense step, the MoE model, all
+    tokens to expert 0, the other experts on top, (with `traced` PyTorch's traced dispatch,) the A/A
+    control (and with `traced` the decoder sizes, which the same script records)."""
+    extra = ("PyTorch's traced dispatch | ", " int8 decoder MiB dense / MoE |") if traced else ("", "")
+    lines = ["| FFN width | dense step ms | 4 experts: step ms (overhead) | all tokens to expert 0 (fixed dispatch cost) | "
+             f"other experts (the beams' extra distinct experts) | {extra[0]}dense against itself (A/A control) |{extra[1]}",
+             "|---:|---:|---:|---:|---:|" + "---:|" * (3 if traced else 1)]
+    for width, r in sorted({r["width"]: r for r in run}.items(), reverse=True):
+        lines.append(f"| {width} | {r['dense_step']['median_ms']:.3f} | {_step_cell(r, 'moe_step', 'overhead')} | "
+                     f"{_step_cell(r, 'moe_one_expert_step', 'dispatch_overhead')} | "
+                     f"{_overhead_cell(r['expert_overhead'], r.get('expert_overhead_min'))} | "
+                     + (f"{_step_cell(r, 'moe_traced_step', 'traced_overhead')} | " if traced else "") + f"{_control_cell(r)} |"
+                     + (f" {r['decoder_mib']['dense']} / {r['decoder_mib']['moe']} |" if traced else ""))
+    return "\n".join(lines)
+
+
 def moe_overhead_scale_table() -> str:
     """The latest MoE dispatch overhead measurement with random weights of a larger preset space
     (`moe_overhead.py --space`): one row per FFN width."""
@@ -147,17 +164,7 @@ def moe_overhead_scale_table() -> str:
     if not run:
         return "_Not measured yet (benchmarks/moe_overhead.py --space wmt14)._"
     last = run[-1]
-    latest = {r["width"]: r for r in run}
-    lines = ["| FFN width | dense step ms | 4 experts: step ms (overhead) | all tokens to expert 0 (fixed dispatch cost) | "
-             "other experts (the beams' extra distinct experts) | PyTorch's traced dispatch | dense against itself (A/A control) "
-             "| int8 decoder MiB dense / MoE |", "|---:|---:|---:|---:|---:|---:|---:|---:|"]
-    for width, r in sorted(latest.items(), reverse=True):
-        lines.append(f"| {width} | {r['dense_step']['median_ms']:.3f} | {_step_cell(r, 'moe_step', 'overhead')} | "
-                     f"{_step_cell(r, 'moe_one_expert_step', 'dispatch_overhead')} | "
-                     f"{_overhead_cell(r['expert_overhead'], r.get('expert_overhead_min'))} | "
-                     f"{_step_cell(r, 'moe_traced_step', 'traced_overhead')} | {_control_cell(r)} | "
-                     f"{r['decoder_mib']['dense']} / {r['decoder_mib']['moe']} |")
-    return ("\n".join(lines) + f"\n\nThe `{last['space']}` space's largest model (d_model {last['d_model']}, "
+    return (_split_overhead_rows(run, traced=True) + f"\n\nThe `{last['space']}` space's largest model (d_model {last['d_model']}, "
             f"{last['decoder_layers']} decoder layers) with random weights (seed {last['seed']}) and random routers, "
             f"so its routing is not a trained router's. Otherwise as above: ONNX Runtime {last['quantization'] or 'fp32'}, "
             f"{last['threads']} thread, batch 1, beam {last['beam']}; the recorded steps of {last['sentences']} real "
@@ -174,16 +181,8 @@ def moe_overhead_beam_table() -> str:
     if not run:
         return "_Not measured yet (benchmarks/moe_overhead_beam.py)._"
     last = run[-1]
-    latest = {r["width"]: r for r in run}
-    lines = ["| FFN width | dense step ms | 4 experts: step ms (overhead) | all tokens to expert 0 (fixed dispatch cost) | "
-             "other experts (the beams' extra distinct experts) | dense against itself (A/A control) |",
-             "|---:|---:|---:|---:|---:|---:|"]
-    for width, r in sorted(latest.items(), reverse=True):
-        lines.append(f"| {width} | {r['dense_step']['median_ms']:.3f} | {_step_cell(r, 'moe_step', 'overhead')} | "
-                     f"{_step_cell(r, 'moe_one_expert_step', 'dispatch_overhead')} | "
-                     f"{_overhead_cell(r['expert_overhead'], r.get('expert_overhead_min'))} | {_control_cell(r)} |")
     short, long = last["lengths"]
-    return ("\n".join(lines) + f"\n\nDecoder step inside the exported beam graph (`com.microsoft.BeamSearch`, what "
+    return (_split_overhead_rows(run, traced=False) + f"\n\nDecoder step inside the exported beam graph (`com.microsoft.BeamSearch`, what "
             f"`Translator` runs at batch 1), ONNX Runtime {last['quantization'] or 'fp32'}, {last['threads']} thread, "
             f"beam {last['beam']}: each of {last['sentences']} real test sentences decoded to {short} and to {long} tokens "
             f"(end token suppressed), step = (time at {long} - time at {short}) / {long - short}; {last['rounds']} passes "
