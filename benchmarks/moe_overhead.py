@@ -181,8 +181,9 @@ def l3_cache() -> str | None:
     return path.read_text().strip() if path.exists() else None
 
 
-def add_replay_arguments(p: argparse.ArgumentParser, turn: int, warmup: int) -> None:
-    """The model, data and replay-protocol options shared by the decode-step timing scripts."""
+def add_replay_arguments(p: argparse.ArgumentParser, turn: int, warmup: int, max_length: bool = True) -> None:
+    """The model, data and replay-protocol options shared by the decode-step timing scripts
+    (`max_length`: offer --max-length, for scripts whose decodes end on their own)."""
     from automoe.config import PRESETS
 
     p.add_argument("--supernet", help="supernet folder (supernet.safetensors + space.json): trained weights and routers")
@@ -199,9 +200,10 @@ def add_replay_arguments(p: argparse.ArgumentParser, turn: int, warmup: int) -> 
     p.add_argument("--warmup", type=int, default=warmup, help="untimed sentences at the start of every turn")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--beam", type=int, default=4)
-    p.add_argument("--max-length", type=int, default=None,
-                   help="generated tokens per sentence at most (default: translate's; random weights rarely stop "
-                        "on their own, so give one with --space)")
+    if max_length:
+        p.add_argument("--max-length", type=int, default=None,
+                       help="generated tokens per sentence at most (default: translate's; random weights rarely stop "
+                            "on their own, so give one with --space)")
     p.add_argument("--instances", type=int, default=3,
                    help="sessions per model, one per turn in rotation (each lays its weights out in memory differently)")
 

@@ -19,7 +19,8 @@ Protocol as in moe_overhead.py (its `replay`, `open_interleaved`, `ratio_stats`)
 over the sentences in turns of `--turn`, the first `--warmup` of each turn untimed, the model order
 rotating per turn, `--instances` sessions per model opened and used in rotation; every figure pairs
 a model's turn with the same turn of the dense model.
-Appends to benchmarks/results/moe_overhead_beam.jsonl.
+Appends to benchmarks/results/moe_overhead_beam.jsonl (the README table shows the last run with trained
+weights, `--supernet`; `--space` runs are recorded and printed only).
 
     python benchmarks/moe_overhead_beam.py --supernet models/supernet-small-bible-v3 --data data/bible-en-de --width 384
 """
@@ -63,7 +64,7 @@ def step_costs(seconds: list[float], short: int, long: int) -> list[float]:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_replay_arguments(p, turn=20, warmup=4)
+    add_replay_arguments(p, turn=20, warmup=4, max_length=False)  # the decodes have fixed --lengths
     p.add_argument("--lengths", type=int, nargs=2, default=[8, 40], metavar=("SHORT", "LONG"),
                    help="the two fixed output lengths every sentence is decoded to")
     p.add_argument("--quantize", default="int8", choices=["int8", "none"])
@@ -71,8 +72,6 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     check_replay_arguments(p, args)
     short, long = args.lengths
-    if args.max_length is not None:
-        p.error("--max-length does not apply here: every sentence is decoded to the fixed --lengths")
     if not 2 <= short < long:
         p.error(f"--lengths needs 2 <= SHORT < LONG (the beam graph fails on one-token decodes), got {short} {long}")
     env = environment()  # the commit and time the run started with
