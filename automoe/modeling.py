@@ -51,6 +51,9 @@ class Attention(nn.Module):
         self.out_proj = nn.Linear(qkv_dim, d_query)
         self.heads = heads
         self.dropout = dropout
+        # a constant, not q.shape[-1] ** -0.5: exported, that is four shape nodes per attention per step
+        # and a Mul, where a constant scale folds into ONNX Runtime's fused MatMul
+        self.scale = (qkv_dim // heads) ** -0.5
 
     def _split(self, x: torch.Tensor) -> torch.Tensor:
         B, T, C = x.shape
@@ -62,16 +65,17 @@ class Attention(nn.Module):
 
     def forward(self, x: torch.Tensor, kv: KV, mask: torch.Tensor | None) -> torch.Tensor:
         """x: [B, T, d_query]; kv from `project_kv`; mask broadcastable to [B, H, T, S], True = attend."""
-        B, T, _ = x.shape
         q = self._split(self.q_proj(x))  # [B, H, T, C/H]
         k, v = kv
         # Explicit softmax attention: for translation-length sequences it is ~3x faster on CPU than
         # F.scaled_dot_product_attention's flash kernel (fwd+bwd, bf16) and exports to plain ONNX ops.
-        scores = (q @ k.transpose(-1, -2)) * (q.shape[-1] ** -0.5)  # [B, H, T, S]
+        scores = (q @ k.transpose(-1, -2)) * self.scale  # [B, H, T, S]
         if mask is not None:
             scores = scores.masked_fill(~mask, float("-inf"))
         probs = F.dropout(scores.softmax(dim=-1), self.dropout, self.training)  # [B, H, T, S]
-        y = (probs @ v).transpose(1, 2).reshape(B, T, -1)  # [B, T, qkv_dim]
+        y = (probs @ v).transpose(1, 2)  # [B, T, H, C/H]
+        # y's own shape, not x's: ONNX Runtime folds that into a constant reshape, no shape nodes
+        y = y.reshape(y.shape[0], y.shape[1], -1)  # [B, T, qkv_dim]
         return self.out_proj(y)  # [B, T, d_query]
 
 
