@@ -66,7 +66,14 @@ def _training(training: dict) -> str:
             f"label smoothing {tc.get('label_smoothing')}, commit `{str(training.get('git_commit'))[:10]}`.{earlier}")
 
 
+def _latest(records: list[dict], *fields: str) -> list[dict]:
+    """The last record of every distinct value of `fields`, in order of first appearance: a results
+    file keeps every run, and a card shows the newest measurement of each row."""
+    return list({tuple(r.get(f) for f in fields): r for r in records}.values())
+
+
 def _eval_table(records: list[dict]) -> str:
+    records = _latest(records, "arch_name", "split", "sentences", "beam", "engine")
     if not records:
         return "Not evaluated yet."
     rows = ["| subnet | split | sentences | beam | BLEU | chrF | engine |", "|---|---|---:|---:|---:|---:|---|"]
@@ -78,10 +85,12 @@ def _eval_table(records: list[dict]) -> str:
 
 def model_card(title: str, summary: str, arch: ArchConfig, training: dict, eval_records: list[dict],
                latency_records: list[dict] = (), usage: str = "", limitations: str = "") -> str:
-    """The README.md text of a model folder."""
+    """The README.md text of a model folder. `eval_records` and `latency_records` may hold every run
+    of results/eval.jsonl and results/engines.jsonl for the model: the card shows the newest."""
     c = cost(arch)
     latency = ""
-    if latency_records:
+    if latency_records:  # a results file keeps every run: show the last (its records share its start time)
+        latency_records = [r for r in latency_records if r.get("date") == latency_records[-1].get("date")]
         rows = ["| engine | median ms / sentence | speedup vs torch fp32 |", "|---|---:|---:|"]
         rows += [f"| {r['engine']} | {r['median_ms']:.1f} | {r.get('speedup_vs_torch_fp32') or 0:.2f}x |"
                  for r in latency_records]

@@ -19,6 +19,18 @@ def test_readme_tables_are_generated_from_results():
     assert render(readme) == readme, "README.md is out of date: run `make report` (benchmarks/report.py)"
 
 
+def test_shipped_baseline_card_is_generated_from_results(monkeypatch):
+    """The shipped dense baseline's card is what benchmarks/ship.py writes from the results files now
+    (after a new eval or engines run: `python benchmarks/ship.py card x models/dense-small-bible --data ...`)."""
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    from ship import baseline_card
+
+    monkeypatch.chdir(ROOT)  # results records name the model by its path from the repository root
+    folder = Path("models/dense-small-bible")
+    assert (folder / "README.md").read_text(encoding="utf-8") == baseline_card(folder, "dense", "small"), \
+        "models/dense-small-bible/README.md is out of date: regenerate it with benchmarks/ship.py card"
+
+
 def test_model_card_uses_the_records(tmp_path):
     arch = SearchSpace.preset("small").switch_baseline(4)
     records = tmp_path / "eval.jsonl"
@@ -32,6 +44,20 @@ def test_model_card_uses_the_records(tmp_path):
     assert "| model | test | 1007 | 4 | 12.34 | 40.50 | torch |" in card and "99" not in card
     assert "45.64M parameters" in card and "1,234 target tokens" in card and "sig-b" in card
     assert card.count("| encoder (d=384) |") == 4 and "1536, 1536, 1536, 1536" in card
+
+
+def test_model_card_shows_the_newest_run_of_each_measurement():
+    """Results files keep every run; a card lists the last engines run and the last score of each row."""
+    arch = SearchSpace.preset("small").largest()
+    sig = {"bleu_signature": "b", "chrf_signature": "c", "arch_name": None, "split": "test", "sentences": 1007, "beam": 4}
+    evals = [{**sig, "bleu": 11.11, "chrf": 40.0, "engine": "torch"}, {**sig, "bleu": 12.22, "chrf": 41.0, "engine": "torch"},
+             {**sig, "bleu": 13.33, "chrf": 42.0, "engine": "onnxruntime"}]
+    run = {"cpu": "cpu", "threads": 1, "beam": 4, "latency_sentences": 100}
+    latency = [{**run, "engine": e, "median_ms": ms, "speedup_vs_torch_fp32": 1.0, "date": d}
+               for d, ms in (("2026-12-01", 111.0), ("2026-12-03", 222.0)) for e in ("torch", "onnxruntime-int8")]
+    card = model_card("Title", "Summary.", arch, {}, evals, latency)
+    assert "11.11" not in card and "| 12.22 |" in card and "| 13.33 |" in card
+    assert "111.0" not in card and card.count("| 222.0 |") == 2
 
 
 def test_card_states_the_whole_budget_of_a_continued_run():
