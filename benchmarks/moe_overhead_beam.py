@@ -48,7 +48,6 @@ def fixed_length_feeds(ids: list[int], length: int, beam: int) -> dict:
 
     if length < 2:
         raise ValueError(f"a fixed-length beam decode needs length >= 2, got {length}")
-
     src = np.array([ids], np.int32)
     steps = np.array([length + 1], np.int32)
     return {"input_ids": src, "attention_mask": np.ones_like(src), "max_length": steps, "min_length": steps,
@@ -57,8 +56,8 @@ def fixed_length_feeds(ids: list[int], length: int, beam: int) -> dict:
 
 
 def step_costs(seconds: list[float], short: int, long: int) -> list[float]:
-    """[t_short, t_long] per sentence, flattened as `replay` returns a turn -> seconds per decoder step
-    of each sentence: (t_long - t_short) / (long - short)."""
+    """A turn's seconds as `replay` returns them ([t_short, t_long] of each sentence, in order) -> each
+    sentence's seconds per decoder step, (t_long - t_short) / (long - short)."""
     return [(b - a) / (long - short) for a, b in zip(seconds[0::2], seconds[1::2])]
 
 

@@ -5,6 +5,7 @@ script writes with `automoe eval --results` semantics (benchmarks/results/eval.j
 
     python benchmarks/ship.py supernet runs/supernet-v3 models/supernet-small-bible-v3 --data data/bible-en-de
     python benchmarks/ship.py model models/dense-small-bible models/dense-small-bible --data data/bible-en-de
+    python benchmarks/ship.py card models/dense-small-bible     # the card only, from the results files
 """
 
 from __future__ import annotations
@@ -125,14 +126,17 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("kind", choices=["supernet", "model", "card"],
                    help="supernet | model (fp16 copy, test eval, card) | card (rewrite a shipped baseline's card only)")
-    p.add_argument("run_dir")
-    p.add_argument("out")
-    p.add_argument("--data", required=True)
+    p.add_argument("run_dir", help="the trained run or model folder (with card: the shipped folder)")
+    p.add_argument("out", nargs="?", help="the folder to write (default: run_dir)")
+    p.add_argument("--data", help="dataset folder for the test evaluation (supernet, model)")
     p.add_argument("--beam", type=int, default=4)
     p.add_argument("--limit", type=int, default=None, help="evaluate on the first N test pairs only")
     p.add_argument("--baseline", choices=sorted(BASELINES), default="dense", help="with `model`: which card text")
     p.add_argument("--space", default="small", help="with `model`: the search space named in the card")
     args = p.parse_args(argv)
+    args.out = args.out or args.run_dir
+    if args.kind != "card" and not args.data:
+        p.error(f"{args.kind} evaluates on the test split: give --data")
     if args.kind == "card":
         (Path(args.out) / "README.md").write_text(baseline_card(Path(args.out), args.baseline, args.space),
                                                   encoding="utf-8")

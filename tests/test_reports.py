@@ -21,7 +21,7 @@ def test_readme_tables_are_generated_from_results():
 
 def test_shipped_baseline_card_is_generated_from_results(monkeypatch):
     """The shipped dense baseline's card is what benchmarks/ship.py writes from the results files now
-    (after a new eval or engines run: `python benchmarks/ship.py card x models/dense-small-bible --data ...`)."""
+    (after a new eval or engines run: `python benchmarks/ship.py card models/dense-small-bible`)."""
     sys.path.insert(0, str(ROOT / "benchmarks"))
     from ship import baseline_card
 
