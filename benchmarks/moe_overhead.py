@@ -175,6 +175,13 @@ def ratio_stats(seconds: dict, name: str, base: str) -> dict:
             "turns": len(pairs), "overhead_min": None if least is None else round(least - 1, 4)}
 
 
+def overhead_fields(vs: dict) -> dict:
+    """Record fields of named `ratio_stats` results: `NAME`, `NAME_min` and `NAME_quartiles` each,
+    and `paired_turns` (those of "overhead")."""
+    return {**{key: v["overhead"] for key, v in vs.items()}, **{f"{key}_min": v["overhead_min"] for key, v in vs.items()},
+            **{f"{key}_quartiles": v["quartiles"] for key, v in vs.items()}, "paired_turns": vs["overhead"]["turns"]}
+
+
 def l3_cache() -> str | None:
     """The L3 cache size the kernel reports for CPU 0 (e.g. '32768K'), or None."""
     path = Path("/sys/devices/system/cpu/cpu0/cache/index3/size")
@@ -286,9 +293,7 @@ def main(argv: list[str] | None = None) -> int:
               "timed_steps": len(pooled["dense"]) // args.rounds,
               "dense_step": stats["dense"], "moe_step": stats[moe_name], "moe_one_expert_step": stats[one_name],
               "moe_traced_step": stats[traced_name],
-              **{key: v["overhead"] for key, v in vs.items()},
-              **{f"{key}_min": v["overhead_min"] for key, v in vs.items()},
-              **{f"{key}_quartiles": v["quartiles"] for key, v in vs.items()}, "paired_turns": vs["overhead"]["turns"],
+              **overhead_fields(vs),
               "decoder_mib": {"dense": sizes["dense"], "moe": sizes[moe_name]}, "l3_cache": l3_cache(), **env}
     append_jsonl(Path(args.out), [record])
     pct = lambda key: "n/a" if record[key] is None else f"{100 * record[key]:+.1f}%"  # noqa: E731

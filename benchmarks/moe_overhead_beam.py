@@ -36,7 +36,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import RESULTS, append_jsonl, environment, summary_ms  # noqa: E402
 from moe_overhead import (  # noqa: E402
     CONTROL, add_replay_arguments, build_models, check_replay_arguments, export_model, l3_cache, load_weights, open_interleaved,
-    ratio_stats, replay)
+    overhead_fields, ratio_stats, replay)
 
 
 def fixed_length_feeds(ids: list[int], length: int, beam: int) -> dict:
@@ -96,9 +96,8 @@ def main(argv: list[str] | None = None) -> int:
             loaders[name] = lambda folder=exported: Translator.from_pretrained(folder, threads=args.threads)
         loaders[CONTROL] = loaders["dense"]  # the A/A control: the same graph in other sessions
         translators = open_interleaved(loaders, args.instances)
-    first = translators["dense"][0]
-    encoded = [first.tokenizer.encode(s.strip(), out_type=int)[: first.max_source_tokens - 1] + [first.config.eos_id]
-               for s in sources if s.strip()]  # as translate() encodes a source
+    # EOS-terminated ids, truncated as translate() does (None for an empty line)
+    encoded = [ids for ids in translators["dense"][0]._encode(sources) if ids]
     sentences = [[fixed_length_feeds(ids, n, args.beam) for n in (short, long)] for ids in encoded]
     beams = {name: [t.backend.beam for t in ts] for name, ts in translators.items()}
     raw = replay(beams, sentences, args.rounds, args.turn, args.warmup)
@@ -112,9 +111,7 @@ def main(argv: list[str] | None = None) -> int:
               "lengths": [short, long], "method": "BeamSearch op, two fixed lengths", "rounds": args.rounds,
               "turn": args.turn, "warmup": args.warmup, "instances": args.instances, "opening": "interleaved",
               "dense_step": stats["dense"], "moe_step": stats[moe_name], "moe_one_expert_step": stats[one_name],
-              **{key: v["overhead"] for key, v in vs.items()},
-              **{f"{key}_min": v["overhead_min"] for key, v in vs.items()},
-              **{f"{key}_quartiles": v["quartiles"] for key, v in vs.items()}, "paired_turns": vs["overhead"]["turns"],
+              **overhead_fields(vs),
               "l3_cache": l3_cache(), **env}
     append_jsonl(Path(args.out), [record])
     pct = lambda key: "n/a" if record[key] is None else f"{100 * record[key]:+.1f}%"  # noqa: E731
