@@ -47,6 +47,9 @@ def read_model_config(model_dir: str | Path) -> tuple[ArchConfig, dict[str, Any]
     Returns (arch, meta) where meta holds the "tokenizer" and "training" objects.
     """
     path = Path(model_dir) / CONFIG_NAME
+    if not path.is_file() and (Path(model_dir) / "supernet.safetensors").is_file():
+        raise CheckpointError(f"{model_dir} is a supernet folder, not a model folder: extract a subnet first, "
+                              f"e.g. `automoe extract {model_dir} --arch largest --out DIR` (or a search's best.json)")
     if not path.is_file():
         raise CheckpointError(f"{path} not found: is {model_dir} a model folder written by save_pretrained?")
     try:

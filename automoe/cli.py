@@ -269,9 +269,31 @@ def _add_train_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--valid-sentences", type=int, default=d.valid_sentences)
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse's parser; with `intermixed=True` a verb's options may also stand between its
+    positional arguments (`automoe translate MODEL --engine onnxruntime "Jesus wept."`). Plain
+    argparse ends a nargs="*" positional at the first option and then refuses what follows it."""
+
+    def __init__(self, *args, intermixed: bool = False, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.intermixed = intermixed
+        self._intermixing = False
+
+    def parse_known_args(self, args=None, namespace=None):
+        """Intermixed parsing for an intermixed verb; argparse's own otherwise (and inside it,
+        since up to Python 3.12 `parse_known_intermixed_args` calls back into this method)."""
+        if not self.intermixed or self._intermixing:
+            return super().parse_known_args(args, namespace)
+        self._intermixing = True
+        try:
+            return self.parse_known_intermixed_args(args, namespace)
+        finally:
+            self._intermixing = False
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of the `automoe` command."""
-    parser = argparse.ArgumentParser(
+    parser = _Parser(  # verbs are built by add_parser with the same class
         prog="automoe",
         description="Find fast sparse Mixture-of-Experts translation models and ship them for CPU inference.",
     )
@@ -342,7 +364,8 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--results", default=None, help="append the JSON line to this JSONL file")
     ev.set_defaults(func=cmd_eval)
 
-    tr = verbs.add_parser("translate", help="translate arguments or stdin lines", description=cmd_translate.__doc__)
+    tr = verbs.add_parser("translate", help="translate arguments or stdin lines", description=cmd_translate.__doc__,
+                          intermixed=True)
     tr.add_argument("model", help="model folder or Hub repo id")
     tr.add_argument("sentences", nargs="*", help="sentences (default: read stdin, one per line)")
     tr.add_argument("--engine", default=None, choices=["torch", "onnxruntime", "ctranslate2"],
@@ -363,7 +386,7 @@ def build_parser() -> argparse.ArgumentParser:
     ex.set_defaults(func=cmd_export)
 
     sv = verbs.add_parser("serve", help="Gradio demo: translate, compare models, routing view",
-                          description=cmd_serve.__doc__)
+                          description=cmd_serve.__doc__, intermixed=True)
     sv.add_argument("models", nargs="*", help="model folders or Hub repo ids (default: every model folder in ./models)")
     sv.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
     sv.add_argument("--port", type=int, default=7860)

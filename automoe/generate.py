@@ -187,7 +187,7 @@ def generate(model: MoETransformer, src: torch.Tensor, *, beam: int = 4, max_len
     that each source token and each decoder input token took in every layer.
     """
     cfg = model.config
-    max_length = max_length or default_max_length(model, src.shape[1])
+    max_length = default_max_length(model, src.shape[1]) if max_length is None else max_length
     check_generation_args(cfg, beam, max_length)
     stepper = TorchStepper(model, src, beam)
     best = beam_search(stepper, src.shape[0], beam=beam, max_length=max_length, bos_id=cfg.bos_id,
@@ -206,7 +206,7 @@ def greedy(model: MoETransformer, src: torch.Tensor, *, max_length: int | None =
     """Plain greedy decoding (argmax each step), kept simple as a reference for beam search."""
     cfg = model.config
     B, S = src.shape
-    max_length = max_length or default_max_length(model, S)
+    max_length = default_max_length(model, S) if max_length is None else max_length
     state = model.init_state(model.encode(src))
     tokens = torch.full((B, 1), cfg.bos_id, dtype=torch.long, device=src.device)
     done = torch.zeros(B, dtype=torch.bool, device=src.device)

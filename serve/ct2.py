@@ -6,6 +6,9 @@ import json
 from pathlib import Path
 
 from automoe.config import ArchConfig
+from automoe.generate import check_generation_args
+
+from .engines import check_threads
 
 
 class CTranslate2Engine:
@@ -21,8 +24,8 @@ class CTranslate2Engine:
         self.folder = Path(folder)
         self.info = json.loads((self.folder / "export_info.json").read_text(encoding="utf-8"))
         self.config = ArchConfig.from_dict(self.info["arch"])
-        self.translator = ctranslate2.Translator(str(self.folder), device="cpu", intra_threads=threads or 0,
-                                                 inter_threads=1)
+        self.translator = ctranslate2.Translator(str(self.folder), device="cpu",
+                                                 intra_threads=check_threads(threads) or 0, inter_threads=1)
         vocab = json.loads((self.folder / "shared_vocabulary.json").read_text(encoding="utf-8"))
         self.pieces = vocab
         self.ids = {p: i for i, p in enumerate(vocab)}
@@ -33,6 +36,7 @@ class CTranslate2Engine:
 
         if routing:
             raise ValueError("routing traces are available with engine='torch' only")
+        check_generation_args(self.config, beam, max_length)
         eos = self.config.eos_id
         source = [[self.pieces[t] for t in ids if t != eos] for ids in batch]  # CT2 appends </s> itself
         results = self.translator.translate_batch(

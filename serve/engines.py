@@ -20,6 +20,13 @@ from automoe.config import ArchConfig
 from automoe.generate import beam_search, check_generation_args
 
 
+def check_threads(threads: int | None) -> int | None:
+    """`threads` as an engine takes it: None or 0 leave the runtime's default, n >= 1 uses n."""
+    if threads is not None and (not isinstance(threads, int) or threads < 0):
+        raise ValueError(f"threads={threads!r}: pass a number of threads >= 1, or 0 / None for the runtime's default")
+    return threads or None
+
+
 def _pad(batch: list[list[int]], pad_id: int) -> np.ndarray:
     out = np.full((len(batch), max(len(ids) for ids in batch)), pad_id, dtype=np.int64)
     for row, ids in enumerate(batch):
@@ -44,7 +51,7 @@ class TorchEngine:
     def __init__(self, model, threads: int | None = None):
         self.model = model.eval()
         self.config: ArchConfig = model.config
-        self.threads = threads
+        self.threads = check_threads(threads)
 
     def translate_ids(self, batch: list[list[int]], *, beam: int, max_length: int, routing: bool = False):
         """Source id lists (EOS-terminated) -> `automoe.generate.Generation`."""
@@ -111,6 +118,7 @@ class OnnxEngine:
         self.info = json.loads((self.folder / "export_info.json").read_text(encoding="utf-8"))
         self.config, self.meta = read_model_config(self.folder)
         options = ort.SessionOptions()
+        threads = check_threads(threads)
         if threads:
             options.intra_op_num_threads = threads
             options.inter_op_num_threads = 1

@@ -58,13 +58,20 @@ def load_engine(folder: Path, engine: str | None, quantize: str | None, threads:
     """An engine for a model folder or an export folder (exporting a model folder on the fly)."""
     info_path = folder / "export_info.json"
     if info_path.exists():
-        target = json.loads(info_path.read_text(encoding="utf-8")).get("target")
+        info = json.loads(info_path.read_text(encoding="utf-8"))
+        target, quantized = info.get("target"), info.get("quantization")
         if engine not in (None, target):
             raise ValueError(f"{folder} is a {target} export; it cannot run with engine={engine!r}")
+        if quantize not in (None, quantized):
+            raise ValueError(f"{folder} is an {quantized or 'fp32'} export; it cannot run with quantize={quantize!r} "
+                             f"(export the model folder again with that quantization)")
         engine = target
     engine = engine or "torch"
     if engine not in ENGINES:
         raise ValueError(f"engine={engine!r} is not available; choose one of {list(ENGINES)}")
+    if engine == "torch" and quantize is not None:
+        raise ValueError(f"quantize={quantize!r} needs engine='onnxruntime' or 'ctranslate2' (the model folder is "
+                         f"exported with it on the fly); engine='torch' runs the saved weights")
     from .engines import OnnxEngine, TorchEngine
 
     if engine == "torch":
@@ -74,6 +81,9 @@ def load_engine(folder: Path, engine: str | None, quantize: str | None, threads:
 
         return TorchEngine(MoETransformer.from_pretrained(folder), threads)
     if not info_path.exists():
+        from automoe.checkpoint import read_model_config
+
+        read_model_config(folder)  # a clear error for what is not a model folder, before exporting
         folder = _cached_export(folder, engine, quantize)
     if engine == "onnxruntime":
         return OnnxEngine(folder, threads)
@@ -168,7 +178,7 @@ class Translator:
         results: list = [None] * len(sentences)
         for batch in self._batches(encoded):
             ids = [encoded[i] for i in batch]
-            limit = max_length or default_max_length(self, max(len(x) for x in ids))
+            limit = default_max_length(self, max(len(x) for x in ids)) if max_length is None else max_length
             gen = self.backend.translate_ids(ids, beam=beam, max_length=limit, routing=routing)
             for row, i in enumerate(batch):
                 results[i] = (gen, row)

@@ -229,3 +229,24 @@ def test_export_folders_run_without_automoe_or_torch(moe_dir, onnx_dir, dense_di
     out = subprocess.run([sys.executable, "-c", CT2_SCRIPT, str(ct2)], capture_output=True, text=True)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == expected.strip()
+
+
+@pytest.mark.parametrize("engine", ["torch", "onnxruntime", "ctranslate2"])
+def test_engines_refuse_bad_input_alike(dense_dir, engine, tmp_path, monkeypatch):
+    monkeypatch.setenv("AUTOMOE_CACHE", str(tmp_path))
+    tr = Translator.from_pretrained(dense_dir, engine=engine)
+    for kwargs, message in [({"beam": 0}, "beam must be >= 1, got 0"),
+                            ({"max_length": 0}, "max_length=0 must be in 1..max_positions=96"),
+                            ({"max_length": 97}, "max_length=97 must be in 1..max_positions=96")]:
+        with pytest.raises(ValueError, match=message):
+            tr.translate(["Amen."], **kwargs)
+    with pytest.raises(ValueError, match="threads=-1: pass a number of threads >= 1, or 0 / None"):
+        Translator.from_pretrained(dense_dir, engine=engine, threads=-1)
+
+
+def test_quantize_is_refused_where_it_would_be_ignored(dense_dir, onnx_dir):
+    with pytest.raises(ValueError, match="quantize='int8' needs engine='onnxruntime' or 'ctranslate2'"):
+        Translator.from_pretrained(dense_dir, quantize="int8")
+    with pytest.raises(ValueError, match="is an fp32 export; it cannot run with quantize='int8'"):
+        Translator.from_pretrained(onnx_dir, quantize="int8")
+    assert Translator.from_pretrained(onnx_dir, quantize=None).engine == "onnxruntime"

@@ -85,3 +85,22 @@ def test_translate_cli_stdin_and_bad_utf8(model_dir):
     assert len(out.stdout.decode().split("\n")) == 4  # three lines, the empty one kept
     out = _cli("translate", str(model_dir), input=b"fine\nbad \xff byte\n")
     assert out.returncode == 2 and b"stdin line 2 is not valid UTF-8" in out.stderr
+
+
+def test_translate_cli_options_between_sentences(model_dir, capsys):
+    # the README's form: options between the model and the sentences
+    from automoe.cli import build_parser, main
+
+    assert main(["translate", str(model_dir), "--beam", "1", "Jesus wept.", "--max-length", "5", "Amen."]) == 0
+    mixed = capsys.readouterr().out
+    assert main(["translate", str(model_dir), "Jesus wept.", "Amen.", "--beam", "1", "--max-length", "5"]) == 0
+    assert mixed == capsys.readouterr().out and len(mixed.splitlines()) == 2
+    args = build_parser().parse_args(["serve", "a", "--port", "1", "b"])
+    assert args.models == ["a", "b"] and args.port == 1
+
+
+@pytest.mark.parametrize("engine", [None, "ctranslate2"])
+def test_supernet_folder_is_refused_with_the_way_out(tmp_path, engine):
+    (tmp_path / "supernet.safetensors").write_bytes(b"")
+    with pytest.raises(ValueError, match="is a supernet folder, not a model folder: .*automoe extract"):
+        Translator.from_pretrained(tmp_path, engine=engine)
