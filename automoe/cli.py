@@ -382,7 +382,7 @@ def build_parser() -> argparse.ArgumentParser:
     ex.add_argument("--to", required=True, choices=["onnx", "ct2"], help="target runtime")
     ex.add_argument("--quantize", default=None, choices=["int8", "int16"], help="weight quantization (int16: ct2 only)")
     ex.add_argument("--out", default=None, help="output folder (default exports/<model>-<target>-<quantization>)")
-    ex.add_argument("--force", action="store_true", help="replace an existing output folder")
+    ex.add_argument("--force", action="store_true", help="replace an earlier export in the output folder")
     ex.set_defaults(func=cmd_export)
 
     sv = verbs.add_parser("serve", help="Gradio demo: translate, compare models, routing view",

@@ -161,10 +161,10 @@ def to_ctranslate2(model_dir: str | Path, out_dir: str | Path, *, quantize: str 
     try:
         spec.validate()
         spec.optimize(quantization=quantize)
-        # CTranslate2 writes config.json too; ours goes to automoe_config.json... no: keep CT2's
-        # config.json (plain ctranslate2 needs it) and put the automoe config beside it.
+        # CTranslate2 writes its own config.json, which plain ctranslate2 needs; the automoe
+        # ArchConfig goes to export_info.json instead
         spec.save(str(tmp))  # model.bin, config.json (CTranslate2's own), shared_vocabulary.json
-        shutil.copyfile(model_dir / tok, tmp / tok)  # the automoe ArchConfig goes to export_info.json
+        shutil.copyfile(model_dir / tok, tmp / tok)
         info = {"format": "automoe-ct2", "target": "ctranslate2", "quantization": quantize,
                 "source": str(model_dir), "source_sha256": sha256_file(model_dir / WEIGHTS_NAME),
                 "arch": arch.to_dict(), "tokenizer": meta.get("tokenizer"), "training": meta.get("training"),

@@ -210,9 +210,17 @@ def build_beam_search(encoder: Path, decoder: Path, out: Path, config) -> None:
 
 
 def prepare_out_dir(out_dir: Path, force: bool) -> Path:
-    """Refuse an existing output folder unless `force`; return a temporary sibling to write into."""
-    if out_dir.exists() and any(out_dir.iterdir()) and not force:
-        raise FileExistsError(f"{out_dir} exists and is not empty; pass force=True (--force) to replace it")
+    """Refuse an existing output folder unless `force`; return a temporary sibling to write into.
+    Even `force` replaces only an earlier export (a folder with export_info.json): a model or any
+    other folder given as the output by mistake must never be deleted."""
+    if out_dir.exists() and not out_dir.is_dir():
+        raise FileExistsError(f"{out_dir} is a file, not a folder; choose an output folder")
+    if out_dir.exists() and any(out_dir.iterdir()):
+        if not force:
+            raise FileExistsError(f"{out_dir} exists and is not empty; pass force=True (--force) to replace it")
+        if not (out_dir / "export_info.json").is_file():
+            raise FileExistsError(f"{out_dir} is not an export folder (no export_info.json), and force=True "
+                                  "replaces only an earlier export; choose another output folder")
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     return Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
 

@@ -96,6 +96,13 @@ def test_onnx_folder_is_self_describing_and_refuses_overwrite(moe_dir, onnx_dir)
         p.name for p in onnx_dir.iterdir()}
     with pytest.raises(FileExistsError, match="pass force=True"):
         to_onnx(moe_dir, onnx_dir)
+    # force replaces an earlier export only: a model folder given as the output by mistake survives
+    before = sorted(p.name for p in moe_dir.iterdir())
+    with pytest.raises(FileExistsError, match="is not an export folder .* replaces only an earlier export"):
+        to_onnx(moe_dir, moe_dir, force=True)
+    assert sorted(p.name for p in moe_dir.iterdir()) == before
+    with pytest.raises(FileExistsError, match="is a file, not a folder"):
+        to_onnx(moe_dir, moe_dir / "config.json", force=True)
 
 
 def test_onnx_int8_runs_and_keeps_router_fp32(moe_dir, tmp_path):
