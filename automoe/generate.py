@@ -16,6 +16,7 @@ window, so its BeamSearch graph equals this reference exactly at batch size 1 (w
 from __future__ import annotations
 
 import heapq
+import numbers
 from dataclasses import dataclass, field
 
 import torch
@@ -169,7 +170,10 @@ def beam_search(stepper, batch_size: int, *, beam: int, max_length: int, bos_id:
 
 
 def check_generation_args(cfg, beam: int, max_length: int) -> None:
-    """Raise a clear ValueError for a beam or length the model cannot decode with."""
+    """Raise a clear TypeError / ValueError for a beam or length the model cannot decode with."""
+    for name, value in (("beam", beam), ("max_length", max_length)):
+        if not isinstance(value, numbers.Integral) or isinstance(value, bool):  # numpy ints are fine
+            raise TypeError(f"{name} must be an int, got {value!r}")
     if beam < 1:
         raise ValueError(f"beam must be >= 1, got {beam}")
     if not 1 <= max_length <= cfg.max_positions:

@@ -111,6 +111,8 @@ class Translator:
         self.engine = self.backend.name
         self.config = self.backend.config
         self.model = getattr(self.backend, "model", None)  # the torch model (torch engine only)
+        if not isinstance(max_batch_tokens, int) or max_batch_tokens < 1:
+            raise ValueError(f"max_batch_tokens={max_batch_tokens!r} must be a positive number of tokens")
         self.tokenizer = tokenizer
         self.threads = threads
         self.max_batch_tokens = max_batch_tokens

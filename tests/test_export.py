@@ -247,6 +247,9 @@ def test_engines_refuse_bad_input_alike(dense_dir, engine, tmp_path, monkeypatch
                             ({"max_length": 97}, "max_length=97 must be in 1..max_positions=96")]:
         with pytest.raises(ValueError, match=message):
             tr.translate(["Amen."], **kwargs)
+    for kwargs in [{"beam": 1.5}, {"beam": True}, {"max_length": "5"}]:
+        with pytest.raises(TypeError, match=f"{next(iter(kwargs))} must be an int"):
+            tr.translate(["Amen."], **kwargs)
     with pytest.raises(ValueError, match="threads=-1: pass a number of threads >= 1, or 0 / None"):
         Translator.from_pretrained(dense_dir, engine=engine, threads=-1)
 
