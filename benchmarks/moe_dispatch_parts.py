@@ -144,7 +144,7 @@ def check_equal(sessions: dict, reference: str, steps: list[dict]) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_replay_arguments(p, turn=20, warmup=4)
+    add_replay_arguments(p, turn=20, warmup=4, moe_dispatch=False)  # it cuts the compact form apart
     p.add_argument("--out", default=str(RESULTS / "moe_dispatch_parts.jsonl"))
     args = p.parse_args(argv)
     check_replay_arguments(p, args)

@@ -96,13 +96,12 @@ def build_models(supernet, width: int, experts: int, traced: bool = True) -> dic
     return models
 
 
-def export_model(model, folder: Path, tokenizer: Path, quantize: str | None, traced: bool = False) -> Path:
+def export_model(model, folder: Path, tokenizer: Path, quantize: str | None, moe_dispatch: str = "compact") -> Path:
     """Save `model` to `folder` and export it to ONNX Runtime beside it; returns the export folder."""
     from automoe.export.onnx import to_onnx
 
     model.save_pretrained(folder, tokenizer_file=tokenizer)
-    return to_onnx(folder, folder.with_name(folder.name + "-onnx"), quantize=quantize,
-                   moe_dispatch="traced" if traced else "compact")
+    return to_onnx(folder, folder.with_name(folder.name + "-onnx"), quantize=quantize, moe_dispatch=moe_dispatch)
 
 
 def record_steps(translator, sources: list[str], beam: int, max_length: int | None = None) -> list[list[dict]]:
@@ -188,9 +187,11 @@ def l3_cache() -> str | None:
     return path.read_text().strip() if path.exists() else None
 
 
-def add_replay_arguments(p: argparse.ArgumentParser, turn: int, warmup: int, max_length: bool = True) -> None:
+def add_replay_arguments(p: argparse.ArgumentParser, turn: int, warmup: int, max_length: bool = True,
+                         moe_dispatch: bool = True) -> None:
     """The model, data and replay-protocol options shared by the decode-step timing scripts
-    (`max_length`: offer --max-length, for scripts whose decodes end on their own)."""
+    (`max_length`: offer --max-length, for scripts whose decodes end on their own; `moe_dispatch`:
+    offer --moe-dispatch, for scripts that time the exporter's MoE forms as they are)."""
     from automoe.config import PRESETS
 
     p.add_argument("--supernet", help="supernet folder (supernet.safetensors + space.json): trained weights and routers")
@@ -200,6 +201,9 @@ def add_replay_arguments(p: argparse.ArgumentParser, turn: int, warmup: int, max
     p.add_argument("--seed", type=int, default=0, help="seed of the --space weights")
     p.add_argument("--data", required=True, help="dataset folder (test split, spm.model)")
     p.add_argument("--experts", type=int, default=4)
+    if moe_dispatch:
+        p.add_argument("--moe-dispatch", default="compact", choices=["compact", "qmoe"],
+                       help="how MoE layers export (automoe.export.onnx.export_graphs); qmoe needs --quantize int8")
     p.add_argument("--width", type=int, default=None, help="expert / dense FFN width (default: the widest of the space)")
     p.add_argument("--sentences", type=int, default=100)
     p.add_argument("--rounds", type=int, default=8, help="passes over the sentences")
@@ -270,7 +274,8 @@ def main(argv: list[str] | None = None) -> int:
     loaders, sizes = {}, {}
     with tempfile.TemporaryDirectory() as tmp:
         for name, model in models.items():
-            exported = export_model(model, Path(tmp) / name, Path(args.data) / "spm.model", quant, name == traced_name)
+            exported = export_model(model, Path(tmp) / name, Path(args.data) / "spm.model", quant,
+                                    "traced" if name == traced_name else args.moe_dispatch)
             sizes[name] = round((exported / "decoder.onnx").stat().st_size / 2**20, 1)
             loaders[name] = lambda folder=exported: Translator.from_pretrained(folder, threads=args.threads).backend.decoder
             if name == "dense":  # the A/A control: the same graph in other sessions
@@ -286,7 +291,7 @@ def main(argv: list[str] | None = None) -> int:
           "expert_overhead": ratio_stats(seconds, moe_name, one_name), "traced_overhead": ratio_stats(seconds, traced_name, "dense"),
           "control_overhead": ratio_stats(seconds, CONTROL, "dense")}
     record = {"benchmark": "moe_overhead", **weights, "experts": args.experts,
-              "width": width, "quantization": quant, "threads": args.threads, "beam": args.beam,
+              "width": width, "quantization": quant, "moe_dispatch": args.moe_dispatch, "threads": args.threads, "beam": args.beam,
               "rows_per_step": args.beam, "sentences": len(sources), "max_length": args.max_length, "method": "replayed steps",
               "rounds": args.rounds, "turn": args.turn, "warmup": args.warmup, "instances": args.instances,
               "opening": "interleaved",

@@ -39,7 +39,8 @@ logger = logging.getLogger(__name__)
 ENCODER_FILE, DECODER_FILE, BEAM_FILE = "encoder.onnx", "decoder.onnx", "beam_search.onnx"
 OPSET = 17
 QUANTIZATIONS = (None, "int8")
-MOE_DISPATCHES = ("compact", "traced")
+MOE_DISPATCHES = ("compact", "qmoe", "traced")
+CUSTOM_OPSETS = {"com.microsoft": 1}  # QMoE (moe_dispatch="qmoe")
 
 
 def _require(module: str, extra: str = "onnx"):
@@ -105,13 +106,16 @@ def _example(model: MoETransformer):
 def export_graphs(model: MoETransformer, out_dir: Path, moe_dispatch: str = "compact") -> tuple[Path, Path]:
     """Trace `model` into encoder.onnx and decoder.onnx (TorchScript exporter, opset 17).
 
-    moe_dispatch: "compact" exports top-1 MoE layers as `onnx_moe.Top1MoE` (few graph nodes, the
-    default); "traced" exports PyTorch's own gather / scatter dispatch (kept to measure against).
+    moe_dispatch: "compact" exports top-1 MoE layers as `onnx_moe.Top1MoE` (few graph nodes, exact);
+    "qmoe" exports those whose experts share a width as ONNX Runtime's fused `QMoE` operator with
+    8-bit expert weights (`onnx_moe.Top1QMoE`, for int8 exports) and the others as "compact";
+    "traced" exports PyTorch's own gather / scatter dispatch (kept to measure against).
     """
     if moe_dispatch not in MOE_DISPATCHES:
         raise ValueError(f"moe_dispatch={moe_dispatch!r} must be one of {list(MOE_DISPATCHES)}")
-    compact = moe_dispatch == "compact"
-    dispatch = lambda one_token: compact_moe_dispatch(model, one_token) if compact else contextlib.nullcontext()  # noqa: E731
+    qmoe = moe_dispatch == "qmoe"
+    dispatch = lambda one_token: (contextlib.nullcontext() if moe_dispatch == "traced"  # noqa: E731
+                                  else compact_moe_dispatch(model, one_token, qmoe=qmoe))
     n = len(model.decoder_layers)
     model = model.float().eval()
     src, mask, start = _example(model)
@@ -128,7 +132,8 @@ def export_graphs(model: MoETransformer, out_dir: Path, moe_dispatch: str = "com
         warnings.simplefilter("ignore")  # tracer warnings about Python ints from shapes are expected
         with dispatch(one_token=False):  # encoder layers see whole sources
             torch.onnx.export(encoder_init, (src, mask, start), str(out_dir / ENCODER_FILE), input_names=enc_in,
-                              output_names=enc_out, dynamic_axes=dyn, opset_version=OPSET, dynamo=False)
+                              output_names=enc_out, dynamic_axes=dyn, opset_version=OPSET, dynamo=False,
+                              custom_opsets=CUSTOM_OPSETS)
         past = list(encoder_init(src, mask, start)[2:])
         step = DecoderStep(model)
         tokens = torch.full((2, 1), 5 % model.config.vocab_size, dtype=torch.int32)
@@ -143,7 +148,8 @@ def export_graphs(model: MoETransformer, out_dir: Path, moe_dispatch: str = "com
                 dyn[f"present_{t}_self_{i}"] = {0: "batch", 2: "past_plus_1"}
         with dispatch(one_token=True):  # input_ids is [batch, 1]: one token per row
             torch.onnx.export(step, (tokens, mask, *past), str(out_dir / DECODER_FILE), input_names=dec_in,
-                              output_names=dec_out, dynamic_axes=dyn, opset_version=OPSET, dynamo=False)
+                              output_names=dec_out, dynamic_axes=dyn, opset_version=OPSET, dynamo=False,
+                              custom_opsets=CUSTOM_OPSETS)
     return out_dir / ENCODER_FILE, out_dir / DECODER_FILE
 
 
@@ -257,6 +263,9 @@ def to_onnx(model_dir: str | Path, out_dir: str | Path, *, quantize: str | None 
     `moe_dispatch` is passed to `export_graphs` (which refuses an unknown one)."""
     if quantize not in QUANTIZATIONS:
         raise ValueError(f"quantize={quantize!r} must be one of {list(QUANTIZATIONS)}")
+    if moe_dispatch == "qmoe" and quantize != "int8":
+        raise ValueError("moe_dispatch='qmoe' stores 8-bit expert weights: use it with quantize='int8' "
+                         "(an fp32 export keeps the exact 'compact' dispatch)")
     _require("onnxruntime")
     _require("onnx")
     model_dir, out_dir = Path(model_dir), Path(out_dir)

@@ -16,6 +16,15 @@ LayerNorm after the layer into SkipLayerNormalization, as in a dense layer. An e
 chose runs on an empty block (a node on 0 rows costs ~0.2 us; an `If` per expert was measured slower).
 It computes exactly what the PyTorch layer computes; the export parity tests hold it to that.
 `compact_moe_dispatch(model)` makes every top-1 MoE layer of a model trace this way.
+
+For int8 exports there is a second form, `Top1QMoE`: ONNX Runtime's own fused `com.microsoft.QMoE`
+operator with 8-bit block-quantized expert weights (MatMul router, Softmax, ReduceMax gate,
+Flatten, QMoE, Mul). The whole dispatch and every expert run inside one kernel, which groups the
+step's tokens by expert and skips the experts no token chose. Within a decoder step the compact
+form's dozen small dispatch kernels run with cold code and branch history, and cost several
+times what they cost alone; one kernel does not. The operator needs one width for all experts of
+a layer, so layers with experts of different widths keep the compact form.
+`compact_moe_dispatch(model, qmoe=True)` selects it where it applies.
 """
 
 from __future__ import annotations
@@ -89,6 +98,56 @@ class Top1MoE(torch.autograd.Function):
         return y if one_token else g.op("Reshape", y, g.op("Shape", x))  # [B, T, d]
 
 
+QMOE_BLOCK_SIZES = (64, 32, 16)  # preferred first; ONNX Runtime's QNBit kernels take 16..256
+
+
+def qmoe_block_size(d_model: int, width: int) -> int | None:
+    """The block size of `Top1QMoE` for experts d_model -> width -> d_model: the first of
+    QMOE_BLOCK_SIZES that divides both input sizes (fc1 reads d_model, fc2 reads width), else None."""
+    return next((b for b in QMOE_BLOCK_SIZES if d_model % b == 0 and width % b == 0), None)
+
+
+def quantize_blocks(weight: torch.Tensor, block_size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Symmetric 8-bit block quantization along the last axis, as `com.microsoft.QMoE` reads it:
+    weight [..., K] -> (uint8 codes [..., K] with zero point 128, fp32 scales [..., K / block_size])."""
+    blocks = weight.detach().float().unflatten(-1, (-1, block_size))
+    scale = blocks.abs().amax(-1) / 127.0
+    scale = torch.where(scale > 0, scale, torch.ones_like(scale))  # an all-zero block: any scale is exact
+    codes = torch.round(blocks / scale.unsqueeze(-1)).clamp(-127, 127) + 128
+    return codes.flatten(-2).to(torch.uint8), scale
+
+
+class Top1QMoE(torch.autograd.Function):
+    """A top-1 MoE layer whose experts share one width, as ONNX Runtime's `com.microsoft.QMoE`
+    operator with 8-bit block-quantized expert weights (int8 exports only; see the module docstring).
+    Eager, it computes the operator's result from the dequantized weights (with fp32 activations;
+    the operator quantizes them to int8 as well)."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, router_scale: bool, block_size: int, router_weight: torch.Tensor,
+                w1: torch.Tensor, s1: torch.Tensor, b1: torch.Tensor, w2: torch.Tensor, s2: torch.Tensor,
+                b2: torch.Tensor) -> torch.Tensor:
+        """x [B, T, d]; w1 [E, width, d] and w2 [E, d, width] uint8 codes, s1 / s2 their block scales,
+        b1 [E, width] and b2 [E, d] the biases -> [B, T, d]."""
+        dequant = lambda w, s: (w.float() - 128) * s.repeat_interleave(block_size, -1)  # noqa: E731
+        flat = x.reshape(-1, x.shape[-1])
+        gate, choice = F.linear(flat, router_weight).softmax(dim=-1).max(dim=-1)  # [N], [N]
+        h = F.relu(torch.einsum("nd,nwd->nw", flat, dequant(w1, s1)[choice]) + b1[choice])
+        out = torch.einsum("nw,ndw->nd", h, dequant(w2, s2)[choice]) + b2[choice]
+        return (out * gate.unsqueeze(-1) if router_scale else out).view_as(x)
+
+    @staticmethod
+    def symbolic(g, x, router_scale: bool, block_size: int, router_weight, w1, s1, b1, w2, s2, b2):
+        """Router logits [B, T, E]; the operator takes them as [B * T, E] and applies a softmax over
+        the top-1 only (a weight of 1), so the router probability is multiplied in after it."""
+        logits = g.op("MatMul", x, g.op("Transpose", router_weight, perm_i=[1, 0]))  # fp32 in int8 exports
+        y = g.op("com.microsoft::QMoE", x, g.op("Flatten", logits, axis_i=2), w1, s1, b1, w2, s2, b2, k_i=1,
+                 activation_type_s="relu", expert_weight_bits_i=8, block_size_i=block_size, normalize_routing_weights_i=0)
+        if not router_scale:
+            return y
+        return g.op("Mul", y, g.op("ReduceMax", g.op("Softmax", logits, axis_i=-1), axes_i=[-1], keepdims_i=1))
+
+
 def _export_forward(module: MoEFeedForward, one_token: bool, x: torch.Tensor, mask: torch.Tensor | None = None):
     """MoEFeedForward.forward for export: the output through Top1MoE; the balancing loss and the
     routing, which no exported graph returns, as zeros."""
@@ -97,14 +156,38 @@ def _export_forward(module: MoEFeedForward, one_token: bool, x: torch.Tensor, ma
     return out, x.new_zeros(()), torch.zeros(x.shape[:2], dtype=torch.long, device=x.device)
 
 
+def _qmoe_weights(module: MoEFeedForward, block_size: int) -> list[torch.Tensor]:
+    """The quantized expert weights and the biases of a layer, as `Top1QMoE` takes them. Made before
+    tracing, they are plain tensors, not parameters: the tracer records them as constants, and the
+    operator packs constant weights once, at session start, for its int8 kernels."""
+    with torch.no_grad():
+        stack = lambda tensors: torch.stack(list(tensors)).float()  # noqa: E731
+        w1, s1 = quantize_blocks(stack(e.fc1.weight for e in module.experts), block_size)  # [E, width, d]
+        w2, s2 = quantize_blocks(stack(e.fc2.weight for e in module.experts), block_size)  # [E, d, width]
+        return [w1, s1, stack(e.fc1.bias for e in module.experts), w2, s2, stack(e.fc2.bias for e in module.experts)]
+
+
+def _export_forward_qmoe(module: MoEFeedForward, block_size: int, weights: list[torch.Tensor], x: torch.Tensor,
+                         mask: torch.Tensor | None = None):
+    """MoEFeedForward.forward for an int8 export through Top1QMoE (weights from `_qmoe_weights`)."""
+    out = Top1QMoE.apply(x, module.router_scale, block_size, module.router.weight, *weights)
+    return out, x.new_zeros(()), torch.zeros(x.shape[:2], dtype=torch.long, device=x.device)
+
+
 @contextlib.contextmanager
-def compact_moe_dispatch(model: torch.nn.Module, one_token: bool = False):
+def compact_moe_dispatch(model: torch.nn.Module, one_token: bool = False, qmoe: bool = False):
     """Within the block every top-1 MoE layer of `model` (with a router) runs and traces as
     `Top1MoE`; dense layers and top-k > 1 layers are untouched. Restored on exit.
-    one_token: every traced call sees one token per row (the decoder-step graph)."""
+    one_token: every traced call sees one token per row (the decoder-step graph).
+    qmoe: layers whose experts share a width a block size divides trace as `Top1QMoE` instead."""
     layers = [m for m in model.modules() if isinstance(m, MoEFeedForward) and m.router is not None and m.top_k == 1]
     for m in layers:
-        m.forward = functools.partial(_export_forward, m, one_token)
+        widths = {e.fc1.out_features for e in m.experts}
+        block = qmoe_block_size(m.experts[0].fc1.in_features, widths.pop()) if qmoe and len(widths) == 1 else None
+        if block:
+            m.forward = functools.partial(_export_forward_qmoe, m, block, _qmoe_weights(m, block))
+        else:
+            m.forward = functools.partial(_export_forward, m, one_token)
     try:
         yield model
     finally:

@@ -260,3 +260,76 @@ def test_quantize_is_refused_where_it_would_be_ignored(dense_dir, onnx_dir):
     with pytest.raises(ValueError, match="is an fp32 export; it cannot run with quantize='int8'"):
         Translator.from_pretrained(onnx_dir, quantize="int8")
     assert Translator.from_pretrained(onnx_dir, quantize=None).engine == "onnxruntime"
+
+
+class _LayerOutput(torch.nn.Module):
+    """A feed-forward layer's output alone (what an exported layer graph returns)."""
+
+    def __init__(self, layer):
+        super().__init__()
+        self.layer = layer
+
+    def forward(self, x):
+        return self.layer(x)[0]
+
+
+def test_qmoe_layer_is_the_top1_layer_with_8bit_experts(tmp_path):
+    """The fused QMoE form of int8 exports computes the top-1 layer: ONNX Runtime's operator agrees
+    with the eager Top1QMoE (dequantized weights) and with the fp32 layer up to 8-bit quantization,
+    on whole sources and on one-token rows; a wrong weight layout, expert order or gate would be off
+    by the size of the output."""
+    import onnx
+    import onnxruntime as ort
+
+    from automoe.export.onnx import CUSTOM_OPSETS
+    from automoe.export.onnx_moe import compact_moe_dispatch
+    from automoe.moe import MoEFeedForward
+
+    torch.manual_seed(0)
+    layer = _LayerOutput(MoEFeedForward(32, (48, 48, 48)).eval())
+    x = torch.randn(3, 5, 32)
+    path = tmp_path / "layer.onnx"
+    with torch.no_grad(), compact_moe_dispatch(layer, qmoe=True):
+        torch.onnx.export(layer, (x,), str(path), input_names=["x"], dynamic_axes={"x": {0: "b", 1: "t"}},
+                          opset_version=17, dynamo=False, custom_opsets=CUSTOM_OPSETS)
+        eager_q = layer(x)
+    ops = [node.op_type for node in onnx.load(str(path)).graph.node]
+    assert ops.count("QMoE") == 1 and "ScatterND" not in ops
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    with torch.no_grad():
+        fp32 = layer(x)
+    scale = fp32.abs().max()
+    got = torch.from_numpy(session.run(None, {"x": x.numpy()})[0])
+    errors = [(eager_q - fp32).abs().max() / scale, (got - eager_q).abs().max() / scale]
+    one_token = torch.from_numpy(session.run(None, {"x": x[:, :1].contiguous().numpy()})[0])
+    errors.append((one_token - fp32[:, :1]).abs().max() / scale)
+    assert max(errors) < 0.03
+
+
+def test_onnx_int8_qmoe_export_fuses_equal_width_layers_only(tmp_path):
+    import onnx
+
+    from automoe.export.onnx import router_matmuls, to_onnx
+
+    arch = TINY.largest().replace(vocab_size=1000, max_positions=96, decoder_embed_dim=16,
+                                  decoder_ffn=((32, 32, 32), (40,), (24, 8)))
+    model_dir = _save(arch, tmp_path / "moe")
+    with pytest.raises(ValueError, match="use it with quantize='int8'"):
+        to_onnx(model_dir, tmp_path / "fp32", moe_dispatch="qmoe")
+    out = to_onnx(model_dir, tmp_path / "q", quantize="int8", moe_dispatch="qmoe")
+    assert json.loads((out / "export_info.json").read_text())["moe_dispatch"] == "qmoe"
+    graph = onnx.load(str(out / "decoder.onnx")).graph
+    ops = [node.op_type for node in graph.node]
+    # layer 0 (three experts of width 32) is one QMoE node; layer 2 (widths 24 and 8) stays compact
+    assert ops.count("QMoE") == 1 and ops.count("ScatterND") == 1
+    assert len(router_matmuls(graph)) == 2  # both routers stay fp32 MatMuls
+    constants = {t.name: t.data_type for t in graph.initializer}  # ONNX Runtime packs constant weights once
+    constants.update({node.output[0]: node.attribute[0].t.data_type for node in graph.node if node.op_type == "Constant"})
+    qmoe = next(node for node in graph.node if node.op_type == "QMoE")
+    assert constants[qmoe.input[2]] == constants[qmoe.input[5]] == onnx.TensorProto.UINT8
+    torch_tr, ort_tr = Translator.from_pretrained(model_dir), Translator.from_pretrained(out)
+    expected = torch_tr.translate(SOURCES, beam=4, max_length=16)
+    batched = ort_tr.translate(SOURCES, beam=4, max_length=16)
+    single = [ort_tr.translate([s], beam=4, max_length=16)[0] for s in SOURCES]  # in-graph BeamSearch
+    assert sum(a == b for a, b in zip(batched, expected)) >= len(SOURCES) * 0.8
+    assert sum(a == b for a, b in zip(single, batched)) >= len(SOURCES) * 0.8
