@@ -202,8 +202,9 @@ def add_replay_arguments(p: argparse.ArgumentParser, turn: int, warmup: int, max
     p.add_argument("--data", required=True, help="dataset folder (test split, spm.model)")
     p.add_argument("--experts", type=int, default=4)
     if moe_dispatch:
-        p.add_argument("--moe-dispatch", default="compact", choices=["compact", "qmoe"],
-                       help="how MoE layers export (automoe.export.onnx.export_graphs); qmoe needs --quantize int8")
+        p.add_argument("--moe-dispatch", default=None, choices=["compact", "qmoe"],
+                       help="how MoE layers export (automoe.export.onnx.export_graphs; default: the exporter's "
+                            "for the quantization, qmoe for int8); qmoe needs --quantize int8")
     p.add_argument("--width", type=int, default=None, help="expert / dense FFN width (default: the widest of the space)")
     p.add_argument("--sentences", type=int, default=100)
     p.add_argument("--rounds", type=int, default=8, help="passes over the sentences")
@@ -262,6 +263,7 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     from automoe.evaluate import read_split
+    from automoe.export.onnx import default_moe_dispatch
     from automoe.serve import Translator
 
     torch.set_num_threads(args.threads)
@@ -271,11 +273,12 @@ def main(argv: list[str] | None = None) -> int:
     moe_name, one_name, traced_name = list(models)[1:]
     sources, _ = read_split(args.data, "test", limit=args.sentences)
     quant = None if args.quantize == "none" else args.quantize
+    dispatch = args.moe_dispatch or default_moe_dispatch(quant)
     loaders, sizes = {}, {}
     with tempfile.TemporaryDirectory() as tmp:
         for name, model in models.items():
             exported = export_model(model, Path(tmp) / name, Path(args.data) / "spm.model", quant,
-                                    "traced" if name == traced_name else args.moe_dispatch)
+                                    "traced" if name == traced_name else dispatch)
             sizes[name] = round((exported / "decoder.onnx").stat().st_size / 2**20, 1)
             loaders[name] = lambda folder=exported: Translator.from_pretrained(folder, threads=args.threads).backend.decoder
             if name == "dense":  # the A/A control: the same graph in other sessions
@@ -291,7 +294,7 @@ def main(argv: list[str] | None = None) -> int:
           "expert_overhead": ratio_stats(seconds, moe_name, one_name), "traced_overhead": ratio_stats(seconds, traced_name, "dense"),
           "control_overhead": ratio_stats(seconds, CONTROL, "dense")}
     record = {"benchmark": "moe_overhead", **weights, "experts": args.experts,
-              "width": width, "quantization": quant, "moe_dispatch": args.moe_dispatch, "threads": args.threads, "beam": args.beam,
+              "width": width, "quantization": quant, "moe_dispatch": dispatch, "threads": args.threads, "beam": args.beam,
               "rows_per_step": args.beam, "sentences": len(sources), "max_length": args.max_length, "method": "replayed steps",
               "rounds": args.rounds, "turn": args.turn, "warmup": args.warmup, "instances": args.instances,
               "opening": "interleaved",

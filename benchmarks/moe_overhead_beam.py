@@ -78,6 +78,7 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     from automoe.evaluate import read_split
+    from automoe.export.onnx import default_moe_dispatch
     from automoe.serve import Translator
 
     torch.set_num_threads(args.threads)
@@ -89,10 +90,11 @@ def main(argv: list[str] | None = None) -> int:
     moe_name, one_name = list(models)[1:]
     sources, _ = read_split(args.data, "test", limit=args.sentences)
     quant = None if args.quantize == "none" else args.quantize
+    dispatch = args.moe_dispatch or default_moe_dispatch(quant)
     loaders = {}
     with tempfile.TemporaryDirectory() as tmp:
         for name, model in models.items():
-            exported = export_model(model, Path(tmp) / name, Path(args.data) / "spm.model", quant, args.moe_dispatch)
+            exported = export_model(model, Path(tmp) / name, Path(args.data) / "spm.model", quant, dispatch)
             loaders[name] = lambda folder=exported: Translator.from_pretrained(folder, threads=args.threads)
         loaders[CONTROL] = loaders["dense"]  # the A/A control: the same graph in other sessions
         translators = open_interleaved(loaders, args.instances)
@@ -107,7 +109,7 @@ def main(argv: list[str] | None = None) -> int:
     vs = {"overhead": ratio_stats(seconds, moe_name, "dense"), "dispatch_overhead": ratio_stats(seconds, one_name, "dense"),
           "expert_overhead": ratio_stats(seconds, moe_name, one_name), "control_overhead": ratio_stats(seconds, CONTROL, "dense")}
     record = {"benchmark": "moe_overhead_beam", **weights, "experts": args.experts, "width": width,
-              "quantization": quant, "moe_dispatch": args.moe_dispatch, "threads": args.threads, "beam": args.beam, "sentences": len(sentences),
+              "quantization": quant, "moe_dispatch": dispatch, "threads": args.threads, "beam": args.beam, "sentences": len(sentences),
               "lengths": [short, long], "method": "BeamSearch op, two fixed lengths", "rounds": args.rounds,
               "turn": args.turn, "warmup": args.warmup, "instances": args.instances, "opening": "interleaved",
               "dense_step": stats["dense"], "moe_step": stats[moe_name], "moe_one_expert_step": stats[one_name],

@@ -257,12 +257,20 @@ def tool_versions(*modules: str) -> dict:
     return out
 
 
+def default_moe_dispatch(quantize: str | None) -> str:
+    """How `to_onnx` exports MoE layers unless told: the fused QMoE operator in int8 exports (less
+    decode-step overhead, measured by benchmarks/moe_overhead_beam.py), the exact compact form in fp32."""
+    return "qmoe" if quantize == "int8" else "compact"
+
+
 def to_onnx(model_dir: str | Path, out_dir: str | Path, *, quantize: str | None = None, force: bool = False,
-            moe_dispatch: str = "compact") -> Path:
+            moe_dispatch: str | None = None) -> Path:
     """Export a model folder to an ONNX Runtime folder (see the module docstring); returns it.
-    `moe_dispatch` is passed to `export_graphs` (which refuses an unknown one)."""
+    `moe_dispatch` (default: `default_moe_dispatch(quantize)`) is passed to `export_graphs`,
+    which refuses an unknown one."""
     if quantize not in QUANTIZATIONS:
         raise ValueError(f"quantize={quantize!r} must be one of {list(QUANTIZATIONS)}")
+    moe_dispatch = moe_dispatch or default_moe_dispatch(quantize)
     if moe_dispatch == "qmoe" and quantize != "int8":
         raise ValueError("moe_dispatch='qmoe' stores 8-bit expert weights: use it with quantize='int8' "
                          "(an fp32 export keeps the exact 'compact' dispatch)")
