@@ -68,10 +68,16 @@ def engines_table() -> str:
     return head + "\n".join(lines)
 
 
-def _run_of(name: str, field: str, hours: float) -> list[dict]:
+def _run_of(name: str, field: str, hours: float, form: str | None = None) -> list[dict]:
     """The last run (see `_last_run`) among the records of results/`name`.jsonl that have `field`
-    set: trained-weight records name their `supernet`, random-weight ones their `space`."""
-    return _last_run([r for r in _read(name) if r.get(field)], field, hours=hours)
+    set: trained-weight records name their `supernet`, random-weight ones their `space`. With
+    `form`, only records of that MoE export form (`_form`)."""
+    return _last_run([r for r in _read(name) if r.get(field) and form in (None, _form(r))], field, hours=hours)
+
+
+def _form(r: dict) -> str:
+    """The MoE export form a timing record measured; records older than the field timed "compact"."""
+    return r.get("moe_dispatch") or "compact"
 
 
 def _overhead_cell(value: float, least: float | None) -> str:
@@ -140,16 +146,22 @@ def moe_overhead_table() -> str:
             f"`{last['supernet']}`, L3 cache {last.get('l3_cache')}, commit {_commits(run)}.")
 
 
-def _split_overhead_rows(run: list[dict], traced: bool) -> str:
+def _split_overhead_rows(run: list[dict], traced: bool, forms: bool = False) -> str:
     """The table of a run's last record per FFN width, widest first: dense step, the MoE model, all
     tokens to expert 0, the other experts on top, (with `traced` PyTorch's traced dispatch,) the A/A
-    control (and with `traced` the decoder sizes, which the same script records)."""
+    control (and with `traced` the decoder sizes, which the same script records). With `forms`, `run`
+    may hold runs of several MoE export forms: a first column names each row's, forms in order of
+    appearance."""
     extra = ("PyTorch's traced dispatch | ", " int8 decoder MiB dense / MoE |") if traced else ("", "")
-    lines = ["| FFN width | dense step ms | 4 experts: step ms (overhead) | all tokens to expert 0 (fixed dispatch cost) | "
-             f"other experts (the beams' extra distinct experts) | {extra[0]}dense against itself (A/A control) |{extra[1]}",
-             "|---:|---:|---:|---:|---:|" + "---:|" * (3 if traced else 1)]
-    for width, r in sorted({r["width"]: r for r in run}.items(), reverse=True):
-        lines.append(f"| {width} | {r['dense_step']['median_ms']:.3f} | {_step_cell(r, 'moe_step', 'overhead')} | "
+    lines = [("| MoE form " if forms else "") + "| FFN width | dense step ms | 4 experts: step ms (overhead) | all tokens "
+             "to expert 0 (fixed dispatch cost) | other experts (the beams' extra distinct experts) | "
+             f"{extra[0]}dense against itself (A/A control) |{extra[1]}",
+             ("|---" if forms else "") + "|---:|---:|---:|---:|---:|" + "---:|" * (3 if traced else 1)]
+    latest = {(_form(r), r["width"]): r for r in run}
+    order = list(dict.fromkeys(_form(r) for r in run))
+    for (form, width), r in sorted(latest.items(), key=lambda item: (order.index(item[0][0]), -item[0][1])):
+        lines.append((f"| {form} " if forms else "") + f"| {width} | {r['dense_step']['median_ms']:.3f} | "
+                     f"{_step_cell(r, 'moe_step', 'overhead')} | "
                      f"{_step_cell(r, 'moe_one_expert_step', 'dispatch_overhead')} | "
                      f"{_overhead_cell(r['expert_overhead'], r.get('expert_overhead_min'))} | "
                      + (f"{_step_cell(r, 'moe_traced_step', 'traced_overhead')} | " if traced else "") + f"{_control_cell(r)} |"
@@ -176,20 +188,25 @@ def moe_overhead_scale_table() -> str:
 
 def moe_overhead_beam_table() -> str:
     """The latest MoE decode-step overhead timed inside the exported beam graph (moe_overhead_beam.py,
-    trained weights): one row per FFN width."""
-    run = _run_of("moe_overhead_beam", "supernet", hours=1.5)  # ~10 minutes per width
-    if not run:
+    trained weights): one row per MoE export form (the int8 default, QMoE, first) and FFN width."""
+    runs = [run for form in ("qmoe", "compact") if (run := _run_of("moe_overhead_beam", "supernet", hours=1.5, form=form))]
+    if not runs:
         return "_Not measured yet (benchmarks/moe_overhead_beam.py)._"
-    last = run[-1]
+    runs = [list({r["width"]: r for r in form_run}.values()) for form_run in runs]  # the records shown
+    run = [r for form_run in runs for r in form_run]
+    last = max(run, key=lambda r: r["date"])
     short, long = last["lengths"]
-    return (_split_overhead_rows(run, traced=False) + f"\n\nDecoder step inside the exported beam graph (`com.microsoft.BeamSearch`, what "
+    dates = "; ".join(f"{_form(r[-1])} {r[-1]['date'][:10]}, commit {_commits(r)}" for r in runs)
+    return (_split_overhead_rows(run, traced=False, forms=True) + f"\n\nDecoder step inside the exported beam graph (`com.microsoft.BeamSearch`, what "
             f"`Translator` runs at batch 1), ONNX Runtime {last['quantization'] or 'fp32'}, {last['threads']} thread, "
             f"beam {last['beam']}: each of {last['sentences']} real test sentences decoded to {short} and to {long} tokens "
             f"(end token suppressed), step = (time at {long} - time at {short}) / {long - short}; {last['rounds']} passes "
             f"in turns of {last['turn']} sentences (the first {last['warmup']} untimed; {last['paired_turns']} turns), "
             f"{last['instances']} sessions per model ({_opening(last)}) in rotation. Overhead: the median over turns of "
             f"the ratio to the same turn of the dense model; after the semicolon, the ratio of per-sentence minima over "
-            f"passes. Weights and routers of `{last['supernet']}`, L3 cache {last.get('l3_cache')}, commit {_commits(run)}.")
+            f"passes. Weights and routers of `{last['supernet']}`, L3 cache {last.get('l3_cache')}. MoE form: how the "
+            f"export writes the MoE layers (`qmoe`: ONNX Runtime's fused QMoE operator, the int8 default; `compact`: "
+            f"the exact sort / split / scatter graph); the last run of each: {dates}.")
 
 
 def moe_dispatch_parts_table(random: bool = False) -> str:

@@ -37,12 +37,16 @@ def export_cache_dir() -> Path:
 
 
 def _cached_export(model_dir: Path, engine: str, quantize: str | None) -> Path:
-    """Export `model_dir` for `engine` into the cache once (keyed by the weights' checksum)."""
+    """Export `model_dir` for `engine` into the cache once (keyed by the weights' checksum). An ONNX
+    export whose MoE form is not the exporter's current default (made by an older automoe) is redone."""
     from automoe.checkpoint import WEIGHTS_NAME
+    from automoe.export.onnx import default_moe_dispatch
 
     digest = hashlib.sha256((model_dir / WEIGHTS_NAME).read_bytes()).hexdigest()[:16]
     folder = export_cache_dir() / f"{digest}-{engine}-{quantize or 'fp32'}"
-    if (folder / "export_info.json").exists():
+    info_path = folder / "export_info.json"
+    if info_path.exists() and (engine != "onnxruntime" or json.loads(info_path.read_text(encoding="utf-8"))
+                               .get("moe_dispatch") == default_moe_dispatch(quantize)):
         return folder
     logger.info("exporting %s for %s (%s) into %s", model_dir, engine, quantize or "fp32", folder)
     if engine == "onnxruntime":

@@ -188,6 +188,13 @@ def test_model_folder_exports_on_the_fly(dense_dir, tmp_path, monkeypatch):
     tr = Translator.from_pretrained(dense_dir, engine="ctranslate2")
     assert tr.engine == "ctranslate2" and len(list((tmp_path / "exports").iterdir())) == 1
     assert tr.translate(["", "Amen."], beam=2, max_length=8)[0] == ""
+    # an ONNX export cached by an older automoe with another MoE form is exported again, in place
+    Translator.from_pretrained(dense_dir, engine="onnxruntime", quantize="int8")
+    info_path = next((tmp_path / "exports").glob("*-onnxruntime-int8")) / "export_info.json"
+    info_path.write_text(json.dumps({**json.loads(info_path.read_text()), "moe_dispatch": "compact"}))
+    Translator.from_pretrained(dense_dir, engine="onnxruntime", quantize="int8")
+    assert json.loads(info_path.read_text())["moe_dispatch"] == "qmoe"
+    assert len(list((tmp_path / "exports").iterdir())) == 2
 
 
 BLOCK = """

@@ -309,3 +309,20 @@ def test_moe_overhead_beam_table_reads_the_last_trained_run(monkeypatch):
     assert "models/trained" in table
     monkeypatch.setattr(report, "_read", lambda name: [])
     assert report.moe_overhead_beam_table().startswith("_Not measured yet")
+
+
+def test_moe_overhead_beam_table_shows_the_last_run_of_each_moe_form(monkeypatch):
+    """QMoE rows (the int8 default) come first, then the last compact run; records older than the
+    moe_dispatch field timed the compact form; a newer run of one form does not hide the other."""
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    import report
+
+    beam = {"benchmark": "moe_overhead_beam", "supernet": "models/trained", "lengths": [8, 40]}
+    records = [_overhead_record(**beam, width=384, dense_step={"median_ms": 1.5}),  # compact, before the field
+               _overhead_record(**beam, width=384, moe_dispatch="qmoe", dense_step={"median_ms": 2.5},
+                                git_commit="def", date="2026-12-04T00:00:00+00:00")]
+    monkeypatch.setattr(report, "_read", lambda name: records if name == "moe_overhead_beam" else [])
+    rows = [line for line in report.moe_overhead_beam_table().splitlines() if line.startswith("| ")]
+    assert rows[0].startswith("| MoE form | FFN width |")
+    assert rows[1].startswith("| qmoe | 384 | 2.500 |") and rows[2].startswith("| compact | 384 | 1.500 |")
+    assert "qmoe 2026-12-04, commit `def`; compact 2026-12-03, commit `abc`" in report.moe_overhead_beam_table()
