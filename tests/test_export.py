@@ -346,3 +346,7 @@ def test_onnx_int8_qmoe_export_fuses_equal_width_layers_only(tmp_path):
     single = [ort_tr.translate([s], beam=4, max_length=16)[0] for s in SOURCES]  # in-graph BeamSearch
     assert sum(a == b for a, b in zip(batched, expected)) >= len(SOURCES) * 0.8
     assert sum(a == b for a, b in zip(single, batched)) >= len(SOURCES) * 0.8
+    # the fused operator is part of plain onnxruntime: the folder runs without automoe or torch
+    alone = subprocess.run([sys.executable, "-c", ORT_SCRIPT, str(out)], capture_output=True, text=True)
+    assert alone.returncode == 0, alone.stderr
+    assert alone.stdout.strip() == ort_tr.translate(["Jesus wept."], beam=4, max_length=11)[0].strip()
