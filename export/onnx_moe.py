@@ -144,19 +144,24 @@ class Top1QMoE(torch.autograd.Function):
         the top-1 only (a weight of 1), so the router probability is multiplied in after it."""
         logits = g.op("MatMul", x, g.op("Transpose", router_weight, perm_i=[1, 0]))  # fp32 in int8 exports
         y = g.op("com.microsoft::QMoE", x, g.op("Flatten", logits, axis_i=2), w1, s1, b1, w2, s2, b2, k_i=1,
-                 activation_type_s="relu", expert_weight_bits_i=8, block_size_i=block_size, normalize_routing_weights_i=0)
+                 activation_type_s="relu", expert_weight_bits_i=8, block_size_i=block_size,
+                 normalize_routing_weights_i=0)
         y.setType(x.type())  # the input's dtype and rank: the graph after it keeps its shapes typed
         if not router_scale:
             return y
         return g.op("Mul", y, g.op("ReduceMax", g.op("Softmax", logits, axis_i=-1), axes_i=[-1], keepdims_i=1))
 
 
-def _export_forward(module: MoEFeedForward, one_token: bool, x: torch.Tensor, mask: torch.Tensor | None = None):
-    """MoEFeedForward.forward for export: the output through Top1MoE; the balancing loss and the
-    routing, which no exported graph returns, as zeros."""
-    params = [p for e in module.experts for p in (e.fc1.weight, e.fc1.bias, e.fc2.weight, e.fc2.bias)]
-    out = Top1MoE.apply(x, one_token, module.router_scale, module.router.weight, *params)
+def _forward_result(out: torch.Tensor, x: torch.Tensor):
+    """What MoEFeedForward.forward returns, for an exported layer's output: the balancing loss and
+    the routing, which no exported graph returns, as zeros."""
     return out, x.new_zeros(()), torch.zeros(x.shape[:2], dtype=torch.long, device=x.device)
+
+
+def _export_forward(module: MoEFeedForward, one_token: bool, x: torch.Tensor, mask: torch.Tensor | None = None):
+    """MoEFeedForward.forward for export, through Top1MoE."""
+    params = [p for e in module.experts for p in (e.fc1.weight, e.fc1.bias, e.fc2.weight, e.fc2.bias)]
+    return _forward_result(Top1MoE.apply(x, one_token, module.router_scale, module.router.weight, *params), x)
 
 
 def _qmoe_weights(module: MoEFeedForward, block_size: int) -> list[torch.Tensor]:
@@ -173,8 +178,7 @@ def _qmoe_weights(module: MoEFeedForward, block_size: int) -> list[torch.Tensor]
 def _export_forward_qmoe(module: MoEFeedForward, block_size: int, weights: list[torch.Tensor], x: torch.Tensor,
                          mask: torch.Tensor | None = None):
     """MoEFeedForward.forward for an int8 export through Top1QMoE (weights from `_qmoe_weights`)."""
-    out = Top1QMoE.apply(x, module.router_scale, block_size, module.router.weight, *weights)
-    return out, x.new_zeros(()), torch.zeros(x.shape[:2], dtype=torch.long, device=x.device)
+    return _forward_result(Top1QMoE.apply(x, module.router_scale, block_size, module.router.weight, *weights), x)
 
 
 @contextlib.contextmanager
