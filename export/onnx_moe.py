@@ -18,8 +18,8 @@ It computes exactly what the PyTorch layer computes; the export parity tests hol
 `compact_moe_dispatch(model)` makes every top-1 MoE layer of a model trace this way.
 
 For int8 exports there is a second form, `Top1QMoE`: ONNX Runtime's own fused `com.microsoft.QMoE`
-operator with 8-bit block-quantized expert weights (MatMul router, Softmax, ReduceMax gate,
-Flatten, QMoE, Mul). The whole dispatch and every expert run inside one kernel, which groups the
+operator with 8-bit block-quantized expert weights (Flatten, router MatMul, Softmax, QMoE: 4
+nodes per layer). The whole dispatch and every expert run inside one kernel, which groups the
 step's tokens by expert and skips the experts no token chose. Within a decoder step the compact
 form's dozen small dispatch kernels run with cold code and branch history, and cost several
 times what they cost alone; one kernel does not. The operator needs one width for all experts of
@@ -119,6 +119,13 @@ def quantize_blocks(weight: torch.Tensor, block_size: int) -> tuple[torch.Tensor
     return codes.flatten(-2).to(torch.uint8), scale
 
 
+def _absent(g):
+    """An omitted optional input of an ONNX node (exported as the empty name)."""
+    none = g.op("prim::Constant")
+    none.setType(torch._C.OptionalType.ofTensor())
+    return none
+
+
 class Top1QMoE(torch.autograd.Function):
     """A top-1 MoE layer whose experts share one width, as ONNX Runtime's `com.microsoft.QMoE`
     operator with 8-bit block-quantized expert weights (int8 exports only; see the module docstring).
@@ -140,16 +147,17 @@ class Top1QMoE(torch.autograd.Function):
 
     @staticmethod
     def symbolic(g, x, router_scale: bool, block_size: int, router_weight, w1, s1, b1, w2, s2, b2):
-        """Router logits [B, T, E]; the operator takes them as [B * T, E] and applies a softmax over
-        the top-1 only (a weight of 1), so the router probability is multiplied in after it."""
-        logits = g.op("MatMul", x, g.op("Transpose", router_weight, perm_i=[1, 0]))  # fp32 in int8 exports
-        y = g.op("com.microsoft::QMoE", x, g.op("Flatten", logits, axis_i=2), w1, s1, b1, w2, s2, b2, k_i=1,
-                 activation_type_s="relu", expert_weight_bits_i=8, block_size_i=block_size,
-                 normalize_routing_weights_i=0)
+        """The operator picks each token's expert from the router logits and, with router_weights
+        (input 14) given, scales its output by that expert's weight there: the router probability."""
+        rows = g.op("Flatten", x, axis_i=2)  # [B * T, d]: the operator takes its router input as 2-D
+        logits = g.op("MatMul", rows, g.op("Transpose", router_weight, perm_i=[1, 0]))  # fp32 in int8 exports
+        inputs = [x, logits, w1, s1, b1, w2, s2, b2]
+        if router_scale:  # mix by router_weights (input 14) = the softmax probabilities
+            inputs += [_absent(g)] * 6 + [g.op("Softmax", logits, axis_i=-1)]
+        y = g.op("com.microsoft::QMoE", *inputs, k_i=1, activation_type_s="relu", expert_weight_bits_i=8,
+                 block_size_i=block_size, normalize_routing_weights_i=0)
         y.setType(x.type())  # the input's dtype and rank: the graph after it keeps its shapes typed
-        if not router_scale:
-            return y
-        return g.op("Mul", y, g.op("ReduceMax", g.op("Softmax", logits, axis_i=-1), axes_i=[-1], keepdims_i=1))
+        return y
 
 
 def _forward_result(out: torch.Tensor, x: torch.Tensor):
