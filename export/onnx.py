@@ -153,6 +153,20 @@ def export_graphs(model: MoETransformer, out_dir: Path, moe_dispatch: str = "com
     return out_dir / ENCODER_FILE, out_dir / DECODER_FILE
 
 
+def _drop_custom_op_shapes(path: Path) -> None:
+    """Remove the shapes recorded for com.microsoft nodes' outputs, in place (after quantization,
+    which infers shapes again). The exporter names their dynamic dims afresh, so ONNX Runtime could not tell that a QMoE layer's output has its
+    input's shape and would not fuse the residual Add and LayerNorm after it; without them it
+    infers the output shape from the operator's own schema."""
+    onnx = _require("onnx")
+    model = onnx.load(str(path))
+    outputs = {out for node in model.graph.node if node.domain == "com.microsoft" for out in node.output}
+    kept = [info for info in model.graph.value_info if info.name not in outputs]
+    del model.graph.value_info[:]
+    model.graph.value_info.extend(kept)
+    onnx.save(model, str(path))
+
+
 def router_matmuls(graph) -> list[str]:
     """Names of the MoE router MatMuls of an ONNX graph: those with a constant weight whose output
     feeds a Softmax (attention's Softmax follows a MatMul of two activations, the output
@@ -285,6 +299,9 @@ def to_onnx(model_dir: str | Path, out_dir: str | Path, *, quantize: str | None 
         if quantize == "int8":
             quantize_int8(encoder)
             quantize_int8(decoder)
+        if moe_dispatch == "qmoe":
+            _drop_custom_op_shapes(encoder)
+            _drop_custom_op_shapes(decoder)
         build_beam_search(encoder, decoder, tmp / BEAM_FILE, arch)
         copy_model_files(model_dir, tmp, meta)
         info = {"format": "automoe-onnx", "target": "onnxruntime", "quantization": quantize, "opset": OPSET,

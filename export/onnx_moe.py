@@ -23,9 +23,9 @@ nodes per layer). The whole dispatch and every expert run inside one kernel, whi
 step's tokens by expert and skips the experts no token chose. Within a decoder step the compact
 form's dozen small dispatch kernels run with cold code and branch history, and cost several
 times what they cost alone; one kernel does not. The operator needs one width for all experts of
-a layer, so layers with experts of different widths keep the compact form. ONNX Runtime cannot
-infer the operator's output dims, so the residual Add and LayerNorm after a QMoE layer stay two
-nodes instead of one SkipLayerNormalization.
+a layer, so layers with experts of different widths keep the compact form. The residual Add and
+LayerNorm after a QMoE layer fuse as after a dense one once `onnx._drop_custom_op_shapes` has
+removed the dims the exporter invented for the operator's output.
 `compact_moe_dispatch(model, qmoe=True)` selects it where it applies.
 """
 

@@ -337,9 +337,7 @@ def test_onnx_int8_qmoe_export_fuses_equal_width_layers_only(tmp_path):
     dense = _save(arch.replace(decoder_ffn=tuple((w[0],) for w in arch.decoder_ffn)), tmp_path / "dense")
     fused = [_optimized_ops(folder / "decoder.onnx", tmp_path).count("SkipLayerNormalization")
              for folder in (out, to_onnx(dense, tmp_path / "dense-q", quantize="int8"))]
-    # ONNX Runtime cannot infer the contrib operator's output dims, so the residual Add + LayerNorm after
-    # a QMoE layer stays unfused (one node more per layer); after compact and dense layers it still fuses
-    assert fused[0] == fused[1] - ops.count("QMoE") and fused[1] >= arch.decoder_layers
+    assert fused[0] == fused[1] >= arch.decoder_layers  # the residual Add + LayerNorm still fuse after QMoE
     torch_tr, ort_tr = Translator.from_pretrained(model_dir), Translator.from_pretrained(out)
     expected = torch_tr.translate(SOURCES, beam=4, max_length=16)
     batched = ort_tr.translate(SOURCES, beam=4, max_length=16)
