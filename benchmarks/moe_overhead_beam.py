@@ -67,6 +67,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--lengths", type=int, nargs=2, default=[8, 40], metavar=("SHORT", "LONG"),
                    help="the two fixed output lengths every sentence is decoded to")
     p.add_argument("--quantize", default="int8", choices=["int8", "none"])
+    p.add_argument("--against-form", default=None, choices=["compact", "qmoe"],
+                   help="also time the MoE model exported in this other form, paired turn by turn with the "
+                        "--moe-dispatch one (record field form_ratio: the first over the second, minus 1)")
     p.add_argument("--out", default=str(RESULTS / "moe_overhead_beam.jsonl"))
     args = p.parse_args(argv)
     check_replay_arguments(p, args)
@@ -91,10 +94,16 @@ def main(argv: list[str] | None = None) -> int:
     sources, _ = read_split(args.data, "test", limit=args.sentences)
     quant = None if args.quantize == "none" else args.quantize
     dispatch = args.moe_dispatch or default_moe_dispatch(quant)
+    if args.against_form == dispatch:
+        p.error(f"--against-form {dispatch} is the form timed already; choose the other one")
+    forms = {name: dispatch for name in models}
+    if args.against_form:
+        against = f"{moe_name}-{args.against_form}"
+        models[against], forms[against] = models[moe_name], args.against_form  # the same weights
     loaders = {}
     with tempfile.TemporaryDirectory() as tmp:
         for name, model in models.items():
-            exported = export_model(model, Path(tmp) / name, Path(args.data) / "spm.model", quant, dispatch)
+            exported = export_model(model, Path(tmp) / name, Path(args.data) / "spm.model", quant, forms[name])
             loaders[name] = lambda folder=exported: Translator.from_pretrained(folder, threads=args.threads)
         loaders[CONTROL] = loaders["dense"]  # the A/A control: the same graph in other sessions
         translators = open_interleaved(loaders, args.instances)
@@ -108,11 +117,14 @@ def main(argv: list[str] | None = None) -> int:
     stats = {name: summary_ms(s) for name, s in pooled.items()}
     vs = {"overhead": ratio_stats(seconds, moe_name, "dense"), "dispatch_overhead": ratio_stats(seconds, one_name, "dense"),
           "expert_overhead": ratio_stats(seconds, moe_name, one_name), "control_overhead": ratio_stats(seconds, CONTROL, "dense")}
+    if args.against_form:
+        vs["form_ratio"] = ratio_stats(seconds, moe_name, against)
     record = {"benchmark": "moe_overhead_beam", **weights, "experts": args.experts, "width": width,
               "quantization": quant, "moe_dispatch": dispatch, "threads": args.threads, "beam": args.beam, "sentences": len(sentences),
               "lengths": [short, long], "method": "BeamSearch op, two fixed lengths", "rounds": args.rounds,
               "turn": args.turn, "warmup": args.warmup, "instances": args.instances, "opening": "interleaved",
               "dense_step": stats["dense"], "moe_step": stats[moe_name], "moe_one_expert_step": stats[one_name],
+              **({"against_form": args.against_form, "moe_against_step": stats[against]} if args.against_form else {}),
               **overhead_fields(vs),
               "l3_cache": l3_cache(), **env}
     append_jsonl(Path(args.out), [record])
@@ -122,6 +134,8 @@ def main(argv: list[str] | None = None) -> int:
           f"all tokens to one expert {pct('dispatch_overhead')} [{pct('dispatch_overhead_min')}], other experts "
           f"{pct('expert_overhead')}, dense against itself {pct('control_overhead')}; pooled medians: dense "
           f"{stats['dense']['median_ms']:.3f} ms, {moe_name} {stats[moe_name]['median_ms']:.3f} ms per step")
+    if args.against_form:
+        print(f"  {moe_name} as {dispatch} against {args.against_form}: {pct('form_ratio')} [{pct('form_ratio_min')}]")
     return 0
 
 
