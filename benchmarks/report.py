@@ -206,7 +206,18 @@ def moe_overhead_beam_table() -> str:
             f"the ratio to the same turn of the dense model; after the semicolon, the ratio of per-sentence minima over "
             f"passes. Weights and routers of `{last['supernet']}`, L3 cache {last.get('l3_cache')}. MoE form: how the "
             f"export writes the MoE layers (`qmoe`: ONNX Runtime's fused QMoE operator, the int8 default; `compact`: "
-            f"the exact sort / split / scatter graph); the last run of each: {dates}.")
+            f"the exact sort / split / scatter graph); the last run of each: {dates}." + _form_ratios(run))
+
+
+def _form_ratios(run: list[dict]) -> str:
+    """A sentence on the records timed with `--against-form`: the MoE step in the record's form over
+    the same model in the other form, paired turn by turn in one run (empty when there are none)."""
+    paired = sorted((r for r in run if r.get("form_ratio") is not None), key=lambda r: -r["width"])
+    if not paired:
+        return ""
+    cells = ", ".join(f"{r['width']}: {_overhead_cell(r['form_ratio'], r.get('form_ratio_min'))}" for r in paired)
+    return (f" The {_form(paired[0])} rows also timed the same MoE model exported as {paired[0]['against_form']} in "
+            f"the same turns; {_form(paired[0])} over {paired[0]['against_form']}, by FFN width: {cells}.")
 
 
 def moe_dispatch_parts_table(random: bool = False) -> str:

@@ -326,3 +326,17 @@ def test_moe_overhead_beam_table_shows_the_last_run_of_each_moe_form(monkeypatch
     assert rows[0].startswith("| MoE form | FFN width |")
     assert rows[1].startswith("| qmoe | 384 | 2.500 |") and rows[2].startswith("| compact | 384 | 1.500 |")
     assert "qmoe 2026-12-04, commit `def`; compact 2026-12-03, commit `abc`" in report.moe_overhead_beam_table()
+
+
+def test_moe_overhead_beam_table_reports_the_paired_form_ratio(monkeypatch):
+    """Records timed with --against-form add one sentence: each width's ratio of the two forms."""
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    import report
+
+    beam = {"benchmark": "moe_overhead_beam", "supernet": "models/trained", "lengths": [8, 40], "moe_dispatch": "qmoe",
+            "against_form": "compact"}
+    records = [_overhead_record(**beam, width=w, form_ratio=r, form_ratio_min=m) for w, r, m in ((384, -0.1, -0.05),
+                                                                                             (768, -0.2, -0.15))]
+    monkeypatch.setattr(report, "_read", lambda name: records if name == "moe_overhead_beam" else [])
+    assert ("qmoe over compact, by FFN width: 768: -20.0%; -15.0%, 384: -10.0%; -5.0%."
+            in report.moe_overhead_beam_table())
