@@ -203,8 +203,8 @@ def add_replay_arguments(p: argparse.ArgumentParser, turn: int, warmup: int, max
     p.add_argument("--experts", type=int, default=4)
     if moe_dispatch:
         p.add_argument("--moe-dispatch", default=None, choices=["compact", "qmoe"],
-                       help="how MoE layers export (automoe.export.onnx.export_graphs; default: the exporter's "
-                            "for the quantization, qmoe for int8); qmoe needs --quantize int8")
+                       help="how the MoE layers of the beam graph's decoder export (automoe.export.onnx.export_graphs; "
+                            "default: the exporter's for the quantization, qmoe for int8); qmoe needs --quantize int8")
     p.add_argument("--width", type=int, default=None, help="expert / dense FFN width (default: the widest of the space)")
     p.add_argument("--sentences", type=int, default=100)
     p.add_argument("--rounds", type=int, default=8, help="passes over the sentences")
@@ -253,7 +253,8 @@ def load_weights(args: argparse.Namespace):
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_replay_arguments(p, turn=6, warmup=2)
+    # decoder.onnx, the graph replayed here (batches of sentences), is compact in every export
+    add_replay_arguments(p, turn=6, warmup=2, moe_dispatch=False)
     p.add_argument("--quantize", default="int8", choices=["int8", "none"])
     p.add_argument("--out", default=str(RESULTS / "moe_overhead.jsonl"))
     args = p.parse_args(argv)
@@ -263,7 +264,6 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     from automoe.evaluate import read_split
-    from automoe.export.onnx import default_moe_dispatch
     from automoe.serve import Translator
 
     torch.set_num_threads(args.threads)
@@ -273,7 +273,7 @@ def main(argv: list[str] | None = None) -> int:
     moe_name, one_name, traced_name = list(models)[1:]
     sources, _ = read_split(args.data, "test", limit=args.sentences)
     quant = None if args.quantize == "none" else args.quantize
-    dispatch = args.moe_dispatch or default_moe_dispatch(quant)
+    dispatch = "compact"
     loaders, sizes = {}, {}
     with tempfile.TemporaryDirectory() as tmp:
         for name, model in models.items():

@@ -11,7 +11,9 @@ An export folder holds
   config.json, spm.model, export_info.json
 Batch, source and cache lengths are dynamic. Top-1 MoE layers export in the compact form of
 `onnx_moe` (tokens sorted by expert, split into one block per expert, scattered back); routers
-stay fp32 under int8 quantization.
+stay fp32 under int8 quantization. In int8 exports the decoder inside beam_search.onnx, which
+translates one sentence at a time, writes its equal-width MoE layers as ONNX Runtime's fused QMoE
+operator instead (`export_graphs`); export_info.json records each graph's form ("moe_graphs").
 """
 
 from __future__ import annotations
@@ -32,11 +34,12 @@ from automoe.checkpoint import CONFIG_NAME, WEIGHTS_NAME, read_model_config
 from automoe.corpora import sha256_file
 from automoe.modeling import DecoderState, MoETransformer
 
-from .onnx_moe import compact_moe_dispatch
+from .onnx_moe import compact_moe_dispatch, qmoe_layer_block
 
 logger = logging.getLogger(__name__)
 
 ENCODER_FILE, DECODER_FILE, BEAM_FILE = "encoder.onnx", "decoder.onnx", "beam_search.onnx"
+BEAM_DECODER_FILE = "beam_decoder.onnx"  # written only while exporting: beam_search.onnx holds it
 OPSET = 17
 QUANTIZATIONS = (None, "int8")
 MOE_DISPATCHES = ("compact", "qmoe", "traced")
@@ -103,19 +106,35 @@ def _example(model: MoETransformer):
     return src, mask, start
 
 
-def export_graphs(model: MoETransformer, out_dir: Path, moe_dispatch: str = "compact") -> tuple[Path, Path]:
-    """Trace `model` into encoder.onnx and decoder.onnx (TorchScript exporter, opset 17).
-
-    moe_dispatch: "compact" exports top-1 MoE layers as `onnx_moe.Top1MoE` (few graph nodes, exact);
-    "qmoe" exports those whose experts share a width as ONNX Runtime's fused `QMoE` operator with
-    8-bit expert weights (`onnx_moe.Top1QMoE`, for int8 exports) and the others as "compact";
-    "traced" exports PyTorch's own gather / scatter dispatch (kept to measure against).
-    """
+def moe_graphs(arch, moe_dispatch: str) -> dict[str, str]:
+    """The MoE form each graph of an export gets from `moe_dispatch` (see `export_graphs`): "traced"
+    everywhere, or "compact" everywhere except, with "qmoe", the decoder inside beam_search.onnx when
+    one of `arch`'s decoder layers can take the QMoE operator (`onnx_moe.qmoe_layer_block`)."""
     if moe_dispatch not in MOE_DISPATCHES:
         raise ValueError(f"moe_dispatch={moe_dispatch!r} must be one of {list(MOE_DISPATCHES)}")
-    qmoe = moe_dispatch == "qmoe"
-    dispatch = lambda one_token: (contextlib.nullcontext() if moe_dispatch == "traced"  # noqa: E731
-                                  else compact_moe_dispatch(model, one_token, qmoe=qmoe))
+    base = "traced" if moe_dispatch == "traced" else "compact"
+    fused = moe_dispatch == "qmoe" and any(qmoe_layer_block(arch.decoder_embed_dim, widths, arch.top_k)
+                                           for widths in arch.decoder_ffn)
+    return {"encoder": base, "decoder": base, "beam_search": "qmoe" if fused else base}
+
+
+def export_graphs(model: MoETransformer, out_dir: Path, moe_dispatch: str = "compact") -> dict[str, Path]:
+    """Trace `model` into encoder.onnx and decoder.onnx (TorchScript exporter, opset 17), and the
+    decoder graph for beam_search.onnx; returns their paths as {"encoder", "decoder", "beam_decoder"}.
+
+    moe_dispatch: "compact" exports top-1 MoE layers as `onnx_moe.Top1MoE` (few graph nodes, exact);
+    "traced" exports PyTorch's own gather / scatter dispatch (kept to measure against); "qmoe" (int8
+    exports) is "compact" except in the beam graph's decoder, which writes the decoder layers whose
+    experts share a width as ONNX Runtime's fused QMoE operator with 8-bit expert weights
+    (`onnx_moe.Top1QMoE`). The beam graph decodes one sentence, so its steps route `beam` rows, where
+    the fused kernel is faster; it multiplies row by row, so the encoder (whole sources) and
+    decoder.onnx (batches of sentences) keep the compact form, which is faster there. The
+    beam_decoder file is decoder.onnx itself unless its form differs (then `to_onnx` deletes it once
+    the beam graph holds it).
+    """
+    forms = moe_graphs(model.config, moe_dispatch)
+    dispatch = lambda form, one_token: (contextlib.nullcontext() if form == "traced"  # noqa: E731
+                                        else compact_moe_dispatch(model, one_token, qmoe=form == "qmoe"))
     n = len(model.decoder_layers)
     model = model.float().eval()
     src, mask, start = _example(model)
@@ -128,10 +147,11 @@ def export_graphs(model: MoETransformer, out_dir: Path, moe_dispatch: str = "com
             dyn[f"present_{t}_self_{i}"] = {0: "batch"}
             dyn[f"present_{t}_cross_{i}"] = {0: "batch", 2: f"memory_{i}"}
     encoder_init = EncoderInit(model)
+    paths = {"encoder": out_dir / ENCODER_FILE, "decoder": out_dir / DECODER_FILE}
     with torch.no_grad(), warnings.catch_warnings():
         warnings.simplefilter("ignore")  # tracer warnings about Python ints from shapes are expected
-        with dispatch(one_token=False):  # encoder layers see whole sources
-            torch.onnx.export(encoder_init, (src, mask, start), str(out_dir / ENCODER_FILE), input_names=enc_in,
+        with dispatch(forms["encoder"], one_token=False):  # encoder layers see whole sources
+            torch.onnx.export(encoder_init, (src, mask, start), str(paths["encoder"]), input_names=enc_in,
                               output_names=enc_out, dynamic_axes=dyn, opset_version=OPSET, dynamo=False,
                               custom_opsets=CUSTOM_OPSETS)
         past = list(encoder_init(src, mask, start)[2:])
@@ -146,17 +166,22 @@ def export_graphs(model: MoETransformer, out_dir: Path, moe_dispatch: str = "com
                 dyn[f"past_{t}_self_{i}"] = {0: "batch", 2: "past"}
                 dyn[f"past_{t}_cross_{i}"] = {0: "batch", 2: f"memory_{i}"}
                 dyn[f"present_{t}_self_{i}"] = {0: "batch", 2: "past_plus_1"}
-        with dispatch(one_token=True):  # input_ids is [batch, 1]: one token per row
-            torch.onnx.export(step, (tokens, mask, *past), str(out_dir / DECODER_FILE), input_names=dec_in,
-                              output_names=dec_out, dynamic_axes=dyn, opset_version=OPSET, dynamo=False,
-                              custom_opsets=CUSTOM_OPSETS)
-    return out_dir / ENCODER_FILE, out_dir / DECODER_FILE
+        decoders = {"decoder": forms["decoder"]}
+        if forms["beam_search"] != forms["decoder"]:
+            paths["beam_decoder"], decoders["beam_decoder"] = out_dir / BEAM_DECODER_FILE, forms["beam_search"]
+        for name, form in decoders.items():
+            with dispatch(form, one_token=True):  # input_ids is [batch, 1]: one token per row
+                torch.onnx.export(step, (tokens, mask, *past), str(paths[name]), input_names=dec_in,
+                                  output_names=dec_out, dynamic_axes=dyn, opset_version=OPSET, dynamo=False,
+                                  custom_opsets=CUSTOM_OPSETS)
+    paths.setdefault("beam_decoder", paths["decoder"])
+    return paths
 
 
 def _drop_custom_op_shapes(path: Path) -> None:
     """Remove the shapes recorded for com.microsoft nodes' outputs, in place (after quantization,
-    which infers shapes again). The exporter names their dynamic dims afresh, so ONNX Runtime could not tell that a QMoE layer's output has its
-    input's shape and would not fuse the residual Add and LayerNorm after it; without them it
+    which infers shapes again). The exporter names their dynamic dims afresh, so ONNX Runtime could
+    not tell that a QMoE layer's output has its input's shape and would not fuse the residual Add and LayerNorm after it; without them it
     infers the output shape from the operator's own schema."""
     onnx = _require("onnx")
     model = onnx.load(str(path))
@@ -272,8 +297,9 @@ def tool_versions(*modules: str) -> dict:
 
 
 def default_moe_dispatch(quantize: str | None) -> str:
-    """How `to_onnx` exports MoE layers unless told: the fused QMoE operator in int8 exports (less
-    decode-step overhead, measured by benchmarks/moe_overhead_beam.py), the exact compact form in fp32."""
+    """How `to_onnx` exports MoE layers unless told: "qmoe" in int8 exports (the fused QMoE operator
+    in the beam graph's decoder: less decode-step overhead at batch 1, measured by
+    benchmarks/moe_overhead_beam.py), the exact compact form everywhere in fp32 ones."""
     return "qmoe" if quantize == "int8" else "compact"
 
 
@@ -295,17 +321,18 @@ def to_onnx(model_dir: str | Path, out_dir: str | Path, *, quantize: str | None 
     model = MoETransformer.from_pretrained(model_dir)
     tmp = prepare_out_dir(out_dir, force)
     try:
-        encoder, decoder = export_graphs(model, tmp, moe_dispatch)
-        if quantize == "int8":
-            quantize_int8(encoder)
-            quantize_int8(decoder)
-        if moe_dispatch == "qmoe":
-            _drop_custom_op_shapes(encoder)
-            _drop_custom_op_shapes(decoder)
-        build_beam_search(encoder, decoder, tmp / BEAM_FILE, arch)
+        graphs, forms = export_graphs(model, tmp, moe_dispatch), moe_graphs(arch, moe_dispatch)
+        for path in dict.fromkeys(graphs.values()):
+            if quantize == "int8":
+                quantize_int8(path)
+        if forms["beam_search"] == "qmoe":
+            _drop_custom_op_shapes(graphs["beam_decoder"])
+        build_beam_search(graphs["encoder"], graphs["beam_decoder"], tmp / BEAM_FILE, arch)
+        if graphs["beam_decoder"] != graphs["decoder"]:
+            graphs["beam_decoder"].unlink()
         copy_model_files(model_dir, tmp, meta)
         info = {"format": "automoe-onnx", "target": "onnxruntime", "quantization": quantize, "opset": OPSET,
-                "moe_dispatch": moe_dispatch,
+                "moe_dispatch": moe_dispatch, "moe_graphs": forms,
                 "files": {"encoder": ENCODER_FILE, "decoder": DECODER_FILE, "beam_search": BEAM_FILE},
                 "source": str(model_dir), "source_sha256": sha256_file(model_dir / WEIGHTS_NAME),
                 "arch": arch.to_dict(), "tokenizer": meta.get("tokenizer"),

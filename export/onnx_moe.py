@@ -17,15 +17,17 @@ chose runs on an empty block (a node on 0 rows costs ~0.2 us; an `If` per expert
 It computes exactly what the PyTorch layer computes; the export parity tests hold it to that.
 `compact_moe_dispatch(model)` makes every top-1 MoE layer of a model trace this way.
 
-For int8 exports there is a second form, `Top1QMoE`: ONNX Runtime's own fused `com.microsoft.QMoE`
-operator with 8-bit block-quantized expert weights (Flatten, router MatMul, Softmax, QMoE: 4
-nodes per layer). The whole dispatch and every expert run inside one kernel, which groups the
+For the beam graph's decoder in int8 exports (`onnx.export_graphs`) there is a second form,
+`Top1QMoE`: ONNX Runtime's own fused `com.microsoft.QMoE` operator with 8-bit block-quantized
+expert weights (Flatten, router MatMul, Softmax, QMoE: 4 nodes per layer). The whole dispatch and every expert run inside one kernel, which groups the
 step's tokens by expert and skips the experts no token chose. Within a decoder step the compact
 form's dozen small dispatch kernels run with cold code and branch history, and cost several
 times what they cost alone; one kernel does not. The operator needs one width for all experts of
 a layer, so layers with experts of different widths keep the compact form. The residual Add and
 LayerNorm after a QMoE layer fuse as after a dense one once `onnx._drop_custom_op_shapes` has
-removed the dims the exporter invented for the operator's output.
+removed the dims the exporter invented for the operator's output. Its int8 kernels multiply row
+by row, so with many rows per call (whole sources, batches of sentences) the compact form, whose
+experts run as int8 matrix products, is faster; hence only the beam graph uses it.
 `compact_moe_dispatch(model, qmoe=True)` selects it where it applies.
 """
 
@@ -107,6 +109,15 @@ def qmoe_block_size(d_model: int, width: int) -> int | None:
     """The block size of `Top1QMoE` for experts d_model -> width -> d_model: the first of
     QMOE_BLOCK_SIZES that divides both input sizes (fc1 reads d_model, fc2 reads width), else None."""
     return next((b for b in QMOE_BLOCK_SIZES if d_model % b == 0 and width % b == 0), None)
+
+
+def qmoe_layer_block(d_model: int, widths: tuple[int, ...], top_k: int) -> int | None:
+    """The block size `Top1QMoE` uses for a MoE layer of experts `widths`, or None where the layer
+    keeps the compact form: a dense layer (one expert), top-k > 1, experts of different widths (the
+    operator takes one width), or no block size that divides d_model and the width."""
+    if len(widths) < 2 or min(top_k, len(widths)) != 1 or len(set(widths)) != 1:
+        return None
+    return qmoe_block_size(d_model, widths[0])
 
 
 def quantize_blocks(weight: torch.Tensor, block_size: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -197,8 +208,8 @@ def compact_moe_dispatch(model: torch.nn.Module, one_token: bool = False, qmoe: 
     qmoe: layers whose experts share a width a block size divides trace as `Top1QMoE` instead."""
     layers = [m for m in model.modules() if isinstance(m, MoEFeedForward) and m.router is not None and m.top_k == 1]
     for m in layers:
-        widths = {e.fc1.out_features for e in m.experts}
-        block = qmoe_block_size(m.experts[0].fc1.in_features, widths.pop()) if qmoe and len(widths) == 1 else None
+        widths = tuple(e.fc1.out_features for e in m.experts)
+        block = qmoe_layer_block(m.experts[0].fc1.in_features, widths, m.top_k) if qmoe else None
         if block:
             m.forward = functools.partial(_export_forward_qmoe, m, block, _qmoe_weights(m, block))
         else:

@@ -191,9 +191,11 @@ def test_model_folder_exports_on_the_fly(dense_dir, tmp_path, monkeypatch):
     # an ONNX export cached by an older automoe with another MoE form is exported again, in place
     Translator.from_pretrained(dense_dir, engine="onnxruntime", quantize="int8")
     info_path = next((tmp_path / "exports").glob("*-onnxruntime-int8")) / "export_info.json"
-    info_path.write_text(json.dumps({**json.loads(info_path.read_text()), "moe_dispatch": "compact"}))
+    old_info = json.loads(info_path.read_text())
+    del old_info["moe_graphs"]  # an export of session 13 recorded the form of int8 exports as moe_dispatch only
+    info_path.write_text(json.dumps(old_info))
     Translator.from_pretrained(dense_dir, engine="onnxruntime", quantize="int8")
-    assert json.loads(info_path.read_text())["moe_dispatch"] == "qmoe"
+    assert json.loads(info_path.read_text())["moe_graphs"]["beam_search"] == "compact"  # dense: nothing to fuse
     assert len(list((tmp_path / "exports").iterdir())) == 2
 
 
@@ -313,7 +315,23 @@ def test_qmoe_layer_is_the_top1_layer_with_8bit_experts(tmp_path):
     assert max(errors) < 0.03
 
 
-def test_onnx_int8_qmoe_export_fuses_equal_width_layers_only(tmp_path):
+def _beam_decoder(folder: Path, tmp_path: Path) -> Path:
+    """The decoder graph inside `folder`'s beam_search.onnx, saved as a model of its own."""
+    import onnx
+
+    beam = onnx.load(str(folder / "beam_search.onnx"))
+    graph = next(a.g for a in beam.graph.node[0].attribute if a.name == "decoder")
+    path = tmp_path / f"{folder.name}-beam-decoder" / "decoder.onnx"
+    path.parent.mkdir()
+    onnx.save(onnx.helper.make_model(graph, opset_imports=beam.opset_import, ir_version=beam.ir_version), str(path))
+    return path
+
+
+def test_onnx_int8_qmoe_export_fuses_equal_width_layers_of_the_beam_graph_only(tmp_path):
+    """int8 exports write the decoder of the beam graph (one sentence: `beam` rows per step) with the
+    fused QMoE operator where a layer's experts share a width; the encoder and decoder.onnx (whole
+    sources, batches of sentences: many rows, where the operator's row-by-row kernels are slower)
+    keep the compact form."""
     import onnx
 
     from automoe.export.onnx import router_matmuls, to_onnx
@@ -324,8 +342,16 @@ def test_onnx_int8_qmoe_export_fuses_equal_width_layers_only(tmp_path):
     with pytest.raises(ValueError, match="use it with quantize='int8'"):
         to_onnx(model_dir, tmp_path / "fp32", moe_dispatch="qmoe")
     out = to_onnx(model_dir, tmp_path / "q", quantize="int8")  # the int8 default
-    assert json.loads((out / "export_info.json").read_text())["moe_dispatch"] == "qmoe"
-    graph = onnx.load(str(out / "decoder.onnx")).graph
+    info = json.loads((out / "export_info.json").read_text())
+    assert info["moe_dispatch"] == "qmoe"
+    assert info["moe_graphs"] == {"encoder": "compact", "decoder": "compact", "beam_search": "qmoe"}
+    assert sorted(p.name for p in out.iterdir() if p.suffix == ".onnx") == ["beam_search.onnx", "decoder.onnx",
+                                                                            "encoder.onnx"]
+    for name in ("encoder.onnx", "decoder.onnx"):
+        ops = [node.op_type for node in onnx.load(str(out / name)).graph.node]
+        assert "QMoE" not in ops and ops.count("ScatterND") >= 2
+    beam_decoder = _beam_decoder(out, tmp_path)
+    graph = onnx.load(str(beam_decoder)).graph
     ops = [node.op_type for node in graph.node]
     # layer 0 (three experts of width 32) is one QMoE node; layer 2 (widths 24 and 8) stays compact
     assert ops.count("QMoE") == 1 and ops.count("ScatterND") == 1
@@ -335,8 +361,10 @@ def test_onnx_int8_qmoe_export_fuses_equal_width_layers_only(tmp_path):
     qmoe = next(node for node in graph.node if node.op_type == "QMoE")
     assert constants[qmoe.input[2]] == constants[qmoe.input[5]] == onnx.TensorProto.UINT8
     dense = _save(arch.replace(decoder_ffn=tuple((w[0],) for w in arch.decoder_ffn)), tmp_path / "dense")
-    fused = [_optimized_ops(folder / "decoder.onnx", tmp_path).count("SkipLayerNormalization")
-             for folder in (out, to_onnx(dense, tmp_path / "dense-q", quantize="int8"))]
+    dense_out = to_onnx(dense, tmp_path / "dense-q", quantize="int8")
+    assert json.loads((dense_out / "export_info.json").read_text())["moe_graphs"]["beam_search"] == "compact"
+    fused = [_optimized_ops(path, tmp_path).count("SkipLayerNormalization")
+             for path in (beam_decoder, dense_out / "decoder.onnx")]
     assert fused[0] == fused[1] >= arch.decoder_layers  # the residual Add + LayerNorm still fuse after QMoE
     torch_tr, ort_tr = Translator.from_pretrained(model_dir), Translator.from_pretrained(out)
     expected = torch_tr.translate(SOURCES, beam=4, max_length=16)
