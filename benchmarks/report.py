@@ -220,6 +220,34 @@ def _form_ratios(run: list[dict]) -> str:
             f"the same turns; {_form(paired[0])} over {paired[0]['against_form']}, by FFN width: {cells}.")
 
 
+def moe_forms_table() -> str:
+    """The latest comparison of the two MoE forms graph by graph (moe_forms.py): one row per FFN
+    width, one column per graph timed (the encoder, then decoder.onnx by batch size)."""
+    run = list({r["width"]: r for r in _run_of("moe_forms", "supernet", hours=1.5)}.values())
+    if not run:
+        return "_Not measured yet (benchmarks/moe_forms.py)._"
+    order = lambda g: (0, 0) if g == "encoder" else (1, int(g.split("@")[1]))  # noqa: E731  (decoder@B by B)
+    graphs = sorted({g for r in run for g in r["graphs"]}, key=order)
+    label = lambda g, r: ("encoder (one source)" if g == "encoder" else  # noqa: E731
+                          f"decoder.onnx, batch {g.split('@')[1]} ({r['graphs'][g]['rows_per_call']} rows per step)")
+    last = max(run, key=lambda r: r["date"])
+    lines = ["| FFN width | " + " | ".join(label(g, last) for g in graphs) + " |", "|---:|" + "---:|" * len(graphs)]
+    for r in sorted(run, key=lambda r: -r["width"]):
+        cells = []
+        for g in graphs:
+            c = r["graphs"].get(g)
+            cells.append("" if c is None else f"{c['compact_call']['median_ms']:.3f} / {c['qmoe_call']['median_ms']:.3f} "
+                                              f"({_overhead_cell(c['ratio'], c['ratio_min'])})")
+        lines.append(f"| {r['width']} | " + " | ".join(cells) + " |")
+    return ("\n".join(lines) + f"\n\nms per call, `compact` / `qmoe`, and in brackets qmoe over compact (negative: "
+            f"qmoe is faster): the median over turns of the ratio of the two forms' times in the same turn; after "
+            f"the semicolon, the ratio of per-item minima over passes. One model with {last['experts']} top-1 experts "
+            f"per layer (weights and routers of `{last['supernet']}`), exported int8 in each form, ONNX Runtime, "
+            f"{last['threads']} thread, beam {last['beam']}; the encoder runs {last['sentences']} real test sources "
+            f"one at a time, decoder.onnx replays the steps recorded while translating them in batches; "
+            f"{last['rounds']} passes; commit {_commits(run)}, {last['date'][:10]}.")
+
+
 def moe_dispatch_parts_table(random: bool = False) -> str:
     """The latest in-place breakdown of the fixed dispatch cost: one row per FFN width, each column
     cutting more of the all-tokens-to-expert-0 graph's dispatch. With `random`, the latest run on
@@ -394,7 +422,7 @@ def predictor_table() -> str:
 TABLES = {"models": models_table, "search": search_table, "predictor": predictor_table, "engines": engines_table,
           "moe_overhead": moe_overhead_table,
           "moe_overhead_scale": moe_overhead_scale_table, "moe_overhead_beam": moe_overhead_beam_table,
-          "moe_dispatch_parts": moe_dispatch_parts_table,
+          "moe_forms": moe_forms_table, "moe_dispatch_parts": moe_dispatch_parts_table,
           "moe_dispatch_parts_scale": lambda: moe_dispatch_parts_table(random=True),
           "moe_instructions": moe_instructions_table, "load_demo": load_demo_table}
 

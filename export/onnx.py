@@ -118,7 +118,8 @@ def moe_graphs(arch, moe_dispatch: str) -> dict[str, str]:
     return {"encoder": base, "decoder": base, "beam_search": "qmoe" if fused else base}
 
 
-def export_graphs(model: MoETransformer, out_dir: Path, moe_dispatch: str = "compact") -> dict[str, Path]:
+def export_graphs(model: MoETransformer, out_dir: Path, moe_dispatch: str = "compact",
+                  forms: dict[str, str] | None = None) -> dict[str, Path]:
     """Trace `model` into encoder.onnx and decoder.onnx (TorchScript exporter, opset 17), and the
     decoder graph for beam_search.onnx; returns their paths as {"encoder", "decoder", "beam_decoder"}.
 
@@ -130,9 +131,10 @@ def export_graphs(model: MoETransformer, out_dir: Path, moe_dispatch: str = "com
     the fused kernel is faster; it multiplies row by row, so the encoder (whole sources) and
     decoder.onnx (batches of sentences) keep the compact form, which is faster there. The
     beam_decoder file is decoder.onnx itself unless its form differs (then `to_onnx` deletes it once
-    the beam graph holds it).
+    the beam graph holds it). `forms` overrides `moe_graphs(model.config, moe_dispatch)`, for
+    benchmarks that time a form in a graph where the exporter does not use it.
     """
-    forms = moe_graphs(model.config, moe_dispatch)
+    forms = forms or moe_graphs(model.config, moe_dispatch)
     dispatch = lambda form, one_token: (contextlib.nullcontext() if form == "traced"  # noqa: E731
                                         else compact_moe_dispatch(model, one_token, qmoe=form == "qmoe"))
     n = len(model.decoder_layers)
@@ -178,7 +180,7 @@ def export_graphs(model: MoETransformer, out_dir: Path, moe_dispatch: str = "com
     return paths
 
 
-def _drop_custom_op_shapes(path: Path) -> None:
+def drop_custom_op_shapes(path: Path) -> None:
     """Remove the shapes recorded for com.microsoft nodes' outputs, in place (after quantization,
     which infers shapes again). The exporter names their dynamic dims afresh, so ONNX Runtime could
     not tell that a QMoE layer's output has its input's shape and would not fuse the residual Add and LayerNorm after it; without them it
@@ -326,7 +328,7 @@ def to_onnx(model_dir: str | Path, out_dir: str | Path, *, quantize: str | None 
             if quantize == "int8":
                 quantize_int8(path)
         if forms["beam_search"] == "qmoe":
-            _drop_custom_op_shapes(graphs["beam_decoder"])
+            drop_custom_op_shapes(graphs["beam_decoder"])
         build_beam_search(graphs["encoder"], graphs["beam_decoder"], tmp / BEAM_FILE, arch)
         if graphs["beam_decoder"] != graphs["decoder"]:
             graphs["beam_decoder"].unlink()

@@ -24,7 +24,7 @@ step's tokens by expert and skips the experts no token chose. Within a decoder s
 form's dozen small dispatch kernels run with cold code and branch history, and cost several
 times what they cost alone; one kernel does not. The operator needs one width for all experts of
 a layer, so layers with experts of different widths keep the compact form. The residual Add and
-LayerNorm after a QMoE layer fuse as after a dense one once `onnx._drop_custom_op_shapes` has
+LayerNorm after a QMoE layer fuse as after a dense one once `onnx.drop_custom_op_shapes` has
 removed the dims the exporter invented for the operator's output. Its int8 kernels multiply row
 by row, so with many rows per call (whole sources, batches of sentences) the compact form, whose
 experts run as int8 matrix products, is faster; hence only the beam graph uses it.

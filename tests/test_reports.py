@@ -340,3 +340,25 @@ def test_moe_overhead_beam_table_reports_the_paired_form_ratio(monkeypatch):
     monkeypatch.setattr(report, "_read", lambda name: records if name == "moe_overhead_beam" else [])
     assert ("qmoe over compact, by FFN width: 768: -20.0%; -15.0%, 384: -10.0%; -5.0%."
             in report.moe_overhead_beam_table())
+
+
+def test_moe_forms_table_has_a_column_per_graph_in_decode_order(monkeypatch):
+    """The forms table: one row per width (widest first), the encoder then decoder.onnx by batch
+    size, each cell compact / qmoe ms with the paired ratio and the ratio of minima."""
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    import report
+
+    cell = {"compact_call": {"median_ms": 2.0}, "qmoe_call": {"median_ms": 1.0}, "ratio": -0.5, "ratio_min": -0.4}
+    graphs = {"decoder@8": {**cell, "rows_per_call": 32}, "encoder": {**cell, "rows_per_call": None},
+              "decoder@1": {**cell, "rows_per_call": 4}}
+    records = [{"benchmark": "moe_forms", "supernet": "models/trained", "experts": 4, "width": w, "threads": 1, "beam": 4,
+                "sentences": 96, "rounds": 3, "graphs": graphs, "git_commit": "abc", "date": "2026-12-03T00:00:00+00:00"}
+               for w in (384, 1536)]
+    monkeypatch.setattr(report, "_read", lambda name: records if name == "moe_forms" else [])
+    rows = [line for line in report.moe_forms_table().splitlines() if line.startswith("|")]
+    assert rows[0] == ("| FFN width | encoder (one source) | decoder.onnx, batch 1 (4 rows per step) "
+                       "| decoder.onnx, batch 8 (32 rows per step) |")
+    assert rows[2] == "| 1536 | " + " | ".join(["2.000 / 1.000 (-50.0%; -40.0%)"] * 3) + " |"
+    assert rows[3].startswith("| 384 |")
+    monkeypatch.setattr(report, "_read", lambda name: [])
+    assert report.moe_forms_table().startswith("_Not measured yet")

@@ -1,0 +1,146 @@
+"""Which MoE form each ONNX graph should use: `compact` against `qmoe`, graph by graph.
+
+An int8 export can write a top-1 MoE layer as the exact sort / split / scatter graph (`compact`,
+whose experts run as int8 matrix products) or as ONNX Runtime's fused QMoE operator (`qmoe`, one
+kernel, whose int8 kernels multiply row by row). Which is faster depends on how many rows a call
+routes, so this script times both forms of one MoE model (`--experts` top-1 experts of width
+`--width` per layer, weights and routers of `--supernet`, as in moe_overhead.py) in each graph
+as `Translator` uses it, with real test sentences:
+  encoder        encoder.onnx on one source at a time (whole sources: tens of rows)
+  decoder@B      decoder.onnx steps of `--beam` beams for batches of B sentences (B * beam rows),
+                 as the Python beam search runs them for batches; at B = 1, the rows the beam
+                 graph's decoder sees
+The steps are recorded once from the compact export and both forms replay the same inputs in
+turns, paired as in moe_overhead.py (`replay`, `ratio_stats`): each figure ("ratio") is the
+median over turns of qmoe's turn time over compact's in the same turn, minus 1 (negative: qmoe is
+faster), with the ratio of per-item minima over rounds ("ratio_min"). Turns hold `--turn` items
+(sources or batches), fewer where a graph has few items, so that every graph gets several pairs.
+Appends to benchmarks/results/moe_forms.jsonl.
+
+    python benchmarks/moe_forms.py --supernet models/supernet-small-bible-v3 --data data/bible-en-de --width 1536
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import RESULTS, append_jsonl, environment, summary_ms  # noqa: E402
+from moe_overhead import RecordingSession, build_models, l3_cache, ratio_stats, replay  # noqa: E402
+
+FORMS = ("compact", "qmoe")
+
+
+def encoder_feeds(ids: list[int], bos_id: int) -> dict:
+    """The inputs of encoder.onnx for one EOS-terminated source."""
+    import numpy as np
+
+    src = np.array([ids], np.int32)
+    return {"encoder_input_ids": src, "encoder_attention_mask": np.ones_like(src),
+            "decoder_input_ids": np.array([[bos_id]], np.int32)}
+
+
+def record_batches(translator, sources: list[str], batch: int, beam: int) -> list[list[dict]]:
+    """Translate `sources` in batches of `batch` through an onnxruntime `translator`'s decoder.onnx
+    (no beam graph); per batch, the inputs of every decoder step."""
+    translator.backend.use_beam_graph = False
+    recorder = translator.backend.decoder = RecordingSession(translator.backend.decoder)
+    batches = []
+    for i in range(0, len(sources), batch):
+        recorder.feeds = []
+        translator.translate(sources[i: i + batch], beam=beam)
+        batches.append(recorder.feeds)
+    translator.backend.decoder = recorder.session
+    return batches
+
+
+def export_forms(model, root: Path, tokenizer: Path) -> dict[str, Path]:
+    """int8 exports of `model` with every graph in each form; {form: folder}. The compact folder is
+    a whole export (the steps are recorded through it), the qmoe one holds the two graphs."""
+    from automoe.export.onnx import drop_custom_op_shapes, export_graphs, quantize_int8, to_onnx
+
+    model.save_pretrained(root / "model", tokenizer_file=tokenizer)
+    folders = {"compact": to_onnx(root / "model", root / "compact", quantize="int8", moe_dispatch="compact")}
+    folders["qmoe"] = root / "qmoe"
+    folders["qmoe"].mkdir()
+    graphs = export_graphs(model, folders["qmoe"], forms=dict.fromkeys(("encoder", "decoder", "beam_search"), "qmoe"))
+    for path in (graphs["encoder"], graphs["decoder"]):
+        quantize_int8(path)
+        drop_custom_op_shapes(path)
+    return folders
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--supernet", required=True, help="supernet folder: trained weights and routers")
+    p.add_argument("--data", required=True, help="dataset folder (test split, spm.model)")
+    p.add_argument("--experts", type=int, default=4)
+    p.add_argument("--width", type=int, default=None, help="expert width (default: the widest of the space)")
+    p.add_argument("--sentences", type=int, default=96)
+    p.add_argument("--batches", type=int, nargs="+", default=[1, 8], help="decoder batch sizes (sentences)")
+    p.add_argument("--beam", type=int, default=4)
+    p.add_argument("--rounds", type=int, default=3, help="passes over the recorded inputs (at least 2: per-item minima)")
+    p.add_argument("--turn", type=int, default=8, help="items (sources or batches) per form turn, warm-up included")
+    p.add_argument("--warmup", type=int, default=1, help="untimed items at the start of every turn")
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--out", default=str(RESULTS / "moe_forms.jsonl"))
+    args = p.parse_args(argv)
+    for name in ("experts", "sentences", "beam", "threads"):
+        if getattr(args, name) < 1:
+            p.error(f"--{name} must be at least 1")
+    if args.rounds < 2:
+        p.error("--rounds must be at least 2 (the per-item minima are taken over rounds)")
+    if min(args.batches) < 1 or not 0 <= args.warmup < args.turn:
+        p.error("--batches must be >= 1, and --warmup at least 0 and below --turn")
+    env = environment()  # the commit and time the run started with
+
+    import onnxruntime as ort
+    import torch
+
+    from automoe.evaluate import read_split
+    from automoe.serve import Translator
+    from automoe.train import load_supernet
+
+    torch.set_num_threads(args.threads)
+    supernet = load_supernet(args.supernet)
+    width = args.width or max(supernet.space.ffn_dims)
+    model = build_models(supernet, width, args.experts, traced=False)[f"moe-{args.experts}"]
+    sources, _ = read_split(args.data, "test", limit=args.sentences)
+    options = ort.SessionOptions()
+    options.intra_op_num_threads, options.inter_op_num_threads = args.threads, 1
+    with tempfile.TemporaryDirectory() as tmp:
+        folders = export_forms(model, Path(tmp), Path(args.data) / "spm.model")
+        translator = Translator.from_pretrained(folders["compact"], threads=args.threads)
+        items = {"encoder": [[encoder_feeds(ids, model.config.bos_id)] for ids in translator._encode(sources) if ids]}
+        for batch in args.batches:
+            items[f"decoder@{batch}"] = record_batches(translator, sources, batch, args.beam)
+        sessions = {graph: {form: ort.InferenceSession(str(folders[form] / f"{graph.split('@')[0]}.onnx"), options,
+                                                       providers=["CPUExecutionProvider"]) for form in FORMS}
+                    for graph in items}
+        graphs = {}
+        for graph, feeds in items.items():
+            turn = min(args.turn, max(2, len(feeds) // 4))  # a few big batches: shorter turns, more pairs
+            seconds = replay(sessions[graph], feeds, args.rounds, turn, min(args.warmup, turn - 1))
+            pooled = {form: [t for turns in rounds for steps in turns for t in steps] for form, rounds in seconds.items()}
+            vs = ratio_stats(seconds, "qmoe", "compact")
+            graphs[graph] = {"rows_per_call": None if graph == "encoder" else feeds[0][0]["input_ids"].shape[0],
+                             "items": len(feeds), "turn": turn, **{f"{form}_call": summary_ms(pooled[form]) for form in FORMS},
+                             "ratio": vs["overhead"], "ratio_min": vs["overhead_min"], "ratio_quartiles": vs["quartiles"],
+                             "paired_turns": vs["turns"]}
+    record = {"benchmark": "moe_forms", "supernet": str(args.supernet), "experts": args.experts, "width": width,
+              "quantization": "int8", "threads": args.threads, "beam": args.beam, "sentences": len(sources),
+              "rounds": args.rounds, "turn": args.turn, "warmup": args.warmup, "graphs": graphs,
+              "l3_cache": l3_cache(), **env}
+    append_jsonl(Path(args.out), [record])
+    for graph, g in graphs.items():
+        print(f"width {width}, {graph}: compact {g['compact_call']['median_ms']:.3f} ms, qmoe "
+              f"{g['qmoe_call']['median_ms']:.3f} ms per call; qmoe over compact {100 * g['ratio']:+.1f}% "
+              f"(per-item minima {100 * g['ratio_min']:+.1f}%)")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
