@@ -362,3 +362,26 @@ def test_moe_forms_table_has_a_column_per_graph_in_decode_order(monkeypatch):
     assert rows[3].startswith("| 384 |")
     monkeypatch.setattr(report, "_read", lambda name: [])
     assert report.moe_forms_table().startswith("_Not measured yet")
+
+
+def test_recording_session_shares_inputs_equal_to_the_previous_step():
+    """Recorded decoder steps keep one copy of an input that did not change since the previous step
+    (cross-attention caches), a copy of each new one, and never the caller's array itself."""
+    import numpy as np
+
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    from moe_overhead import RecordingSession
+
+    class Session:
+        def run(self, output_names, feed):
+            return [feed["cross"].sum()]
+
+    recorder, cross = RecordingSession(Session()), np.ones((2, 3), np.float32)
+    for step in range(3):
+        recorder.run(None, {"cross": cross.copy(), "past": np.full((2, step + 1), step, np.float32)})
+    steps = recorder.feeds
+    assert steps[0]["cross"] is steps[1]["cross"] is steps[2]["cross"]
+    assert [s["past"].shape for s in steps] == [(2, 1), (2, 2), (2, 3)] and steps[2]["past"].max() == 2
+    cross[:] = 5  # the caller's array changes later; the recording does not
+    recorder.run(None, {"cross": cross, "past": np.zeros((2, 4), np.float32)})
+    assert steps[2]["cross"].max() == 1 and steps[3]["cross"] is not cross and steps[3]["cross"].max() == 5
