@@ -12,7 +12,8 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from report import engines_table, load_demo_table, models_table, moe_overhead_beam_table, moe_overhead_table  # noqa: E402
+from report import (  # noqa: E402
+    engines_table, load_demo_table, models_table, moe_forms_table, moe_overhead_beam_table, moe_overhead_table)
 
 ROOT = Path(__file__).resolve().parent.parent
 SAMPLES = ROOT / "tests" / "data" / "bible-en-de" / "test.src"
@@ -103,6 +104,8 @@ def main(argv: list[str] | None = None) -> int:
     print("\n== MoE dispatch overhead (benchmarks/results/moe_overhead.jsonl)\n" + moe_overhead_table())
     print("\n== MoE dispatch overhead inside the beam graph, as Translator decodes (benchmarks/results/moe_overhead_beam.jsonl)\n"
           + moe_overhead_beam_table())
+    print("\n== MoE forms graph by graph: why int8 exports use QMoE only in the beam graph "
+          "(benchmarks/results/moe_forms.jsonl)\n" + moe_forms_table())
     print("\n== demo load test (benchmarks/results/load_demo.jsonl)\n" + load_demo_table())
     return 0
 
