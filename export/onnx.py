@@ -183,8 +183,8 @@ def export_graphs(model: MoETransformer, out_dir: Path, moe_dispatch: str = "com
 def drop_custom_op_shapes(path: Path) -> None:
     """Remove the shapes recorded for com.microsoft nodes' outputs, in place (after quantization,
     which infers shapes again). The exporter names their dynamic dims afresh, so ONNX Runtime could
-    not tell that a QMoE layer's output has its input's shape and would not fuse the residual Add and LayerNorm after it; without them it
-    infers the output shape from the operator's own schema."""
+    not tell that a QMoE layer's output has its input's shape and would not fuse the residual Add
+    and LayerNorm after it; without them it infers the output shape from the operator's schema."""
     onnx = _require("onnx")
     model = onnx.load(str(path))
     outputs = {out for node in model.graph.node if node.domain == "com.microsoft" for out in node.output}

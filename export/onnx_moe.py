@@ -19,11 +19,13 @@ It computes exactly what the PyTorch layer computes; the export parity tests hol
 
 For the beam graph's decoder in int8 exports (`onnx.export_graphs`) there is a second form,
 `Top1QMoE`: ONNX Runtime's own fused `com.microsoft.QMoE` operator with 8-bit block-quantized
-expert weights (Flatten, router MatMul, Softmax, QMoE: 4 nodes per layer). The whole dispatch and every expert run inside one kernel, which groups the
-step's tokens by expert and skips the experts no token chose. Within a decoder step the compact
-form's dozen small dispatch kernels run with cold code and branch history, and cost several
-times what they cost alone; one kernel does not. The operator needs one width for all experts of
-a layer, so layers with experts of different widths keep the compact form. The residual Add and
+expert weights (Flatten, router MatMul, Softmax, QMoE: 4 nodes per layer). The whole dispatch and
+every expert run inside one kernel, which groups the step's tokens by expert and skips the
+experts no token chose. Within a decoder step the compact form's dozen small dispatch kernels run
+with cold code and branch history, and cost several times what they cost alone; one kernel does
+not. The operator needs one width for all experts of a layer, so layers with experts of
+different widths keep the compact form (one operator per width, each skipping the tokens of the
+others, was measured slower than compact on a searched architecture). The residual Add and
 LayerNorm after a QMoE layer fuse as after a dense one once `onnx.drop_custom_op_shapes` has
 removed the dims the exporter invented for the operator's output. Its int8 kernels multiply row
 by row, so with many rows per call (whole sources, batches of sentences) the compact form, whose
