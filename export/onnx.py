@@ -308,8 +308,8 @@ def default_moe_dispatch(quantize: str | None) -> str:
 def to_onnx(model_dir: str | Path, out_dir: str | Path, *, quantize: str | None = None, force: bool = False,
             moe_dispatch: str | None = None) -> Path:
     """Export a model folder to an ONNX Runtime folder (see the module docstring); returns it.
-    `moe_dispatch` (default: `default_moe_dispatch(quantize)`) is passed to `export_graphs`,
-    which refuses an unknown one."""
+    `moe_dispatch` (default: `default_moe_dispatch(quantize)`) decides each graph's MoE form
+    (`moe_graphs`, which refuses an unknown one)."""
     if quantize not in QUANTIZATIONS:
         raise ValueError(f"quantize={quantize!r} must be one of {list(QUANTIZATIONS)}")
     moe_dispatch = moe_dispatch or default_moe_dispatch(quantize)
@@ -323,9 +323,10 @@ def to_onnx(model_dir: str | Path, out_dir: str | Path, *, quantize: str | None 
     model = MoETransformer.from_pretrained(model_dir)
     tmp = prepare_out_dir(out_dir, force)
     try:
-        graphs, forms = export_graphs(model, tmp, moe_dispatch), moe_graphs(arch, moe_dispatch)
-        for path in dict.fromkeys(graphs.values()):
-            if quantize == "int8":
+        forms = moe_graphs(arch, moe_dispatch)
+        graphs = export_graphs(model, tmp, forms=forms)
+        if quantize == "int8":
+            for path in dict.fromkeys(graphs.values()):  # beam_decoder may be decoder.onnx itself
                 quantize_int8(path)
         if forms["beam_search"] == "qmoe":
             drop_custom_op_shapes(graphs["beam_decoder"])

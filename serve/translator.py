@@ -36,18 +36,18 @@ def export_cache_dir() -> Path:
     return Path(root) / "exports"
 
 
-def _cached_export(model_dir: Path, engine: str, quantize: str | None) -> Path:
-    """Export `model_dir` for `engine` into the cache once (keyed by the weights' checksum). An ONNX
-    export whose graphs' MoE forms are not what the exporter now writes by default (made by an older
-    automoe) is redone."""
-    from automoe.checkpoint import WEIGHTS_NAME, read_model_config
+def _cached_export(model_dir: Path, arch, engine: str, quantize: str | None) -> Path:
+    """Export `model_dir` (whose ArchConfig is `arch`) for `engine` into the cache once (keyed by the
+    weights' checksum). An ONNX export whose graphs' MoE forms are not what the exporter now writes
+    by default (made by an older automoe) is redone."""
+    from automoe.checkpoint import WEIGHTS_NAME
     from automoe.export.onnx import default_moe_dispatch, moe_graphs
 
     digest = hashlib.sha256((model_dir / WEIGHTS_NAME).read_bytes()).hexdigest()[:16]
     folder = export_cache_dir() / f"{digest}-{engine}-{quantize or 'fp32'}"
     info_path = folder / "export_info.json"
     if info_path.exists() and (engine != "onnxruntime" or json.loads(info_path.read_text(encoding="utf-8")).get(
-            "moe_graphs") == moe_graphs(read_model_config(model_dir)[0], default_moe_dispatch(quantize))):
+            "moe_graphs") == moe_graphs(arch, default_moe_dispatch(quantize))):
         return folder
     logger.info("exporting %s for %s (%s) into %s", model_dir, engine, quantize or "fp32", folder)
     if engine == "onnxruntime":
@@ -88,8 +88,8 @@ def load_engine(folder: Path, engine: str | None, quantize: str | None, threads:
     if not info_path.exists():
         from automoe.checkpoint import read_model_config
 
-        read_model_config(folder)  # a clear error for what is not a model folder, before exporting
-        folder = _cached_export(folder, engine, quantize)
+        arch, _ = read_model_config(folder)  # a clear error for what is not a model folder, before exporting
+        folder = _cached_export(folder, arch, engine, quantize)
     if engine == "onnxruntime":
         return OnnxEngine(folder, threads)
     from .ct2 import CTranslate2Engine
