@@ -29,7 +29,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import RESULTS, append_jsonl, environment, summary_ms  # noqa: E402
-from moe_overhead import RecordingSession, build_models, l3_cache, ratio_stats, replay  # noqa: E402
+from moe_overhead import build_models, l3_cache, ratio_stats, record_steps, replay  # noqa: E402
 
 FORMS = ("compact", "qmoe")
 
@@ -41,20 +41,6 @@ def encoder_feeds(ids: list[int], bos_id: int) -> dict:
     src = np.array([ids], np.int32)
     return {"encoder_input_ids": src, "encoder_attention_mask": np.ones_like(src),
             "decoder_input_ids": np.array([[bos_id]], np.int32)}
-
-
-def record_batches(translator, sources: list[str], batch: int, beam: int) -> list[list[dict]]:
-    """Translate `sources` in batches of `batch` through an onnxruntime `translator`'s decoder.onnx
-    (no beam graph); per batch, the inputs of every decoder step."""
-    translator.backend.use_beam_graph = False
-    recorder = translator.backend.decoder = RecordingSession(translator.backend.decoder)
-    batches = []
-    for i in range(0, len(sources), batch):
-        recorder.feeds = []
-        translator.translate(sources[i: i + batch], beam=beam)
-        batches.append(recorder.feeds)
-    translator.backend.decoder = recorder.session
-    return batches
 
 
 def export_forms(model, root: Path, tokenizer: Path) -> dict[str, Path]:
@@ -116,7 +102,7 @@ def main(argv: list[str] | None = None) -> int:
         translator = Translator.from_pretrained(folders["compact"], threads=args.threads)
         items = {"encoder": [[encoder_feeds(ids, model.config.bos_id)] for ids in translator._encode(sources) if ids]}
         for batch in args.batches:
-            items[f"decoder@{batch}"] = record_batches(translator, sources, batch, args.beam)
+            items[f"decoder@{batch}"] = record_steps(translator, sources, args.beam, batch=batch)
         sessions = {graph: {form: ort.InferenceSession(str(folders[form] / f"{graph.split('@')[0]}.onnx"), options,
                                                        providers=["CPUExecutionProvider"]) for form in FORMS}
                     for graph in items}

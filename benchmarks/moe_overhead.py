@@ -111,18 +111,20 @@ def export_model(model, folder: Path, tokenizer: Path, quantize: str | None, moe
     return to_onnx(folder, folder.with_name(folder.name + "-onnx"), quantize=quantize, moe_dispatch=moe_dispatch)
 
 
-def record_steps(translator, sources: list[str], beam: int, max_length: int | None = None) -> list[list[dict]]:
-    """Translate each source one at a time with an onnxruntime `translator` through its decoder-step
-    graph; per sentence, the inputs of every decoder step (`max_length` as in `translate`)."""
+def record_steps(translator, sources: list[str], beam: int, max_length: int | None = None,
+                 batch: int = 1) -> list[list[dict]]:
+    """Translate `sources` in batches of `batch` (default: one at a time) with an onnxruntime
+    `translator` through its decoder-step graph; per batch, the inputs of every decoder step
+    (`max_length` as in `translate`)."""
     translator.backend.use_beam_graph = False  # decode through decoder.onnx so its steps are recorded
     recorder = translator.backend.decoder = RecordingSession(translator.backend.decoder)
-    sentences = []
-    for sentence in sources:
+    batches = []
+    for i in range(0, len(sources), batch):
         recorder.feeds = []
-        translator.translate([sentence], beam=beam, max_length=max_length)
-        sentences.append(recorder.feeds)
+        translator.translate(sources[i: i + batch], beam=beam, max_length=max_length)
+        batches.append(recorder.feeds)
     translator.backend.decoder = recorder.session
-    return sentences
+    return batches
 
 
 def time_steps(session, feeds: list[dict]) -> list[float]:
