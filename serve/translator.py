@@ -6,7 +6,6 @@ engine and detokenizes, and always returns one output per input line in input or
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
@@ -41,9 +40,10 @@ def _cached_export(model_dir: Path, arch, engine: str, quantize: str | None) -> 
     weights' checksum). An ONNX export whose graphs' MoE forms are not what the exporter now writes
     by default (made by an older automoe) is redone."""
     from automoe.checkpoint import WEIGHTS_NAME
+    from automoe.corpora import sha256_file
     from automoe.export.onnx import default_moe_dispatch, moe_graphs
 
-    digest = hashlib.sha256((model_dir / WEIGHTS_NAME).read_bytes()).hexdigest()[:16]
+    digest = sha256_file(model_dir / WEIGHTS_NAME)[:16]  # read in blocks: the same key as before
     folder = export_cache_dir() / f"{digest}-{engine}-{quantize or 'fp32'}"
     info_path = folder / "export_info.json"
     if info_path.exists() and (engine != "onnxruntime" or json.loads(info_path.read_text(encoding="utf-8")).get(
