@@ -46,7 +46,7 @@ def encoder_feeds(ids: list[int], bos_id: int) -> dict:
 def export_forms(model, root: Path, tokenizer: Path) -> dict[str, Path]:
     """int8 exports of `model` with every graph in each form; {form: folder}. The compact folder is
     a whole export (the steps are recorded through it), the qmoe one holds the two graphs."""
-    from automoe.export.onnx import drop_custom_op_shapes, export_graphs, quantize_int8, to_onnx
+    from automoe.export.onnx import fix_custom_op_shapes, export_graphs, quantize_int8, to_onnx
 
     model.save_pretrained(root / "model", tokenizer_file=tokenizer)
     folders = {"compact": to_onnx(root / "model", root / "compact", quantize="int8", moe_dispatch="compact")}
@@ -55,7 +55,7 @@ def export_forms(model, root: Path, tokenizer: Path) -> dict[str, Path]:
     graphs = export_graphs(model, folders["qmoe"], forms=dict.fromkeys(("encoder", "decoder", "beam_search"), "qmoe"))
     for path in (graphs["encoder"], graphs["decoder"]):
         quantize_int8(path)
-        drop_custom_op_shapes(path)
+        fix_custom_op_shapes(path)
     return folders
 
 

@@ -211,9 +211,10 @@ def add_replay_arguments(p: argparse.ArgumentParser, turn: int, warmup: int, max
     p.add_argument("--data", required=True, help="dataset folder (test split, spm.model)")
     p.add_argument("--experts", type=int, default=4)
     if moe_dispatch:
-        p.add_argument("--moe-dispatch", default=None, choices=["compact", "qmoe"],
+        p.add_argument("--moe-dispatch", default=None, choices=["compact", "qmoe", "kernel"],
                        help="how the MoE layers of the beam graph's decoder export (automoe.export.onnx.export_graphs; "
-                            "default: the exporter's for the quantization, qmoe for int8); qmoe needs --quantize int8")
+                            "default: the exporter's for the quantization: kernel for int8, or qmoe where no C++ "
+                            "compiler builds automoe's operator); qmoe and kernel need --quantize int8")
     p.add_argument("--width", type=int, default=None, help="expert / dense FFN width (default: the widest of the space)")
     p.add_argument("--sentences", type=int, default=100)
     p.add_argument("--rounds", type=int, default=8, help="passes over the sentences")

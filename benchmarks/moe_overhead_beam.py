@@ -67,7 +67,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--lengths", type=int, nargs=2, default=[8, 40], metavar=("SHORT", "LONG"),
                    help="the two fixed output lengths every sentence is decoded to")
     p.add_argument("--quantize", default="int8", choices=["int8", "none"])
-    p.add_argument("--against-form", default=None, choices=["compact", "qmoe"],
+    p.add_argument("--against-form", default=None, choices=["compact", "qmoe", "kernel"],
                    help="also time the MoE model exported in this other form, paired turn by turn with the "
                         "--moe-dispatch one (record field form_ratio: the first over the second, minus 1)")
     p.add_argument("--out", default=str(RESULTS / "moe_overhead_beam.jsonl"))

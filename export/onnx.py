@@ -12,8 +12,11 @@ An export folder holds
 Batch, source and cache lengths are dynamic. Top-1 MoE layers export in the compact form of
 `onnx_moe` (tokens sorted by expert, split into one block per expert, scattered back); routers
 stay fp32 under int8 quantization. In int8 exports the decoder inside beam_search.onnx, which
-translates one sentence at a time, writes its equal-width MoE layers as ONNX Runtime's fused QMoE
-operator instead (`export_graphs`); export_info.json records each graph's form ("moe_graphs").
+translates one sentence at a time, writes its MoE layers as automoe's own int8 operator
+(`kernel`; the folder then holds its library, libautomoe_ops.so, which sessions register with
+`SessionOptions.register_custom_ops_library`) or, where no C++ compiler can build that, its
+equal-width ones as ONNX Runtime's fused QMoE operator (`export_graphs`); export_info.json records
+each graph's form ("moe_graphs") and the library ("custom_ops_library").
 """
 
 from __future__ import annotations
@@ -34,6 +37,7 @@ from automoe.checkpoint import CONFIG_NAME, WEIGHTS_NAME, read_model_config
 from automoe.corpora import sha256_file
 from automoe.modeling import DecoderState, MoETransformer
 
+from . import kernel
 from .onnx_moe import compact_moe_dispatch, qmoe_layer_block
 
 logger = logging.getLogger(__name__)
@@ -42,8 +46,10 @@ ENCODER_FILE, DECODER_FILE, BEAM_FILE = "encoder.onnx", "decoder.onnx", "beam_se
 BEAM_DECODER_FILE = "beam_decoder.onnx"  # written only while exporting: beam_search.onnx holds it
 OPSET = 17
 QUANTIZATIONS = (None, "int8")
-MOE_DISPATCHES = ("compact", "qmoe", "traced")
-CUSTOM_OPSETS = {"com.microsoft": 1}  # QMoE (moe_dispatch="qmoe")
+MOE_DISPATCHES = ("compact", "qmoe", "kernel", "traced")
+FUSED_FORMS = ("qmoe", "kernel")  # int8 only: they store 8-bit expert weights
+CUSTOM_OPSETS = {"com.microsoft": 1, kernel.DOMAIN: 1}  # QMoE, automoe.Top1MoE
+FORM_OPSETS = {"qmoe": {"com.microsoft": 1}, "kernel": {kernel.DOMAIN: 1}}  # what each form's graphs import
 
 
 def _require(module: str, extra: str = "onnx"):
@@ -108,14 +114,17 @@ def _example(model: MoETransformer):
 
 def moe_graphs(arch, moe_dispatch: str) -> dict[str, str]:
     """The MoE form each graph of an export gets from `moe_dispatch` (see `export_graphs`): "traced"
-    everywhere, or "compact" everywhere except, with "qmoe", the decoder inside beam_search.onnx when
-    one of `arch`'s decoder layers can take the QMoE operator (`onnx_moe.qmoe_layer_block`)."""
+    everywhere, or "compact" everywhere except the decoder inside beam_search.onnx, which gets
+    "qmoe" when one of `arch`'s decoder layers can take the QMoE operator
+    (`onnx_moe.qmoe_layer_block`), and "kernel" when one of them is a top-1 layer with experts."""
     if moe_dispatch not in MOE_DISPATCHES:
         raise ValueError(f"moe_dispatch={moe_dispatch!r} must be one of {list(MOE_DISPATCHES)}")
     base = "traced" if moe_dispatch == "traced" else "compact"
-    fused = moe_dispatch == "qmoe" and any(qmoe_layer_block(arch.decoder_embed_dim, widths, arch.top_k)
-                                           for widths in arch.decoder_ffn)
-    return {"encoder": base, "decoder": base, "beam_search": "qmoe" if fused else base}
+    if moe_dispatch == "qmoe":
+        fused = any(qmoe_layer_block(arch.decoder_embed_dim, widths, arch.top_k) for widths in arch.decoder_ffn)
+    else:
+        fused = moe_dispatch == "kernel" and arch.top_k == 1 and any(len(w) > 1 for w in arch.decoder_ffn)
+    return {"encoder": base, "decoder": base, "beam_search": moe_dispatch if fused else base}
 
 
 def export_graphs(model: MoETransformer, out_dir: Path, moe_dispatch: str = "compact",
@@ -124,19 +133,21 @@ def export_graphs(model: MoETransformer, out_dir: Path, moe_dispatch: str = "com
     decoder graph for beam_search.onnx; returns their paths as {"encoder", "decoder", "beam_decoder"}.
 
     moe_dispatch: "compact" exports top-1 MoE layers as `onnx_moe.Top1MoE` (few graph nodes, exact);
-    "traced" exports PyTorch's own gather / scatter dispatch (kept to measure against); "qmoe" (int8
-    exports) is "compact" except in the beam graph's decoder, which writes the decoder layers whose
-    experts share a width as ONNX Runtime's fused QMoE operator with 8-bit expert weights
-    (`onnx_moe.Top1QMoE`). The beam graph decodes one sentence, so its steps route `beam` rows, where
-    the fused kernel is faster; it multiplies row by row, so the encoder (whole sources) and
-    decoder.onnx (batches of sentences) keep the compact form, which is faster there. The
+    "traced" exports PyTorch's own gather / scatter dispatch (kept to measure against); "kernel" and
+    "qmoe" (int8 exports) are "compact" except in the beam graph's decoder, which writes its top-1
+    MoE layers as automoe's operator (`onnx_moe.Top1KernelMoE`, any widths) or, with "qmoe", the
+    layers whose experts share a width as ONNX Runtime's fused QMoE operator (`onnx_moe.Top1QMoE`),
+    both with 8-bit expert weights. The beam graph decodes one sentence, so its steps route `beam`
+    rows, where one fused kernel is faster than a dozen small ones; the encoder (whole sources) and
+    decoder.onnx (batches of sentences) keep the compact form, whose experts run as ONNX Runtime's
+    multi-threaded int8 matrix products (the operator runs on one thread). The
     beam_decoder file is decoder.onnx itself unless its form differs (then `to_onnx` deletes it once
     the beam graph holds it). `forms` overrides `moe_graphs(model.config, moe_dispatch)`, for
     benchmarks that time a form in a graph where the exporter does not use it.
     """
     forms = forms or moe_graphs(model.config, moe_dispatch)
     dispatch = lambda form, one_token: (contextlib.nullcontext() if form == "traced"  # noqa: E731
-                                        else compact_moe_dispatch(model, one_token, qmoe=form == "qmoe"))
+                                        else compact_moe_dispatch(model, one_token, form=form))
     n = len(model.decoder_layers)
     model = model.float().eval()
     src, mask, start = _example(model)
@@ -155,7 +166,7 @@ def export_graphs(model: MoETransformer, out_dir: Path, moe_dispatch: str = "com
         with dispatch(forms["encoder"], one_token=False):  # encoder layers see whole sources
             torch.onnx.export(encoder_init, (src, mask, start), str(paths["encoder"]), input_names=enc_in,
                               output_names=enc_out, dynamic_axes=dyn, opset_version=OPSET, dynamo=False,
-                              custom_opsets=CUSTOM_OPSETS)
+                              custom_opsets=FORM_OPSETS.get(forms["encoder"], {}))
         past = list(encoder_init(src, mask, start)[2:])
         step = DecoderStep(model)
         tokens = torch.full((2, 1), 5 % model.config.vocab_size, dtype=torch.int32)
@@ -175,22 +186,31 @@ def export_graphs(model: MoETransformer, out_dir: Path, moe_dispatch: str = "com
             with dispatch(form, one_token=True):  # input_ids is [batch, 1]: one token per row
                 torch.onnx.export(step, (tokens, mask, *past), str(paths[name]), input_names=dec_in,
                                   output_names=dec_out, dynamic_axes=dyn, opset_version=OPSET, dynamo=False,
-                                  custom_opsets=CUSTOM_OPSETS)
+                                  custom_opsets=FORM_OPSETS.get(form, {}))
     paths.setdefault("beam_decoder", paths["decoder"])
     return paths
 
 
-def drop_custom_op_shapes(path: Path) -> None:
-    """Remove the shapes recorded for com.microsoft nodes' outputs, in place (after quantization,
+def fix_custom_op_shapes(path: Path) -> None:
+    """Correct the shapes recorded for QMoE / Top1MoE nodes' outputs, in place (after quantization,
     which infers shapes again). The exporter names their dynamic dims afresh, so ONNX Runtime could
-    not tell that a QMoE layer's output has its input's shape and would not fuse the residual Add
-    and LayerNorm after it; without them it infers the output shape from the operator's schema."""
+    not tell that a MoE layer's output has its input's shape and would not fuse the residual Add
+    and LayerNorm after it. QMoE outputs lose theirs (ONNX Runtime infers them from the operator's
+    schema); Top1MoE outputs, whose operator has no schema there, get their input's."""
     onnx = _require("onnx")
     model = onnx.load(str(path))
-    outputs = {out for node in model.graph.node if node.domain == "com.microsoft" for out in node.output}
-    kept = [info for info in model.graph.value_info if info.name not in outputs]
-    del model.graph.value_info[:]
-    model.graph.value_info.extend(kept)
+    graph = model.graph
+    known = {info.name: info for info in list(graph.value_info) + list(graph.input)}
+    outputs = {node.output[0]: node for node in graph.node if node.domain in CUSTOM_OPSETS}
+    kept = [info for info in graph.value_info if info.name not in outputs]
+    for name, node in outputs.items():
+        if node.op_type == kernel.OP_TYPE and node.input[0] in known:
+            info = onnx.ValueInfoProto()
+            info.CopyFrom(known[node.input[0]])
+            info.name = name
+            kept.append(info)
+    del graph.value_info[:]
+    graph.value_info.extend(kept)
     onnx.save(model, str(path))
 
 
@@ -299,10 +319,13 @@ def tool_versions(*modules: str) -> dict:
 
 
 def default_moe_dispatch(quantize: str | None) -> str:
-    """How `to_onnx` exports MoE layers unless told: "qmoe" in int8 exports (the fused QMoE operator
-    in the beam graph's decoder: less decode-step overhead at batch 1, measured by
-    benchmarks/moe_overhead_beam.py), the exact compact form everywhere in fp32 ones."""
-    return "qmoe" if quantize == "int8" else "compact"
+    """How `to_onnx` exports MoE layers unless told: in int8 exports "kernel" (automoe's operator in
+    the beam graph's decoder: the least decode-step overhead at batch 1, measured by
+    benchmarks/moe_overhead_beam.py), or "qmoe" (ONNX Runtime's fused QMoE operator) where no C++
+    compiler can build that operator; the exact compact form everywhere in fp32 ones."""
+    if quantize != "int8":
+        return "compact"
+    return "kernel" if kernel.available() else "qmoe"
 
 
 def to_onnx(model_dir: str | Path, out_dir: str | Path, *, quantize: str | None = None, force: bool = False,
@@ -313,8 +336,8 @@ def to_onnx(model_dir: str | Path, out_dir: str | Path, *, quantize: str | None 
     if quantize not in QUANTIZATIONS:
         raise ValueError(f"quantize={quantize!r} must be one of {list(QUANTIZATIONS)}")
     moe_dispatch = moe_dispatch or default_moe_dispatch(quantize)
-    if moe_dispatch == "qmoe" and quantize != "int8":
-        raise ValueError("moe_dispatch='qmoe' stores 8-bit expert weights: use it with quantize='int8' "
+    if moe_dispatch in FUSED_FORMS and quantize != "int8":
+        raise ValueError(f"moe_dispatch={moe_dispatch!r} stores 8-bit expert weights: use it with quantize='int8' "
                          "(an fp32 export keeps the exact 'compact' dispatch)")
     _require("onnxruntime")
     _require("onnx")
@@ -324,18 +347,24 @@ def to_onnx(model_dir: str | Path, out_dir: str | Path, *, quantize: str | None 
     tmp = prepare_out_dir(out_dir, force)
     try:
         forms = moe_graphs(arch, moe_dispatch)
+        library = None
+        if "kernel" in forms.values():  # before the export: no build, no half-made folder
+            library = kernel.build_library()
+            shutil.copyfile(library, tmp / kernel.LIBRARY_FILE)
         graphs = export_graphs(model, tmp, forms=forms)
         if quantize == "int8":
             for path in dict.fromkeys(graphs.values()):  # beam_decoder may be decoder.onnx itself
                 quantize_int8(path)
-        if forms["beam_search"] == "qmoe":
-            drop_custom_op_shapes(graphs["beam_decoder"])
+        if forms["beam_search"] in FUSED_FORMS:
+            fix_custom_op_shapes(graphs["beam_decoder"])
         build_beam_search(graphs["encoder"], graphs["beam_decoder"], tmp / BEAM_FILE, arch)
         if graphs["beam_decoder"] != graphs["decoder"]:
             graphs["beam_decoder"].unlink()
         copy_model_files(model_dir, tmp, meta)
         info = {"format": "automoe-onnx", "target": "onnxruntime", "quantization": quantize, "opset": OPSET,
                 "moe_dispatch": moe_dispatch, "moe_graphs": forms,
+                "custom_ops_library": library and kernel.LIBRARY_FILE,
+                "kernel_isa": library and kernel.isa(library),
                 "files": {"encoder": ENCODER_FILE, "decoder": DECODER_FILE, "beam_search": BEAM_FILE},
                 "source": str(model_dir), "source_sha256": sha256_file(model_dir / WEIGHTS_NAME),
                 "arch": arch.to_dict(), "tokenizer": meta.get("tokenizer"),

@@ -26,22 +26,31 @@ with cold code and branch history, and cost several times what they cost alone; 
 not. The operator needs one width for all experts of a layer, so layers with experts of
 different widths keep the compact form (one operator per width, each skipping the tokens of the
 others, was measured slower than compact on a searched architecture). The residual Add and
-LayerNorm after a QMoE layer fuse as after a dense one once `onnx.drop_custom_op_shapes` has
+LayerNorm after a QMoE layer fuse as after a dense one once `onnx.fix_custom_op_shapes` has
 removed the dims the exporter invented for the operator's output. Its int8 kernels multiply row
 by row, so with many rows per call (whole sources, batches of sentences) the compact form, whose
 experts run as int8 matrix products, is faster; hence only the beam graph uses it.
 `compact_moe_dispatch(model, qmoe=True)` selects it where it applies.
+
+The third form, `Top1KernelMoE`, is automoe's own operator (`automoe.Top1MoE`, built from
+csrc/automoe_ops.cc by `kernel.build_library`): router MatMul, Softmax and one node that quantizes
+each row once, groups the rows by expert and runs the chosen experts with int8 kernels as fast as
+ONNX Runtime's dense ones (3 nodes per layer, experts of any widths).
+`compact_moe_dispatch(model, form="kernel")` selects it for every top-1 layer with experts.
 """
 
 from __future__ import annotations
 
 import contextlib
 import functools
+import warnings
 
 import torch
 import torch.nn.functional as F
 
 from automoe.moe import MoEFeedForward
+
+from . import kernel
 
 
 def _tensor(g, values, dtype=torch.int64):
@@ -173,6 +182,32 @@ class Top1QMoE(torch.autograd.Function):
         return y
 
 
+class Top1KernelMoE(torch.autograd.Function):
+    """A top-1 MoE layer as automoe's operator `automoe.Top1MoE` (int8 exports only; see
+    csrc/automoe_ops.cc). Eager, it computes the operator's result (`kernel.reference_top1_moe`)."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, router_scale: bool, router_weight: torch.Tensor,
+                *inputs: torch.Tensor) -> torch.Tensor:
+        """x [B, T, d]; inputs: the operator's weights (`kernel.layer_inputs`) -> [B, T, d]."""
+        probs = F.linear(x, router_weight).softmax(dim=-1)
+        y = kernel.reference_top1_moe(x, probs, list(inputs), router_scale)
+        # a copy the tracer sees as a constant: traced, the reference's own ops (integer unpacking,
+        # per-expert index lists) break TorchScript's peephole pass, and `symbolic` replaces them anyway
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", torch.jit.TracerWarning)
+            return torch.from_numpy(y.detach().numpy().copy())
+
+    @staticmethod
+    def symbolic(g, x, router_scale: bool, router_weight, *inputs):
+        """Router MatMul (kept fp32 by int8 quantization: it feeds a Softmax), Softmax, the operator;
+        any rank works, so a decoder step's [B, 1, d] goes in as it is."""
+        probs = g.op("Softmax", g.op("MatMul", x, g.op("Transpose", router_weight, perm_i=[1, 0])), axis_i=-1)
+        y = g.op(f"{kernel.DOMAIN}::{kernel.OP_TYPE}", x, probs, *inputs, router_scale_i=int(router_scale))
+        y.setType(x.type())
+        return y
+
+
 def _forward_result(out: torch.Tensor, x: torch.Tensor):
     """What MoEFeedForward.forward returns, for an exported layer's output: the balancing loss and
     the routing, which no exported graph returns, as zeros."""
@@ -202,17 +237,35 @@ def _export_forward_qmoe(module: MoEFeedForward, block_size: int, weights: list[
     return _forward_result(Top1QMoE.apply(x, module.router_scale, block_size, module.router.weight, *weights), x)
 
 
+def _kernel_weights(module: MoEFeedForward) -> list[torch.Tensor]:
+    """A layer's experts as `Top1KernelMoE` takes them (int8 codes, packed; plain tensors, traced as
+    constants)."""
+    return kernel.layer_inputs([(e.fc1.weight, e.fc1.bias, e.fc2.weight, e.fc2.bias) for e in module.experts])
+
+
+def _export_forward_kernel(module: MoEFeedForward, weights: list[torch.Tensor], x: torch.Tensor,
+                           mask: torch.Tensor | None = None):
+    """MoEFeedForward.forward for an int8 export through Top1KernelMoE (weights from `_kernel_weights`)."""
+    return _forward_result(Top1KernelMoE.apply(x, module.router_scale, module.router.weight, *weights), x)
+
+
 @contextlib.contextmanager
-def compact_moe_dispatch(model: torch.nn.Module, one_token: bool = False, qmoe: bool = False):
+def compact_moe_dispatch(model: torch.nn.Module, one_token: bool = False, qmoe: bool = False, form: str = "compact"):
     """Within the block every top-1 MoE layer of `model` (with a router) runs and traces as
     `Top1MoE`; dense layers and top-k > 1 layers are untouched. Restored on exit.
     one_token: every traced call sees one token per row (the decoder-step graph).
-    qmoe: layers whose experts share a width a block size divides trace as `Top1QMoE` instead."""
+    qmoe (or form="qmoe"): layers whose experts share a width a block size divides trace as
+    `Top1QMoE` instead. form="kernel": every such layer with experts traces as `Top1KernelMoE`."""
+    if form not in ("compact", "qmoe", "kernel"):
+        raise ValueError(f"form={form!r} must be 'compact', 'qmoe' or 'kernel'")
+    qmoe = qmoe or form == "qmoe"
     layers = [m for m in model.modules() if isinstance(m, MoEFeedForward) and m.router is not None and m.top_k == 1]
     for m in layers:
         widths = tuple(e.fc1.out_features for e in m.experts)
         block = qmoe_layer_block(m.experts[0].fc1.in_features, widths, m.top_k) if qmoe else None
-        if block:
+        if form == "kernel" and len(widths) > 1:
+            m.forward = functools.partial(_export_forward_kernel, m, _kernel_weights(m))
+        elif block:
             m.forward = functools.partial(_export_forward_qmoe, m, block, _qmoe_weights(m, block))
         else:
             m.forward = functools.partial(_export_forward, m, one_token)

@@ -122,6 +122,13 @@ class OnnxEngine:
         if threads:
             options.intra_op_num_threads = threads
             options.inter_op_num_threads = 1
+        library = self.info.get("custom_ops_library")
+        if library:  # automoe's int8 MoE operator (export/kernel.py), built on the exporting machine
+            try:
+                options.register_custom_ops_library(str(self.folder / library))
+            except Exception as e:  # noqa: BLE001  ORT raises its own Fail / RuntimeError types
+                raise RuntimeError(f"{self.folder}: its operator library {library} does not load here ({e}); "
+                                   "re-export the model on this machine, or with moe_dispatch='qmoe'") from e
         load = lambda name: ort.InferenceSession(str(self.folder / name), options,  # noqa: E731
                                                  providers=["CPUExecutionProvider"])
         self.encoder, self.decoder, self.beam = load(ENCODER_FILE), load(DECODER_FILE), load(BEAM_FILE)

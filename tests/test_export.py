@@ -210,9 +210,14 @@ sys.meta_path.insert(0, Block())
 
 ORT_SCRIPT = BLOCK + """
 import numpy as np, onnxruntime as ort, sentencepiece as spm
+import json
 folder = sys.argv[1]
 sp = spm.SentencePieceProcessor(model_file=folder + '/spm.model')
-session = ort.InferenceSession(folder + '/beam_search.onnx', providers=['CPUExecutionProvider'])
+options = ort.SessionOptions()
+library = json.load(open(folder + '/export_info.json')).get('custom_ops_library')
+if library:  # automoe's int8 MoE operator, shipped in the folder
+    options.register_custom_ops_library(folder + '/' + library)
+session = ort.InferenceSession(folder + '/beam_search.onnx', options, providers=['CPUExecutionProvider'])
 ids = np.array([sp.encode('Jesus wept.') + [sp.eos_id()]], dtype=np.int32)
 out = session.run(None, {'input_ids': ids, 'attention_mask': np.ones_like(ids),
     'max_length': np.array([12], np.int32), 'min_length': np.array([1], np.int32),
@@ -341,9 +346,9 @@ def test_onnx_int8_qmoe_export_fuses_equal_width_layers_of_the_beam_graph_only(t
     model_dir = _save(arch, tmp_path / "moe")
     with pytest.raises(ValueError, match="use it with quantize='int8'"):
         to_onnx(model_dir, tmp_path / "fp32", moe_dispatch="qmoe")
-    out = to_onnx(model_dir, tmp_path / "q", quantize="int8")  # the int8 default
+    out = to_onnx(model_dir, tmp_path / "q", quantize="int8", moe_dispatch="qmoe")  # the default without a compiler
     info = json.loads((out / "export_info.json").read_text())
-    assert info["moe_dispatch"] == "qmoe"
+    assert info["moe_dispatch"] == "qmoe" and info["custom_ops_library"] is None
     assert info["moe_graphs"] == {"encoder": "compact", "decoder": "compact", "beam_search": "qmoe"}
     assert sorted(p.name for p in out.iterdir() if p.suffix == ".onnx") == ["beam_search.onnx", "decoder.onnx",
                                                                             "encoder.onnx"]

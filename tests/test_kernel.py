@@ -1,0 +1,188 @@
+"""automoe's own ONNX Runtime operator (export/csrc/automoe_ops.cc, automoe.export.kernel): it
+computes what its PyTorch reference computes, on both its code paths, inside int8 export folders
+that run with onnxruntime alone; and it fails with messages that say what to do."""
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+from automoe.export import kernel
+from automoe.moe import MoEFeedForward
+from automoe.serve import Translator
+
+from test_export import ORT_SCRIPT, SOURCES, TINY, _beam_decoder, _LayerOutput, _optimized_ops, _save
+
+pytestmark = pytest.mark.skipif(not kernel.available(), reason="no C++ compiler builds automoe's operator here")
+
+
+def _session(path, library=None):
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.register_custom_ops_library(str(library or kernel.build_library()))
+    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+
+
+def _optimized(path, tmp_path):
+    """Op types of `path` after ONNX Runtime's graph optimizations, the library registered."""
+    import onnx
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.register_custom_ops_library(str(kernel.build_library()))
+    options.optimized_model_filepath = str(tmp_path / "kernel-optimized.onnx")
+    ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    return [node.op_type for node in onnx.load(options.optimized_model_filepath).graph.node]
+
+
+@pytest.fixture(scope="module")
+def layer_graph(tmp_path_factory):
+    """A MoE layer of experts of three odd widths over an odd d_model, exported in the kernel form."""
+    from automoe.export.onnx import CUSTOM_OPSETS
+    from automoe.export.onnx_moe import compact_moe_dispatch
+
+    torch.manual_seed(0)
+    layer = _LayerOutput(MoEFeedForward(37, (48, 21, 40)).eval())
+    path = tmp_path_factory.mktemp("layer") / "layer.onnx"
+    with torch.no_grad(), compact_moe_dispatch(layer, form="kernel"):
+        torch.onnx.export(layer, (torch.randn(3, 5, 37),), str(path), input_names=["x"],
+                          dynamic_axes={"x": {0: "b", 1: "t"}}, opset_version=17, dynamo=False,
+                          custom_opsets=CUSTOM_OPSETS)
+    return layer, path
+
+
+def test_kernel_layer_equals_its_reference_and_the_fp32_layer_up_to_int8(layer_graph):
+    """The operator's output equals the eager reference (the same int8 arithmetic in PyTorch) up to
+    fp32 rounding, and the fp32 layer up to 8-bit quantization, for 1..15 rows (whole sources and
+    one-token rows, all four-row blocks and their remainders); every expert gets rows."""
+    import onnx
+
+    from automoe.export.onnx_moe import compact_moe_dispatch
+
+    layer, path = layer_graph
+    ops = [node.op_type for node in onnx.load(str(path)).graph.node if node.op_type != "Constant"]
+    assert ops == ["MatMul", "Softmax", "Top1MoE"]  # router (fp32), probabilities, the whole layer
+    session = _session(path)
+    torch.manual_seed(1)
+    seen = set()
+    for shape in [(3, 5), (1, 1), (2, 1), (1, 3), (4, 1), (1, 15)]:
+        x = torch.randn(*shape, 37)
+        got = torch.from_numpy(session.run(None, {"x": x.numpy()})[0])
+        with torch.no_grad():
+            fp32, _, choice = layer.layer(x)
+            with compact_moe_dispatch(layer, form="kernel"):
+                reference = layer(x)
+        seen |= set(choice.flatten().tolist())
+        scale = fp32.abs().max()
+        assert (got - reference).abs().max() <= 1e-5 * scale
+        assert (got - fp32).abs().max() <= 0.03 * scale
+    assert seen == {0, 1, 2}
+
+
+def test_kernel_portable_path_computes_the_same(layer_graph, tmp_path):
+    """AUTOMOE_KERNEL_PORTABLE=1 makes the library use its portable loops instead of AVX-512 VNNI (the
+    path of CPUs without it): the same integers, so the same outputs."""
+    _, path = layer_graph
+    x = torch.randn(2, 7, 37).numpy()
+    np.save(tmp_path / "x.npy", x)
+    script = ("import sys, numpy as np, onnxruntime as ort\n"
+              "o = ort.SessionOptions(); o.register_custom_ops_library(sys.argv[1])\n"
+              "s = ort.InferenceSession(sys.argv[2], o, providers=['CPUExecutionProvider'])\n"
+              "np.save(sys.argv[4], s.run(None, {'x': np.load(sys.argv[3])})[0])\n")
+    library = str(kernel.build_library())
+    outputs = []
+    for name, env in [("fast", {}), ("portable", {"AUTOMOE_KERNEL_PORTABLE": "1"})]:
+        done = subprocess.run([sys.executable, "-c", script, library, str(path), str(tmp_path / "x.npy"),
+                               str(tmp_path / f"{name}.npy")], env={**os.environ, **env}, capture_output=True, text=True)
+        assert done.returncode == 0, done.stderr
+        outputs.append(np.load(tmp_path / f"{name}.npy"))
+    assert np.array_equal(outputs[0], outputs[1])
+
+
+def test_kernel_refuses_inputs_that_do_not_fit(layer_graph, tmp_path):
+    """Wrong router probabilities or weights that do not match the widths fail with the operator's
+    own message, not a crash."""
+    import onnx
+    import onnxruntime as ort
+    from onnx import helper
+
+    _, path = layer_graph
+    model = onnx.load(str(path))
+    node = next(n for n in model.graph.node if n.op_type == "Top1MoE")
+    probs = helper.make_tensor_value_info("p", onnx.TensorProto.FLOAT, None)
+    graph = helper.make_graph([n for n in model.graph.node if n.op_type == "Constant"]
+                              + [helper.make_node("Top1MoE", ["x", "p", *node.input[2:]], ["y"], domain="automoe")],
+                              "g", [model.graph.input[0], probs], [helper.make_tensor_value_info("y", 1, None)])
+    bad = tmp_path / "bad.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=model.opset_import, ir_version=model.ir_version), str(bad))
+    session = _session(bad)
+    x = np.zeros((1, 2, 37), np.float32)
+    with pytest.raises(ort.capi.onnxruntime_pybind11_state.Fail, match="probs must be"):
+        session.run(None, {"x": x, "p": np.zeros((1, 2, 4), np.float32)})
+    assert session.run(None, {"x": x, "p": np.ones((1, 2, 3), np.float32)})[0].shape == (1, 2, 37)
+    widths = next(n for n in graph.node if n.output[0] == node.input[10])
+    widths.attribute[0].t.CopyFrom(onnx.numpy_helper.from_array(np.array([48, 21, 41], np.int64)))
+    onnx.save(helper.make_model(graph, opset_imports=model.opset_import, ir_version=model.ir_version), str(bad))
+    with pytest.raises(ort.capi.onnxruntime_pybind11_state.Fail, match="do not match widths"):
+        _session(bad).run(None, {"x": x, "p": np.ones((1, 2, 3), np.float32)})
+
+
+def test_int8_export_runs_every_moe_layer_of_the_beam_graph_in_the_kernel(tmp_path):
+    """The int8 default: the beam graph's decoder writes every top-1 layer with experts (equal or
+    mixed widths) as the operator; the folder carries the library, names it in export_info.json and
+    translates in a process that has onnxruntime alone; residual LayerNorms still fuse after it."""
+    import onnx
+
+    from automoe.export.onnx import default_moe_dispatch, router_matmuls, to_onnx
+
+    assert default_moe_dispatch("int8") == "kernel" and default_moe_dispatch(None) == "compact"
+    arch = TINY.largest().replace(vocab_size=1000, max_positions=96, decoder_embed_dim=16,
+                                  decoder_ffn=((32, 32, 32), (40,), (24, 8)))
+    model_dir = _save(arch, tmp_path / "moe")
+    with pytest.raises(ValueError, match="use it with quantize='int8'"):
+        to_onnx(model_dir, tmp_path / "fp32", moe_dispatch="kernel")
+    out = to_onnx(model_dir, tmp_path / "q", quantize="int8")
+    info = json.loads((out / "export_info.json").read_text())
+    assert info["moe_dispatch"] == "kernel" and info["kernel_isa"] in ("avx512-vnni", "portable")
+    assert info["moe_graphs"] == {"encoder": "compact", "decoder": "compact", "beam_search": "kernel"}
+    assert (out / info["custom_ops_library"]).is_file()
+    beam_decoder = _beam_decoder(out, tmp_path)
+    graph = onnx.load(str(beam_decoder)).graph
+    ops = [node.op_type for node in graph.node]
+    assert ops.count("Top1MoE") == 2 and "ScatterND" not in ops and "QMoE" not in ops
+    assert len(router_matmuls(graph)) == 2
+    for name in ("encoder.onnx", "decoder.onnx"):
+        assert "Top1MoE" not in [node.op_type for node in onnx.load(str(out / name)).graph.node]
+    dense = _save(arch.replace(decoder_ffn=tuple((w[0],) for w in arch.decoder_ffn)), tmp_path / "dense")
+    dense_out = to_onnx(dense, tmp_path / "dense-q", quantize="int8")
+    assert json.loads((dense_out / "export_info.json").read_text())["custom_ops_library"] is None
+    with pytest.raises(Exception, match="Top1MoE"):  # without the library ONNX Runtime cannot run it
+        _optimized_ops(beam_decoder, tmp_path)
+    fused = [_optimized(beam_decoder, tmp_path).count("SkipLayerNormalization"),
+             _optimized_ops(dense_out / "decoder.onnx", tmp_path).count("SkipLayerNormalization")]
+    assert fused[0] == fused[1] >= arch.decoder_layers
+    torch_tr, ort_tr = Translator.from_pretrained(model_dir), Translator.from_pretrained(out)
+    expected = torch_tr.translate(SOURCES, beam=4, max_length=16)
+    batched = ort_tr.translate(SOURCES, beam=4, max_length=16)
+    single = [ort_tr.translate([s], beam=4, max_length=16)[0] for s in SOURCES]  # in-graph BeamSearch
+    assert sum(a == b for a, b in zip(batched, expected)) >= len(SOURCES) * 0.8
+    assert sum(a == b for a, b in zip(single, batched)) >= len(SOURCES) * 0.8
+    alone = subprocess.run([sys.executable, "-c", ORT_SCRIPT, str(out)], capture_output=True, text=True)
+    assert alone.returncode == 0, alone.stderr
+    assert alone.stdout.strip() == ort_tr.translate(["Jesus wept."], beam=4, max_length=11)[0].strip()
+
+
+def test_without_a_compiler_the_kernel_says_so_and_exports_fall_back_to_qmoe(monkeypatch, tmp_path):
+    from automoe.export import onnx as onnx_export
+
+    monkeypatch.setenv("CXX", str(tmp_path / "no-such-compiler"))
+    monkeypatch.setenv("AUTOMOE_KERNEL_CACHE", str(tmp_path / "cache"))
+    with pytest.raises(kernel.KernelUnavailable, match="does not run"):
+        kernel.build_library()
+    monkeypatch.setattr(kernel, "available", lambda: False)
+    assert onnx_export.default_moe_dispatch("int8") == "qmoe"
