@@ -188,8 +188,10 @@ def moe_overhead_scale_table() -> str:
 
 def moe_overhead_beam_table() -> str:
     """The latest MoE decode-step overhead timed inside the exported beam graph (moe_overhead_beam.py,
-    trained weights): one row per MoE export form (the int8 default, QMoE, first) and FFN width."""
-    runs = [run for form in ("qmoe", "compact") if (run := _run_of("moe_overhead_beam", "supernet", hours=1.5, form=form))]
+    trained weights): one row per MoE export form (the int8 default, automoe's kernel, first; then
+    QMoE, then compact) and FFN width."""
+    runs = [run for form in ("kernel", "qmoe", "compact")
+            if (run := _run_of("moe_overhead_beam", "supernet", hours=1.5, form=form))]
     if not runs:
         return "_Not measured yet (benchmarks/moe_overhead_beam.py)._"
     runs = [list({r["width"]: r for r in form_run}.values()) for form_run in runs]  # the records shown
@@ -205,19 +207,23 @@ def moe_overhead_beam_table() -> str:
             f"{last['instances']} sessions per model ({_opening(last)}) in rotation. Overhead: the median over turns of "
             f"the ratio to the same turn of the dense model; after the semicolon, the ratio of per-sentence minima over "
             f"passes. Weights and routers of `{last['supernet']}`, L3 cache {last.get('l3_cache')}. MoE form: how the "
-            f"export writes the MoE layers (`qmoe`: ONNX Runtime's fused QMoE operator, the int8 default; `compact`: "
-            f"the exact sort / split / scatter graph); the last run of each: {dates}." + _form_ratios(run))
+            f"export writes the MoE layers (`kernel`: automoe's own int8 operator, export/csrc/automoe_ops.cc, the int8 "
+            f"default; `qmoe`: ONNX Runtime's fused QMoE operator, the default where no C++ compiler builds automoe's; "
+            f"`compact`: the exact sort / split / scatter graph); the last run of each: {dates}." + _form_ratios(run))
 
 
 def _form_ratios(run: list[dict]) -> str:
-    """A sentence on the records timed with `--against-form`: the MoE step in the record's form over
-    the same model in the other form, paired turn by turn in one run (empty when there are none)."""
+    """Sentences on the records timed with `--against-form`, one per pair of forms: the MoE step in
+    the record's form over the same model in the other form, paired turn by turn in one run (empty
+    when there are none)."""
     paired = sorted((r for r in run if r.get("form_ratio") is not None), key=lambda r: -r["width"])
-    if not paired:
-        return ""
-    cells = ", ".join(f"{r['width']}: {_overhead_cell(r['form_ratio'], r.get('form_ratio_min'))}" for r in paired)
-    return (f" The {_form(paired[0])} rows also timed the same MoE model exported as {paired[0]['against_form']} in "
-            f"the same turns; {_form(paired[0])} over {paired[0]['against_form']}, by FFN width: {cells}.")
+    out = ""
+    for form, against in dict.fromkeys((_form(r), r["against_form"]) for r in paired):
+        cells = ", ".join(f"{r['width']}: {_overhead_cell(r['form_ratio'], r.get('form_ratio_min'))}"
+                          for r in paired if (_form(r), r["against_form"]) == (form, against))
+        out += (f" The {form} rows also timed the same MoE model exported as {against} in the same turns; "
+                f"{form} over {against}, by FFN width: {cells}.")
+    return out
 
 
 def moe_forms_table() -> str:

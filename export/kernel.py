@@ -151,16 +151,16 @@ def _int8_linear(x: torch.Tensor, codes: torch.Tensor, scale: torch.Tensor, sums
     return acc * scale * s + bias
 
 
-def reference_top1_moe(x: torch.Tensor, probs: torch.Tensor, inputs: list[torch.Tensor],
+def reference_top1_moe(x: torch.Tensor, router_weight: torch.Tensor, inputs: list[torch.Tensor],
                        router_scale: bool = True) -> torch.Tensor:
-    """What `automoe.Top1MoE` computes, in PyTorch: x [..., d], probs [..., E] (router
-    probabilities), `inputs` the operator's inputs 2..10 (`layer_inputs`) -> [..., d]. Equal to the
-    kernel's output up to fp32 rounding."""
+    """What `automoe.Top1MoE` computes, in PyTorch: x [..., d], the router's weight [E, d] (as
+    torch.nn.Linear holds it), `inputs` the operator's inputs 2..10 (`layer_inputs`) -> [..., d].
+    Equal to the kernel's output up to fp32 rounding (of the router logits too: a row whose two
+    best logits tie to the last bit may pick the other expert)."""
     w1, s1, c1, b1, w2, s2, c2, b2, widths = inputs
     d = x.shape[-1]
     flat = x.reshape(-1, d).float()
-    p = probs.reshape(flat.shape[0], -1)
-    gate, choice = p.max(-1)
+    gate, choice = (flat @ router_weight.float().t()).softmax(-1).max(-1)
     out = torch.zeros_like(flat)
     col = off1 = off2 = 0
     for e, width in enumerate(widths.tolist()):

@@ -33,9 +33,9 @@ experts run as int8 matrix products, is faster; hence only the beam graph uses i
 `compact_moe_dispatch(model, qmoe=True)` selects it where it applies.
 
 The third form, `Top1KernelMoE`, is automoe's own operator (`automoe.Top1MoE`, built from
-csrc/automoe_ops.cc by `kernel.build_library`): router MatMul, Softmax and one node that quantizes
-each row once, groups the rows by expert and runs the chosen experts with int8 kernels as fast as
-ONNX Runtime's dense ones (3 nodes per layer, experts of any widths).
+csrc/automoe_ops.cc by `kernel.build_library`): one node per layer that routes each row (fp32),
+quantizes it once, groups the rows by expert and runs the chosen experts with int8 kernels about
+as fast as ONNX Runtime's dense ones (experts of any widths).
 `compact_moe_dispatch(model, form="kernel")` selects it for every top-1 layer with experts.
 """
 
@@ -183,15 +183,15 @@ class Top1QMoE(torch.autograd.Function):
 
 
 class Top1KernelMoE(torch.autograd.Function):
-    """A top-1 MoE layer as automoe's operator `automoe.Top1MoE` (int8 exports only; see
-    csrc/automoe_ops.cc). Eager, it computes the operator's result (`kernel.reference_top1_moe`)."""
+    """A top-1 MoE layer as automoe's operator `automoe.Top1MoE`, router included (int8 exports only;
+    see csrc/automoe_ops.cc). Eager, it computes the operator's result (`kernel.reference_top1_moe`)."""
 
     @staticmethod
     def forward(ctx, x: torch.Tensor, router_scale: bool, router_weight: torch.Tensor,
                 *inputs: torch.Tensor) -> torch.Tensor:
-        """x [B, T, d]; inputs: the operator's weights (`kernel.layer_inputs`) -> [B, T, d]."""
-        probs = F.linear(x, router_weight).softmax(dim=-1)
-        y = kernel.reference_top1_moe(x, probs, list(inputs), router_scale)
+        """x [B, T, d]; router_weight [E, d]; inputs: the operator's weights (`kernel.layer_inputs`)
+        -> [B, T, d]."""
+        y = kernel.reference_top1_moe(x, router_weight, list(inputs), router_scale)
         # a copy the tracer sees as a constant: traced, the reference's own ops (integer unpacking,
         # per-expert index lists) break TorchScript's peephole pass, and `symbolic` replaces them anyway
         with warnings.catch_warnings():
@@ -200,10 +200,10 @@ class Top1KernelMoE(torch.autograd.Function):
 
     @staticmethod
     def symbolic(g, x, router_scale: bool, router_weight, *inputs):
-        """Router MatMul (kept fp32 by int8 quantization: it feeds a Softmax), Softmax, the operator;
-        any rank works, so a decoder step's [B, 1, d] goes in as it is."""
-        probs = g.op("Softmax", g.op("MatMul", x, g.op("Transpose", router_weight, perm_i=[1, 0])), axis_i=-1)
-        y = g.op(f"{kernel.DOMAIN}::{kernel.OP_TYPE}", x, probs, *inputs, router_scale_i=int(router_scale))
+        """One node: the operator routes (fp32 router weight, which int8 quantization does not touch:
+        it quantizes MatMuls only) and runs the experts; any rank works, so a decoder step's
+        [B, 1, d] goes in as it is."""
+        y = g.op(f"{kernel.DOMAIN}::{kernel.OP_TYPE}", x, router_weight, *inputs, router_scale_i=int(router_scale))
         y.setType(x.type())
         return y
 

@@ -66,7 +66,7 @@ def test_kernel_layer_equals_its_reference_and_the_fp32_layer_up_to_int8(layer_g
 
     layer, path = layer_graph
     ops = [node.op_type for node in onnx.load(str(path)).graph.node if node.op_type != "Constant"]
-    assert ops == ["MatMul", "Softmax", "Top1MoE"]  # router (fp32), probabilities, the whole layer
+    assert ops == ["Top1MoE"]  # the whole layer, router included
     session = _session(path)
     torch.manual_seed(1)
     seen = set()
@@ -105,31 +105,30 @@ def test_kernel_portable_path_computes_the_same(layer_graph, tmp_path):
 
 
 def test_kernel_refuses_inputs_that_do_not_fit(layer_graph, tmp_path):
-    """Wrong router probabilities or weights that do not match the widths fail with the operator's
-    own message, not a crash."""
+    """A router weight or expert weights that do not match the widths and x fail with the
+    operator's own message, not a crash."""
     import onnx
+    import onnx.numpy_helper
     import onnxruntime as ort
-    from onnx import helper
 
     _, path = layer_graph
     model = onnx.load(str(path))
-    node = next(n for n in model.graph.node if n.op_type == "Top1MoE")
-    probs = helper.make_tensor_value_info("p", onnx.TensorProto.FLOAT, None)
-    graph = helper.make_graph([n for n in model.graph.node if n.op_type == "Constant"]
-                              + [helper.make_node("Top1MoE", ["x", "p", *node.input[2:]], ["y"], domain="automoe")],
-                              "g", [model.graph.input[0], probs], [helper.make_tensor_value_info("y", 1, None)])
-    bad = tmp_path / "bad.onnx"
-    onnx.save(helper.make_model(graph, opset_imports=model.opset_import, ir_version=model.ir_version), str(bad))
-    session = _session(bad)
     x = np.zeros((1, 2, 37), np.float32)
-    with pytest.raises(ort.capi.onnxruntime_pybind11_state.Fail, match="probs must be"):
-        session.run(None, {"x": x, "p": np.zeros((1, 2, 4), np.float32)})
-    assert session.run(None, {"x": x, "p": np.ones((1, 2, 3), np.float32)})[0].shape == (1, 2, 37)
-    widths = next(n for n in graph.node if n.output[0] == node.input[10])
-    widths.attribute[0].t.CopyFrom(onnx.numpy_helper.from_array(np.array([48, 21, 41], np.int64)))
-    onnx.save(helper.make_model(graph, opset_imports=model.opset_import, ir_version=model.ir_version), str(bad))
-    with pytest.raises(ort.capi.onnxruntime_pybind11_state.Fail, match="do not match widths"):
-        _session(bad).run(None, {"x": x, "p": np.ones((1, 2, 3), np.float32)})
+    _session(path).run(None, {"x": x})
+    tensors = {t.name: t for t in model.graph.initializer}
+    tensors.update({n.output[0]: n.attribute[0].t for n in model.graph.node if n.op_type == "Constant"})
+    node = next(n for n in model.graph.node if n.op_type == "Top1MoE")
+    bad = tmp_path / "bad.onnx"
+    for index, value, message in [(1, np.zeros((3, 36), np.float32), "the router weight must be \\[3, 37\\]"),
+                                  (10, np.array([48, 21, 41], np.int64), "do not match widths")]:
+        tensor = tensors[node.input[index]]
+        original = onnx.TensorProto()
+        original.CopyFrom(tensor)
+        tensor.CopyFrom(onnx.numpy_helper.from_array(value, name=original.name))
+        onnx.save(model, str(bad))
+        tensor.CopyFrom(original)
+        with pytest.raises(ort.capi.onnxruntime_pybind11_state.Fail, match=message):
+            _session(bad).run(None, {"x": x})
 
 
 def test_int8_export_runs_every_moe_layer_of_the_beam_graph_in_the_kernel(tmp_path):
@@ -155,7 +154,11 @@ def test_int8_export_runs_every_moe_layer_of_the_beam_graph_in_the_kernel(tmp_pa
     graph = onnx.load(str(beam_decoder)).graph
     ops = [node.op_type for node in graph.node]
     assert ops.count("Top1MoE") == 2 and "ScatterND" not in ops and "QMoE" not in ops
-    assert len(router_matmuls(graph)) == 2
+    assert not router_matmuls(graph)  # the routers are inside the operator, their weights fp32 inputs
+    routers = {node.input[1] for node in graph.node if node.op_type == "Top1MoE"}
+    initializers = {t.name: t.data_type for t in graph.initializer}
+    initializers.update({n.output[0]: n.attribute[0].t.data_type for n in graph.node if n.op_type == "Constant"})
+    assert {initializers[name] for name in routers} == {onnx.TensorProto.FLOAT}
     for name in ("encoder.onnx", "decoder.onnx"):
         assert "Top1MoE" not in [node.op_type for node in onnx.load(str(out / name)).graph.node]
     dense = _save(arch.replace(decoder_ffn=tuple((w[0],) for w in arch.decoder_ffn)), tmp_path / "dense")

@@ -312,20 +312,24 @@ def test_moe_overhead_beam_table_reads_the_last_trained_run(monkeypatch):
 
 
 def test_moe_overhead_beam_table_shows_the_last_run_of_each_moe_form(monkeypatch):
-    """QMoE rows (the int8 default) come first, then the last compact run; records older than the
-    moe_dispatch field timed the compact form; a newer run of one form does not hide the other."""
+    """Kernel rows (the int8 default) come first, then QMoE, then the last compact run; records older
+    than the moe_dispatch field timed the compact form; a newer run of one form does not hide another."""
     sys.path.insert(0, str(ROOT / "benchmarks"))
     import report
 
     beam = {"benchmark": "moe_overhead_beam", "supernet": "models/trained", "lengths": [8, 40]}
     records = [_overhead_record(**beam, width=384, dense_step={"median_ms": 1.5}),  # compact, before the field
                _overhead_record(**beam, width=384, moe_dispatch="qmoe", dense_step={"median_ms": 2.5},
-                                git_commit="def", date="2026-12-04T00:00:00+00:00")]
+                                git_commit="def", date="2026-12-04T00:00:00+00:00"),
+               _overhead_record(**beam, width=384, moe_dispatch="kernel", dense_step={"median_ms": 3.5},
+                                git_commit="fed", date="2026-12-05T00:00:00+00:00")]
     monkeypatch.setattr(report, "_read", lambda name: records if name == "moe_overhead_beam" else [])
     rows = [line for line in report.moe_overhead_beam_table().splitlines() if line.startswith("| ")]
     assert rows[0].startswith("| MoE form | FFN width |")
-    assert rows[1].startswith("| qmoe | 384 | 2.500 |") and rows[2].startswith("| compact | 384 | 1.500 |")
-    assert "qmoe 2026-12-04, commit `def`; compact 2026-12-03, commit `abc`" in report.moe_overhead_beam_table()
+    assert rows[1].startswith("| kernel | 384 | 3.500 |") and rows[2].startswith("| qmoe | 384 | 2.500 |")
+    assert rows[3].startswith("| compact | 384 | 1.500 |")
+    assert ("kernel 2026-12-05, commit `fed`; qmoe 2026-12-04, commit `def`; compact 2026-12-03, commit `abc`"
+            in report.moe_overhead_beam_table())
 
 
 def test_moe_overhead_beam_table_reports_the_paired_form_ratio(monkeypatch):
@@ -337,9 +341,12 @@ def test_moe_overhead_beam_table_reports_the_paired_form_ratio(monkeypatch):
             "against_form": "compact"}
     records = [_overhead_record(**beam, width=w, form_ratio=r, form_ratio_min=m) for w, r, m in ((384, -0.1, -0.05),
                                                                                              (768, -0.2, -0.15))]
+    records.append(_overhead_record(**{**beam, "moe_dispatch": "kernel", "against_form": "qmoe"}, width=384,
+                                    form_ratio=-0.3, form_ratio_min=-0.25))
     monkeypatch.setattr(report, "_read", lambda name: records if name == "moe_overhead_beam" else [])
-    assert ("qmoe over compact, by FFN width: 768: -20.0%; -15.0%, 384: -10.0%; -5.0%."
-            in report.moe_overhead_beam_table())
+    table = report.moe_overhead_beam_table()
+    assert "qmoe over compact, by FFN width: 768: -20.0%; -15.0%, 384: -10.0%; -5.0%." in table
+    assert "kernel over qmoe, by FFN width: 384: -30.0%; -25.0%." in table
 
 
 def test_moe_forms_table_has_a_column_per_graph_in_decode_order(monkeypatch):

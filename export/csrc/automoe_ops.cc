@@ -4,17 +4,18 @@
 // Why: at batch 1 with beam 4 a decoder step routes 4 tokens. ONNX Runtime's graph-level
 // dispatch (about 16 nodes per layer) and its fused com.microsoft.QMoE operator (1.4-1.9x the time
 // of the dense layer's two int8 matrix products for the same rows) both cost more than the
-// experts' arithmetic. This kernel quantizes each row once, groups the rows by expert, runs only
-// the experts some row chose, and multiplies int8 x int8 with AVX-512 VNNI where the CPU has it
-// (a portable loop computes the same integers elsewhere).
+// experts' arithmetic, and every graph node has a fixed cost of its own. This kernel is the whole
+// layer in one node: it routes each row (fp32 router), quantizes it once, groups the rows by
+// expert, runs only the experts some row chose, and multiplies int8 x int8 with AVX-512 VNNI
+// where the CPU has it (a portable loop computes the same integers elsewhere).
 //
 // Arithmetic (the Python reference is automoe.export.kernel.reference_top1_moe):
-//   p[r], e[r] = max / first argmax of probs[r]     (router probabilities, from the graph)
+//   l[r] = R x[r]; p[r], e[r] = max / first argmax of softmax(l[r])   (router, fp32)
 //   h  = relu(deq(q(x[r]) . W1_e) + b1_e)           q: per-row asymmetric uint8
 //   y[r] = p[r] * (deq(q(h) . W2_e) + b2_e)         W: per-column symmetric int8
 //   (without the factor p[r] when the attribute router_scale is 0)
 //
-// Inputs: 0 x float [..., d]; 1 probs float [..., E]; 2 w1 int8 (packed, experts concatenated);
+// Inputs: 0 x float [..., d]; 1 router weight float [E, d]; 2 w1 int8 (packed, experts concatenated);
 // 3 s1 float [sum W]; 4 c1 int32 [sum W] (column sums of W1); 5 b1 float [sum W]; 6 w2 int8
 // (packed); 7 s2 float [E*d]; 8 c2 int32 [E*d]; 9 b2 float [E*d]; 10 widths int64 [E].
 // Output: 0 y float, x's shape. Packed layout of a K x N matrix: [ceil(N/16)][ceil(K/4)][16][4],
@@ -142,11 +143,38 @@ void linear_portable(const uint8_t* q, int rows, int K, const float* sx, const i
     }
 }
 
+// fp32 dot product (the router logits), portable version: 16 partial sums, lane j taking the
+// elements j mod 16, added in lane order (the AVX-512 version sums in the same order: same bits)
+float dot_portable(const float* a, const float* b, int n) {
+  float part[16] = {0};
+  int k = 0;
+  for (; k + 16 <= n; k += 16)
+    for (int j = 0; j < 16; ++j) part[j] += a[k + j] * b[k + j];
+  float sum = 0.f;
+  for (int j = 0; j < 16; ++j) sum += part[j];
+  for (; k < n; ++k) sum += a[k] * b[k];
+  return sum;
+}
+
 #if defined(__x86_64__)
 #define VNNI __attribute__((target("avx512f,avx512bw,avx512vl,avx512vnni")))
 
-// GCC 12's _mm512_reduce_* headers trip -Wmaybe-uninitialized (a false positive)
+// GCC 12's _mm512_reduce_* headers trip -W(maybe-)uninitialized (a false positive)
 #pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+#pragma GCC diagnostic ignored "-Wuninitialized"
+
+// dot_portable with AVX-512
+VNNI float dot_vnni(const float* a, const float* b, int n) {
+  __m512 acc = _mm512_setzero_ps();
+  int k = 0;
+  for (; k + 16 <= n; k += 16) acc = _mm512_add_ps(acc, _mm512_mul_ps(_mm512_loadu_ps(a + k), _mm512_loadu_ps(b + k)));
+  float part[16];
+  _mm512_storeu_ps(part, acc);
+  float sum = 0.f;
+  for (int j = 0; j < 16; ++j) sum += part[j];
+  for (; k < n; ++k) sum += a[k] * b[k];
+  return sum;
+}
 
 // quantize_row with AVX-512: the same results (min / max are exact, the rounding is the same).
 VNNI void quantize_row_vnni(const float* x, int K, uint8_t* q, float* scale, int32_t* zero) {
@@ -235,9 +263,11 @@ const bool kHasVnni = !getenv("AUTOMOE_KERNEL_PORTABLE") && __builtin_cpu_suppor
 const bool kHasVnni = false;
 #define quantize_row_vnni quantize_row_portable
 #define linear_vnni linear_portable
+#define dot_vnni dot_portable
 #endif
 const auto quantize_row = kHasVnni ? quantize_row_vnni : quantize_row_portable;
 const auto int8_linear = kHasVnni ? linear_vnni : linear_portable;
+const auto dot = kHasVnni ? dot_vnni : dot_portable;
 
 // ---------------------------------------------------------------------------------------------
 // the operator
@@ -281,23 +311,25 @@ struct Kernel {
   std::vector<int32_t> zx, zh;
   bool weights_checked = false;  // the weights are initializers: their sizes are checked once
   std::vector<int> choice;
+  std::vector<float> logits;
 };
 
 OrtStatus* compute(Kernel* k, OrtKernelContext* ctx) {
   Tensor t[11];
   for (size_t i : {0, 1, 2, 3, 5, 6, 7, 9, 10})  // data pointers; dims where they are checked
-    if (OrtStatus* st = read_input(ctx, i, &t[i], i <= 1 || i == 10 || !k->weights_checked)) return st;
-  const Tensor &x = t[0], &probs = t[1], &widths = t[10];
+    if (OrtStatus* st = read_input(ctx, i, &t[i], i == 0 || i == 10 || !k->weights_checked)) return st;
+  const Tensor &x = t[0], &router = t[1], &widths = t[10];
   if (x.dims.empty()) return g_api.status("automoe.Top1MoE: x must have at least one axis");
   const int d = (int)x.dims.back();
   const int rows = d ? (int)(x.size() / d) : 0;
   const int E = (int)widths.size();
-  if (E < 1 || probs.dims.empty() || probs.dims.back() != E || probs.size() != (int64_t)rows * E)
-    return g_api.status("automoe.Top1MoE: probs must be [..., " + std::to_string(E) + "] with one row per row of x");
   const int64_t* W = (const int64_t*)widths.data;
   if (!k->weights_checked) {
     for (size_t i : {4, 8})
       if (OrtStatus* st = read_input(ctx, i, &t[i], true)) return st;
+    if (E < 1 || router.dims.size() != 2 || router.dims[0] != E || router.dims[1] != d)
+      return g_api.status("automoe.Top1MoE: the router weight must be [" + std::to_string(E) + ", " +
+                          std::to_string(d) + "] (experts x d_model of x); re-export the model with automoe");
     int64_t total_w = 0, bytes1 = 0, bytes2 = 0;
     for (int e = 0; e < E; ++e) {
       if (W[e] < 1) return g_api.status("automoe.Top1MoE: every expert width must be positive");
@@ -324,16 +356,24 @@ OrtStatus* compute(Kernel* k, OrtKernelContext* ctx) {
   if (OrtStatus* st = g_api.fn<OrtStatus* (*)(OrtValue*, void**)>(kGetTensorMutableData)(out_value, (void**)&out)) return st;
   if (rows == 0) return nullptr;
 
-  // route: first maximum, like torch.max; then rows grouped by expert (counting sort, stable)
-  const float* p = (const float*)probs.data;
+  // route: the first maximum of the logits, like torch.max of the probabilities; its probability
+  // is 1 / sum(exp(l - max)). Then the rows grouped by expert (counting sort, stable).
+  const float* xs = (const float*)x.data;
+  const float* R = (const float*)router.data;
   k->choice.resize(rows);
   k->gate.resize(rows);
+  k->logits.resize(E);
   k->start.assign(E + 1, 0);
   for (int r = 0; r < rows; ++r) {
     int best = 0;
-    for (int e = 1; e < E; ++e) if (p[(size_t)r * E + e] > p[(size_t)r * E + best]) best = e;
+    for (int e = 0; e < E; ++e) {
+      k->logits[e] = dot(xs + (size_t)r * d, R + (size_t)e * d, d);
+      if (k->logits[e] > k->logits[best]) best = e;
+    }
+    float sum = 0.f;
+    for (int e = 0; e < E; ++e) sum += expf(k->logits[e] - k->logits[best]);
     k->choice[r] = best;
-    k->gate[r] = k->router_scale ? p[(size_t)r * E + best] : 1.f;
+    k->gate[r] = k->router_scale ? 1.f / sum : 1.f;
     ++k->start[best + 1];
   }
   for (int e = 0; e < E; ++e) k->start[e + 1] += k->start[e];
@@ -343,7 +383,6 @@ OrtStatus* compute(Kernel* k, OrtKernelContext* ctx) {
     for (int r = 0; r < rows; ++r) k->order[fill[k->choice[r]]++] = r;
   }
 
-  const float* xs = (const float*)x.data;
   const int d4 = round_up(d, 4);
   k->qx.resize((size_t)rows * d4);
   k->sx.resize(rows);
