@@ -104,7 +104,7 @@ def main(argv: list[str] | None = None) -> int:
     print("\n== MoE dispatch overhead (benchmarks/results/moe_overhead.jsonl)\n" + moe_overhead_table())
     print("\n== MoE dispatch overhead inside the beam graph, as Translator decodes (benchmarks/results/moe_overhead_beam.jsonl)\n"
           + moe_overhead_beam_table())
-    print("\n== MoE forms graph by graph: why int8 exports use QMoE only in the beam graph "
+    print("\n== MoE forms graph by graph: why int8 exports fuse MoE layers only in the beam graph "
           "(benchmarks/results/moe_forms.jsonl)\n" + moe_forms_table())
     print("\n== demo load test (benchmarks/results/load_demo.jsonl)\n" + load_demo_table())
     return 0

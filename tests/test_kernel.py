@@ -84,6 +84,21 @@ def test_kernel_layer_equals_its_reference_and_the_fp32_layer_up_to_int8(layer_g
     assert seen == {0, 1, 2}
 
 
+def test_kernel_gives_each_concurrent_run_its_own_result(layer_graph):
+    """One session serving several threads at once (a demo server does) keeps every call's rows
+    apart: the operator's scratch memory is per thread, not per graph node."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    _, path = layer_graph
+    session = _session(path)
+    inputs = [torch.randn(1 + i % 3, 30 + 7 * i, 37).numpy() for i in range(12)]  # long enough calls to overlap
+    alone = [session.run(None, {"x": x})[0] for x in inputs]
+    with ThreadPoolExecutor(4) as pool:
+        for _ in range(20):
+            together = list(pool.map(lambda x: session.run(None, {"x": x})[0], inputs))
+            assert all(np.array_equal(a, b) for a, b in zip(alone, together))
+
+
 def test_kernel_portable_path_computes_the_same(layer_graph, tmp_path):
     """AUTOMOE_KERNEL_PORTABLE=1 makes the library use its portable loops instead of AVX-512 VNNI (the
     path of CPUs without it): the same integers, so the same outputs."""

@@ -34,6 +34,7 @@
 #include <string.h>
 #include <math.h>
 #include <algorithm>
+#include <atomic>
 #include <string>
 #include <vector>
 
@@ -62,7 +63,6 @@ enum ApiEntry {
   kGetTensorMutableData = 51,
   kGetDimensionsCount = 61,
   kGetDimensions = 62,
-  kGetTensorShapeElementCount = 64,
   kGetTensorTypeAndShape = 65,
   kKernelInfoGetAttributeInt64 = 86,
   kKernelContextGetInput = 90,
@@ -157,6 +157,8 @@ float dot_portable(const float* a, const float* b, int n) {
 }
 
 #if defined(__x86_64__)
+constexpr size_t kPrefetchBytes = 4096;  // 2 to 8 KiB timed alike on AMD EPYC (Zen 4), none 20-30% slower
+
 #define VNNI __attribute__((target("avx512f,avx512bw,avx512vl,avx512vnni")))
 
 // GCC 12's _mm512_reduce_* headers trip -W(maybe-)uninitialized (a false positive)
@@ -217,6 +219,10 @@ VNNI void linear_vnni_m(const uint8_t* q, int K, const float* sx, const int32_t*
     const int8_t* w0 = w + (size_t)nb * KB * 64;
     const int8_t* w1 = blocks == 2 ? w0 + (size_t)KB * 64 : w0;  // one block: the second pass is discarded
     for (int kb = 0; kb < KB; ++kb) {
+      // a decode step reads each expert's weights once, mostly from memory, not cache: fetching
+      // 4 KiB ahead of both streams overlaps that with the arithmetic (prefetches never fault)
+      _mm_prefetch((const char*)(w0 + (size_t)kb * 64 + kPrefetchBytes), _MM_HINT_T0);
+      _mm_prefetch((const char*)(w1 + (size_t)kb * 64 + kPrefetchBytes), _MM_HINT_T0);
       const __m512i v0 = _mm512_loadu_si512(w0 + (size_t)kb * 64), v1 = _mm512_loadu_si512(w1 + (size_t)kb * 64);
       for (int r = 0; r < M; ++r) {
         int32_t four;
@@ -302,29 +308,33 @@ OrtStatus* read_input(OrtKernelContext* ctx, size_t index, Tensor* t, bool dims)
   return g_api.fn<OrtStatus* (*)(OrtValue*, void**)>(kGetTensorMutableData)(const_cast<OrtValue*>(value), &t->data);
 }
 
+// Scratch memory of one call. Per thread, not per node: ONNX Runtime may run one session (so one
+// kernel object) from several threads at once, and a call never re-enters the operator.
+struct Scratch {
+  std::vector<int> order, start, fill, choice;
+  std::vector<uint8_t> qx, qh;
+  std::vector<float> sx, sh, h, y, gate, logits;
+  std::vector<int32_t> zx, zh;
+};
+thread_local Scratch t_scratch;
+
 struct Kernel {
   bool router_scale = true;
-  // scratch, reused across calls (one kernel object per node; ORT runs a node on one thread)
-  std::vector<int> order, start;
-  std::vector<uint8_t> qx, qh;
-  std::vector<float> sx, sh, h, y, gate;
-  std::vector<int32_t> zx, zh;
-  bool weights_checked = false;  // the weights are initializers: their sizes are checked once
-  std::vector<int> choice;
-  std::vector<float> logits;
+  std::atomic<bool> weights_checked{false};  // the weights are initializers: their sizes are checked once
 };
 
-OrtStatus* compute(Kernel* k, OrtKernelContext* ctx) {
+OrtStatus* compute(const Kernel* kernel, OrtKernelContext* ctx) {
+  Scratch* k = &t_scratch;
   Tensor t[11];
   for (size_t i : {0, 1, 2, 3, 5, 6, 7, 9, 10})  // data pointers; dims where they are checked
-    if (OrtStatus* st = read_input(ctx, i, &t[i], i == 0 || i == 10 || !k->weights_checked)) return st;
+    if (OrtStatus* st = read_input(ctx, i, &t[i], i == 0 || i == 10 || !kernel->weights_checked)) return st;
   const Tensor &x = t[0], &router = t[1], &widths = t[10];
   if (x.dims.empty()) return g_api.status("automoe.Top1MoE: x must have at least one axis");
   const int d = (int)x.dims.back();
   const int rows = d ? (int)(x.size() / d) : 0;
   const int E = (int)widths.size();
   const int64_t* W = (const int64_t*)widths.data;
-  if (!k->weights_checked) {
+  if (!kernel->weights_checked) {
     for (size_t i : {4, 8})
       if (OrtStatus* st = read_input(ctx, i, &t[i], true)) return st;
     if (E < 1 || router.dims.size() != 2 || router.dims[0] != E || router.dims[1] != d)
@@ -342,7 +352,7 @@ OrtStatus* compute(Kernel* k, OrtKernelContext* ctx) {
         t[9].size() != (int64_t)E * d)
       return g_api.status("automoe.Top1MoE: the expert weights do not match widths and d_model = " +
                           std::to_string(d) + "; re-export the model with automoe");
-    k->weights_checked = true;
+    const_cast<Kernel*>(kernel)->weights_checked = true;
   } else {
     for (size_t i : {4, 8})
       if (OrtStatus* st = read_input(ctx, i, &t[i], false)) return st;
@@ -373,15 +383,13 @@ OrtStatus* compute(Kernel* k, OrtKernelContext* ctx) {
     float sum = 0.f;
     for (int e = 0; e < E; ++e) sum += expf(k->logits[e] - k->logits[best]);
     k->choice[r] = best;
-    k->gate[r] = k->router_scale ? 1.f / sum : 1.f;
+    k->gate[r] = kernel->router_scale ? 1.f / sum : 1.f;
     ++k->start[best + 1];
   }
   for (int e = 0; e < E; ++e) k->start[e + 1] += k->start[e];
   k->order.resize(rows);
-  {
-    std::vector<int> fill(k->start.begin(), k->start.end() - 1);
-    for (int r = 0; r < rows; ++r) k->order[fill[k->choice[r]]++] = r;
-  }
+  k->fill.assign(k->start.begin(), k->start.end() - 1);
+  for (int r = 0; r < rows; ++r) k->order[k->fill[k->choice[r]]++] = r;
 
   const int d4 = round_up(d, 4);
   k->qx.resize((size_t)rows * d4);
