@@ -425,12 +425,28 @@ def predictor_table() -> str:
     return text
 
 
+def moe_bleu_table() -> str:
+    """The latest BLEU of a trained MoE model's int8 MoE forms at batch 1 (moe_bleu.py): one row per
+    engine and form, PyTorch fp32 first."""
+    records = _read("moe_bleu")
+    if not records:
+        return "_Not measured yet (benchmarks/moe_bleu.py)._"
+    r = records[-1]
+    lines = ["| engine | BLEU | change vs torch fp32 | chrF |", "|---|---:|---:|---:|"]
+    for name, s in r["scores"].items():
+        lines.append(f"| {name} | {s['bleu']:.2f} | {s['bleu_change']:+.2f} | {s['chrf']:.2f} |")
+    return ("\n".join(lines) + f"\n\nThe model with {r['experts']} top-1 experts of width {r['width']} in every layer "
+            f"(weights and routers of `{r['supernet']}`), {r['sentences']} test sentences, beam {r['beam']}; the ONNX "
+            f"Runtime exports translate one sentence at a time (the beam graph, where the int8 MoE forms differ), "
+            f"PyTorch in batches; BLEU `{r['bleu_signature']}`; commit {_commits([r])}, {r['date'][:10]}.")
+
+
 TABLES = {"models": models_table, "search": search_table, "predictor": predictor_table, "engines": engines_table,
           "moe_overhead": moe_overhead_table,
           "moe_overhead_scale": moe_overhead_scale_table, "moe_overhead_beam": moe_overhead_beam_table,
           "moe_forms": moe_forms_table, "moe_dispatch_parts": moe_dispatch_parts_table,
           "moe_dispatch_parts_scale": lambda: moe_dispatch_parts_table(random=True),
-          "moe_instructions": moe_instructions_table, "load_demo": load_demo_table}
+          "moe_instructions": moe_instructions_table, "load_demo": load_demo_table, "moe_bleu": moe_bleu_table}
 
 
 def render(readme: str) -> str:

@@ -238,6 +238,21 @@ print(sp.decode(result[0].hypotheses[0]))
 """
 
 
+def check_int8_translations(model_dir: Path, out: Path) -> None:
+    """An int8 export `out` of `model_dir` mostly translates as PyTorch does, batched (decoder.onnx)
+    and one sentence at a time (the beam graph), and runs in a process that has onnxruntime and
+    sentencepiece alone."""
+    torch_tr, ort_tr = Translator.from_pretrained(model_dir), Translator.from_pretrained(out)
+    expected = torch_tr.translate(SOURCES, beam=4, max_length=16)
+    batched = ort_tr.translate(SOURCES, beam=4, max_length=16)
+    single = [ort_tr.translate([s], beam=4, max_length=16)[0] for s in SOURCES]  # in-graph BeamSearch
+    assert sum(a == b for a, b in zip(batched, expected)) >= len(SOURCES) * 0.8
+    assert sum(a == b for a, b in zip(single, batched)) >= len(SOURCES) * 0.8
+    alone = subprocess.run([sys.executable, "-c", ORT_SCRIPT, str(out)], capture_output=True, text=True)
+    assert alone.returncode == 0, alone.stderr
+    assert alone.stdout.strip() == ort_tr.translate(["Jesus wept."], beam=4, max_length=11)[0].strip()
+
+
 def test_export_folders_run_without_automoe_or_torch(moe_dir, onnx_dir, dense_dir, tmp_path):
     from automoe.export.ctranslate2 import to_ctranslate2
 
@@ -371,13 +386,4 @@ def test_onnx_int8_qmoe_export_fuses_equal_width_layers_of_the_beam_graph_only(t
     fused = [_optimized_ops(path, tmp_path).count("SkipLayerNormalization")
              for path in (beam_decoder, dense_out / "decoder.onnx")]
     assert fused[0] == fused[1] >= arch.decoder_layers  # the residual Add + LayerNorm still fuse after QMoE
-    torch_tr, ort_tr = Translator.from_pretrained(model_dir), Translator.from_pretrained(out)
-    expected = torch_tr.translate(SOURCES, beam=4, max_length=16)
-    batched = ort_tr.translate(SOURCES, beam=4, max_length=16)
-    single = [ort_tr.translate([s], beam=4, max_length=16)[0] for s in SOURCES]  # in-graph BeamSearch
-    assert sum(a == b for a, b in zip(batched, expected)) >= len(SOURCES) * 0.8
-    assert sum(a == b for a, b in zip(single, batched)) >= len(SOURCES) * 0.8
-    # the fused operator is part of plain onnxruntime: the folder runs without automoe or torch
-    alone = subprocess.run([sys.executable, "-c", ORT_SCRIPT, str(out)], capture_output=True, text=True)
-    assert alone.returncode == 0, alone.stderr
-    assert alone.stdout.strip() == ort_tr.translate(["Jesus wept."], beam=4, max_length=11)[0].strip()
+    check_int8_translations(model_dir, out)  # the fused operator is part of plain onnxruntime

@@ -15,7 +15,7 @@ from automoe.export import kernel
 from automoe.moe import MoEFeedForward
 from automoe.serve import Translator
 
-from test_export import ORT_SCRIPT, SOURCES, TINY, _beam_decoder, _LayerOutput, _optimized_ops, _save
+from test_export import TINY, _beam_decoder, _LayerOutput, _optimized_ops, _save, check_int8_translations
 
 pytestmark = pytest.mark.skipif(not kernel.available(), reason="no C++ compiler builds automoe's operator here")
 
@@ -184,15 +184,7 @@ def test_int8_export_runs_every_moe_layer_of_the_beam_graph_in_the_kernel(tmp_pa
     fused = [_optimized(beam_decoder, tmp_path).count("SkipLayerNormalization"),
              _optimized_ops(dense_out / "decoder.onnx", tmp_path).count("SkipLayerNormalization")]
     assert fused[0] == fused[1] >= arch.decoder_layers
-    torch_tr, ort_tr = Translator.from_pretrained(model_dir), Translator.from_pretrained(out)
-    expected = torch_tr.translate(SOURCES, beam=4, max_length=16)
-    batched = ort_tr.translate(SOURCES, beam=4, max_length=16)
-    single = [ort_tr.translate([s], beam=4, max_length=16)[0] for s in SOURCES]  # in-graph BeamSearch
-    assert sum(a == b for a, b in zip(batched, expected)) >= len(SOURCES) * 0.8
-    assert sum(a == b for a, b in zip(single, batched)) >= len(SOURCES) * 0.8
-    alone = subprocess.run([sys.executable, "-c", ORT_SCRIPT, str(out)], capture_output=True, text=True)
-    assert alone.returncode == 0, alone.stderr
-    assert alone.stdout.strip() == ort_tr.translate(["Jesus wept."], beam=4, max_length=11)[0].strip()
+    check_int8_translations(model_dir, out)
 
 
 def test_without_a_compiler_the_kernel_says_so_and_exports_fall_back_to_qmoe(monkeypatch, tmp_path):

@@ -392,3 +392,20 @@ def test_recording_session_shares_inputs_equal_to_the_previous_step():
     cross[:] = 5  # the caller's array changes later; the recording does not
     recorder.run(None, {"cross": cross, "past": np.zeros((2, 4), np.float32)})
     assert steps[2]["cross"].max() == 1 and steps[3]["cross"] is not cross and steps[3]["cross"].max() == 5
+
+
+def test_moe_bleu_table_lists_every_form_against_torch(monkeypatch):
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    import report
+
+    record = {"benchmark": "moe_bleu", "supernet": "models/trained", "experts": 4, "width": 768, "beam": 4,
+              "sentences": 10, "bleu_signature": "sig", "git_commit": "abc", "date": "2026-12-03T00:00:00+00:00",
+              "scores": {"torch-fp32": {"bleu": 7.0, "chrf": 28.0, "bleu_change": 0.0},
+                         "onnxruntime-int8-kernel": {"bleu": 6.75, "chrf": 27.5, "bleu_change": -0.25}}}
+    monkeypatch.setattr(report, "_read", lambda name: [record] if name == "moe_bleu" else [])
+    rows = report.moe_bleu_table().splitlines()
+    assert rows[2] == "| torch-fp32 | 7.00 | +0.00 | 28.00 |"
+    assert rows[3] == "| onnxruntime-int8-kernel | 6.75 | -0.25 | 27.50 |"
+    assert "4 top-1 experts of width 768" in report.moe_bleu_table()
+    monkeypatch.setattr(report, "_read", lambda name: [])
+    assert report.moe_bleu_table().startswith("_Not measured yet")
