@@ -1,7 +1,7 @@
 """automoe's ONNX Runtime operator library: the `automoe.Top1MoE` int8 kernel for decode steps.
 
-`csrc/automoe_ops.cc` holds one ONNX Runtime custom operator, a whole top-1 MoE feed-forward
-layer (see that file for why and for its arithmetic). This module
+`csrc/automoe_ops.cc` (with `csrc/ort_abi.h`) holds one ONNX Runtime custom operator, a whole
+top-1 MoE feed-forward layer (see that file for why and for its arithmetic). This module
   builds it       `build_library()` compiles it with the local C++ compiler, once per source and
                   compiler, into ~/.cache/automoe/kernels (`AUTOMOE_KERNEL_CACHE` overrides);
                   `available()` says whether that works here
@@ -48,8 +48,8 @@ def cache_dir() -> Path:
 
 
 def build_library() -> Path:
-    """The path of the compiled operator library, compiling it first if this source has not been
-    compiled with this compiler on this machine. Raises KernelUnavailable (with the compiler's own
+    """The path of the compiled operator library, compiling it first if these sources (csrc/*.cc,
+    *.h) have not been compiled with this compiler on this machine. Raises KernelUnavailable (with the compiler's own
     message) where there is no C++ compiler or the build fails."""
     cxx = compiler()
     if cxx is None:
@@ -59,7 +59,8 @@ def build_library() -> Path:
         version = subprocess.run([cxx, "--version"], capture_output=True, text=True, timeout=60).stdout
     except (OSError, subprocess.SubprocessError) as e:
         raise KernelUnavailable(f"the C++ compiler {cxx!r} does not run: {e}") from e
-    key = hashlib.sha256(SOURCE.read_bytes() + version.encode() + " ".join(FLAGS).encode()
+    sources = b"".join(path.read_bytes() for path in sorted(SOURCE.parent.iterdir()) if path.suffix in (".cc", ".h"))
+    key = hashlib.sha256(sources + version.encode() + " ".join(FLAGS).encode()
                          + platform.machine().encode()).hexdigest()[:16]
     out = cache_dir() / key / LIBRARY_FILE
     if out.is_file():

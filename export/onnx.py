@@ -332,7 +332,9 @@ def to_onnx(model_dir: str | Path, out_dir: str | Path, *, quantize: str | None 
             moe_dispatch: str | None = None) -> Path:
     """Export a model folder to an ONNX Runtime folder (see the module docstring); returns it.
     `moe_dispatch` (default: `default_moe_dispatch(quantize)`) decides each graph's MoE form
-    (`moe_graphs`, which refuses an unknown one)."""
+    (`moe_graphs`, which refuses an unknown one). Where the "kernel" form is used, the operator
+    library is built first (`kernel.build_library`: KernelUnavailable without a C++ compiler) and
+    copied into the folder."""
     if quantize not in QUANTIZATIONS:
         raise ValueError(f"quantize={quantize!r} must be one of {list(QUANTIZATIONS)}")
     moe_dispatch = moe_dispatch or default_moe_dispatch(quantize)

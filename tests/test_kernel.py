@@ -112,8 +112,8 @@ def test_kernel_portable_path_computes_the_same(layer_graph, tmp_path):
     library = str(kernel.build_library())
     outputs = []
     for name, env in [("fast", {}), ("portable", {"AUTOMOE_KERNEL_PORTABLE": "1"})]:
-        done = subprocess.run([sys.executable, "-c", script, library, str(path), str(tmp_path / "x.npy"),
-                               str(tmp_path / f"{name}.npy")], env={**os.environ, **env}, capture_output=True, text=True)
+        args = [sys.executable, "-c", script, library, str(path), str(tmp_path / "x.npy"), str(tmp_path / f"{name}.npy")]
+        done = subprocess.run(args, env={**os.environ, **env}, capture_output=True, text=True)
         assert done.returncode == 0, done.stderr
         outputs.append(np.load(tmp_path / f"{name}.npy"))
     assert np.array_equal(outputs[0], outputs[1])
