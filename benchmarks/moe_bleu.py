@@ -22,7 +22,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import RESULTS, append_jsonl, environment  # noqa: E402
-from moe_overhead import build_models, export_model  # noqa: E402
+from moe_overhead import build_models  # noqa: E402
 
 FORMS = ("kernel", "qmoe", "compact")
 
@@ -43,6 +43,7 @@ def main(argv: list[str] | None = None) -> int:
     from tqdm import tqdm
 
     from automoe.evaluate import corpus_scores, read_split
+    from automoe.export.onnx import to_onnx
     from automoe.serve import Translator
     from automoe.train import load_supernet
 
@@ -52,11 +53,12 @@ def main(argv: list[str] | None = None) -> int:
     sources, references = read_split(args.data, "test", limit=args.sentences)
     scores = {}
     with tempfile.TemporaryDirectory() as tmp:
-        translators = {"torch-fp32": None}
+        folder = Path(tmp) / "moe"
+        model.save_pretrained(folder, tokenizer_file=Path(args.data) / "spm.model")
+        translators = {"torch-fp32": Translator.from_pretrained(folder, threads=1)}
         for form in args.forms:
-            folder = export_model(model, Path(tmp) / form, Path(args.data) / "spm.model", "int8", form)
-            translators[f"onnxruntime-int8-{form}"] = Translator.from_pretrained(folder, threads=1)
-        translators["torch-fp32"] = Translator.from_pretrained(Path(tmp) / args.forms[0], threads=1)
+            exported = to_onnx(folder, Path(tmp) / f"onnx-int8-{form}", quantize="int8", moe_dispatch=form)
+            translators[f"onnxruntime-int8-{form}"] = Translator.from_pretrained(exported, threads=1)
         for name, tr in translators.items():
             if name == "torch-fp32":  # batched: PyTorch's beam search gives the same tokens alone or in a batch
                 hyps = tr.translate(sources, beam=args.beam)

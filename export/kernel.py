@@ -49,8 +49,8 @@ def cache_dir() -> Path:
 
 def build_library() -> Path:
     """The path of the compiled operator library, compiling it first if these sources (csrc/*.cc,
-    *.h) have not been compiled with this compiler on this machine. Raises KernelUnavailable (with the compiler's own
-    message) where there is no C++ compiler or the build fails."""
+    *.h) have not been compiled with this compiler on this machine. Raises KernelUnavailable (with
+    the compiler's own message) where there is no C++ compiler or the build fails."""
     cxx = compiler()
     if cxx is None:
         raise KernelUnavailable("no C++ compiler found (set CXX or install g++) to build automoe's int8 MoE "
@@ -107,14 +107,31 @@ def quantize_columns(weight: torch.Tensor) -> tuple[np.ndarray, np.ndarray, np.n
     return codes.numpy(), scale.float().numpy(), codes.int().sum(0).numpy().astype(np.int32)
 
 
+def _padded(K: int, N: int) -> tuple[int, int]:
+    """A K x N matrix's dims in the kernel's layout: K rounded up to 4, N to 16."""
+    return -(-K // 4) * 4, -(-N // 16) * 16
+
+
+def packed_size(K: int, N: int) -> int:
+    """Bytes of a K x N matrix in the kernel's layout (`pack_weights`)."""
+    k4, n16 = _padded(K, N)
+    return k4 * n16
+
+
 def pack_weights(codes: np.ndarray) -> np.ndarray:
     """int8 [K, N] -> the kernel's layout, flat: [ceil(N/16)][ceil(K/4)][16][4], zero-padded (one
     64-byte load then holds 4 consecutive k of 16 consecutive columns)."""
     K, N = codes.shape
-    k4, n16 = -(-K // 4) * 4, -(-N // 16) * 16
+    k4, n16 = _padded(K, N)
     padded = np.zeros((k4, n16), np.int8)
     padded[:K, :N] = codes
     return np.ascontiguousarray(padded.reshape(k4 // 4, 4, n16 // 16, 16).transpose(2, 0, 3, 1)).reshape(-1)
+
+
+def unpack_weights(packed: torch.Tensor, K: int, N: int) -> torch.Tensor:
+    """The inverse of `pack_weights`: a packed K x N matrix (flat) -> [K, N]."""
+    k4, n16 = _padded(K, N)
+    return packed.reshape(n16 // 16, k4 // 4, 16, 4).permute(1, 3, 0, 2).reshape(k4, n16)[:K, :N]
 
 
 def layer_inputs(experts: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]]) -> list[torch.Tensor]:
@@ -165,16 +182,13 @@ def reference_top1_moe(x: torch.Tensor, router_weight: torch.Tensor, inputs: lis
     out = torch.zeros_like(flat)
     col = off1 = off2 = 0
     for e, width in enumerate(widths.tolist()):
-        k4, n16 = -(-d // 4) * 4, -(-width // 16) * 16
-        unpack = lambda packed, K4, N16, K, N: (  # noqa: E731  the inverse of pack_weights
-            packed.reshape(N16 // 16, K4 // 4, 16, 4).permute(1, 3, 0, 2).reshape(K4, N16)[:K, :N])
-        a = unpack(w1[off1: off1 + k4 * n16], k4, n16, d, width)
-        w4, d16 = -(-width // 4) * 4, -(-d // 16) * 16
-        b = unpack(w2[off2: off2 + w4 * d16], w4, d16, width, d)
+        size1, size2 = packed_size(d, width), packed_size(width, d)
+        a = unpack_weights(w1[off1: off1 + size1], d, width)
+        b = unpack_weights(w2[off2: off2 + size2], width, d)
         rows = (choice == e).nonzero().view(-1)
         if len(rows):
             h = _int8_linear(flat[rows], a, s1[col: col + width], c1[col: col + width], b1[col: col + width]).relu()
             y = _int8_linear(h, b, s2[e * d: (e + 1) * d], c2[e * d: (e + 1) * d], b2[e * d: (e + 1) * d])
             out[rows] = y * gate[rows, None] if router_scale else y
-        col, off1, off2 = col + width, off1 + k4 * n16, off2 + w4 * d16
+        col, off1, off2 = col + width, off1 + size1, off2 + size2
     return out.view_as(x)

@@ -30,7 +30,7 @@ LayerNorm after a QMoE layer fuse as after a dense one once `onnx.fix_custom_op_
 removed the dims the exporter invented for the operator's output. Its int8 kernels multiply row
 by row, so with many rows per call (whole sources, batches of sentences) the compact form, whose
 experts run as int8 matrix products, is faster; hence only the beam graph uses it.
-`compact_moe_dispatch(model, qmoe=True)` selects it where it applies.
+`compact_moe_dispatch(model, form="qmoe")` selects it where it applies.
 
 The third form, `Top1KernelMoE`, is automoe's own operator (`automoe.Top1MoE`, built from
 csrc/automoe_ops.cc by `kernel.build_library`): one node per layer that routes each row (fp32),
@@ -250,20 +250,19 @@ def _export_forward_kernel(module: MoEFeedForward, weights: list[torch.Tensor], 
 
 
 @contextlib.contextmanager
-def compact_moe_dispatch(model: torch.nn.Module, one_token: bool = False, qmoe: bool = False, form: str = "compact"):
-    """Within the block every top-1 MoE layer of `model` (with a router) runs and traces as
-    `Top1MoE`; dense layers and top-k > 1 layers are untouched. Restored on exit.
+def compact_moe_dispatch(model: torch.nn.Module, one_token: bool = False, form: str = "compact"):
+    """Within the block every top-1 MoE layer of `model` (with a router, so with experts) runs and
+    traces as `Top1MoE`; dense layers and top-k > 1 layers are untouched. Restored on exit.
     one_token: every traced call sees one token per row (the decoder-step graph).
-    qmoe (or form="qmoe"): layers whose experts share a width a block size divides trace as
-    `Top1QMoE` instead. form="kernel": every such layer with experts traces as `Top1KernelMoE`."""
+    form="qmoe": layers whose experts share a width a block size divides trace as `Top1QMoE`
+    instead; form="kernel": every such layer traces as `Top1KernelMoE`."""
     if form not in ("compact", "qmoe", "kernel"):
         raise ValueError(f"form={form!r} must be 'compact', 'qmoe' or 'kernel'")
-    qmoe = qmoe or form == "qmoe"
     layers = [m for m in model.modules() if isinstance(m, MoEFeedForward) and m.router is not None and m.top_k == 1]
     for m in layers:
         widths = tuple(e.fc1.out_features for e in m.experts)
-        block = qmoe_layer_block(m.experts[0].fc1.in_features, widths, m.top_k) if qmoe else None
-        if form == "kernel" and len(widths) > 1:
+        block = qmoe_layer_block(m.experts[0].fc1.in_features, widths, m.top_k) if form == "qmoe" else None
+        if form == "kernel":
             m.forward = functools.partial(_export_forward_kernel, m, _kernel_weights(m))
         elif block:
             m.forward = functools.partial(_export_forward_qmoe, m, block, _qmoe_weights(m, block))

@@ -131,12 +131,15 @@ def test_onnx_moe_layers_export_in_the_compact_form(onnx_dir):
     assert count("TopK") == count("ScatterND") == count("Split") == 2  # the two decoder MoE layers
 
 
-def _optimized_ops(onnx_file: Path, tmp_path: Path) -> list[str]:
-    """Op types of `onnx_file` after ONNX Runtime's graph optimizations (fusions)."""
+def _optimized_ops(onnx_file: Path, tmp_path: Path, library: Path | None = None) -> list[str]:
+    """Op types of `onnx_file` after ONNX Runtime's graph optimizations (fusions), with the custom
+    operator `library` registered if given."""
     import onnx
     import onnxruntime as ort
 
     options = ort.SessionOptions()
+    if library:
+        options.register_custom_ops_library(str(library))
     options.optimized_model_filepath = str(tmp_path / f"{onnx_file.parent.name}-optimized.onnx")
     ort.InferenceSession(str(onnx_file), options, providers=["CPUExecutionProvider"])
     return [node.op_type for node in onnx.load(options.optimized_model_filepath).graph.node]
@@ -318,7 +321,7 @@ def test_qmoe_layer_is_the_top1_layer_with_8bit_experts(tmp_path):
     layer = _LayerOutput(MoEFeedForward(32, (48, 48, 48)).eval())
     x = torch.randn(3, 5, 32)
     path = tmp_path / "layer.onnx"
-    with torch.no_grad(), compact_moe_dispatch(layer, qmoe=True):
+    with torch.no_grad(), compact_moe_dispatch(layer, form="qmoe"):
         torch.onnx.export(layer, (x,), str(path), input_names=["x"], dynamic_axes={"x": {0: "b", 1: "t"}},
                           opset_version=17, dynamo=False, custom_opsets=CUSTOM_OPSETS)
         eager_q = layer(x)

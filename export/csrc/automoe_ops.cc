@@ -259,20 +259,19 @@ struct Kernel {
   std::atomic<bool> weights_checked{false};  // the weights are initializers: their sizes are checked once
 };
 
-OrtStatus* compute(const Kernel* kernel, OrtKernelContext* ctx) {
+OrtStatus* compute(Kernel* kernel, OrtKernelContext* ctx) {
   Scratch* k = &t_scratch;
+  const bool check = !kernel->weights_checked;
   Tensor t[11];
-  for (size_t i : {0, 1, 2, 3, 5, 6, 7, 9, 10})  // data pointers; dims where they are checked
-    if (OrtStatus* st = read_input(ctx, i, &t[i], i == 0 || i == 10 || !kernel->weights_checked)) return st;
+  for (size_t i = 0; i < 11; ++i)  // data pointers; dims of x, widths, and the rest while checking them
+    if (OrtStatus* st = read_input(ctx, i, &t[i], i == 0 || i == 10 || check)) return st;
   const Tensor &x = t[0], &router = t[1], &widths = t[10];
   if (x.dims.empty()) return g_api.status("automoe.Top1MoE: x must have at least one axis");
   const int d = (int)x.dims.back();
   const int rows = d ? (int)(x.size() / d) : 0;
   const int E = (int)widths.size();
   const int64_t* W = (const int64_t*)widths.data;
-  if (!kernel->weights_checked) {
-    for (size_t i : {4, 8})
-      if (OrtStatus* st = read_input(ctx, i, &t[i], true)) return st;
+  if (check) {
     if (E < 1 || router.dims.size() != 2 || router.dims[0] != E || router.dims[1] != d)
       return g_api.status("automoe.Top1MoE: the router weight must be [" + std::to_string(E) + ", " +
                           std::to_string(d) + "] (experts x d_model of x); re-export the model with automoe");
@@ -288,10 +287,7 @@ OrtStatus* compute(const Kernel* kernel, OrtKernelContext* ctx) {
         t[9].size() != (int64_t)E * d)
       return g_api.status("automoe.Top1MoE: the expert weights do not match widths and d_model = " +
                           std::to_string(d) + "; re-export the model with automoe");
-    const_cast<Kernel*>(kernel)->weights_checked = true;
-  } else {
-    for (size_t i : {4, 8})
-      if (OrtStatus* st = read_input(ctx, i, &t[i], false)) return st;
+    kernel->weights_checked = true;
   }
 
   OrtValue* out_value = nullptr;
