@@ -194,6 +194,7 @@ def moe_overhead_beam_table() -> str:
             if (run := _run_of("moe_overhead_beam", "supernet", hours=1.5, form=form))]
     if not runs:
         return "_Not measured yet (benchmarks/moe_overhead_beam.py)._"
+    repeats = _repeated_runs(runs)
     runs = [list({r["width"]: r for r in form_run}.values()) for form_run in runs]  # the records shown
     run = [r for form_run in runs for r in form_run]
     last = max(run, key=lambda r: r["date"])
@@ -209,7 +210,26 @@ def moe_overhead_beam_table() -> str:
             f"passes. Weights and routers of `{last['supernet']}`, L3 cache {last.get('l3_cache')}. MoE form: how the "
             f"export writes the MoE layers (`kernel`: automoe's own int8 operator, export/csrc/automoe_ops.cc, the int8 "
             f"default; `qmoe`: ONNX Runtime's fused QMoE operator, the default where no C++ compiler builds automoe's; "
-            f"`compact`: the exact sort / split / scatter graph); the last run of each: {dates}." + _form_ratios(run))
+            f"`compact`: the exact sort / split / scatter graph); the last run of each: {dates}." + _form_ratios(run) + repeats)
+
+
+def _repeated_runs(runs: list[list[dict]]) -> str:
+    """A sentence per MoE form whose shown run timed a width more than once (the same script run
+    again within the run's hours): every overhead measured, oldest first, so a table row that is
+    only the last of several is not read as the only one (empty when no width was repeated)."""
+    out = ""
+    for form_run in runs:
+        by_width = {}
+        for r in form_run:
+            by_width.setdefault(r["width"], []).append(r)
+        if all(len(records) == 1 for records in by_width.values()):
+            continue
+        cell = lambda r: f"{100 * r['overhead']:+.1f}%" + (f" [{100 * r['overhead_min']:+.1f}%]" if r.get("overhead_min") is not None else "")  # noqa: E731
+        cells = "; ".join(f"{width}: " + ", ".join(cell(r) for r in records)
+                          for width, records in sorted(by_width.items(), key=lambda item: -item[0]))
+        out += (f" The {_form(form_run[-1])} rows are the last of repeated runs; the 4-expert overhead of every run, "
+                f"oldest first (median [per-sentence minima]), by FFN width: {cells}.")
+    return out
 
 
 def _form_ratios(run: list[dict]) -> str:

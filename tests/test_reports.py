@@ -409,3 +409,22 @@ def test_moe_bleu_table_lists_every_form_against_torch(monkeypatch):
     assert "4 top-1 experts of width 768" in report.moe_bleu_table()
     monkeypatch.setattr(report, "_read", lambda name: [])
     assert report.moe_bleu_table().startswith("_Not measured yet")
+
+
+def test_moe_overhead_beam_table_lists_every_repeated_run(monkeypatch):
+    """When the shown run timed a width several times, the row is the last one and one sentence lists
+    every run's overhead, oldest first; a form timed once gets no such sentence."""
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    import report
+
+    beam = {"benchmark": "moe_overhead_beam", "supernet": "models/trained", "lengths": [8, 40], "moe_dispatch": "kernel"}
+    records = [_overhead_record(**beam, width=w, overhead=o, overhead_min=m, date=f"2026-12-05T00:{20 * i:02d}:00+00:00")
+               for i, (w, o, m) in enumerate([(384, 0.05, 0.01), (768, 0.07, 0.02), (384, 0.09, 0.03)])]
+    records.append(_overhead_record(**{**beam, "moe_dispatch": "qmoe"}, width=384, overhead=0.2))
+    monkeypatch.setattr(report, "_read", lambda name: records if name == "moe_overhead_beam" else [])
+    table = report.moe_overhead_beam_table()
+    rows = [line for line in table.splitlines() if line.startswith("| kernel | 384 |")]
+    assert len(rows) == 1 and "(+9.0%; +3.0%)" in rows[0]
+    assert ("The kernel rows are the last of repeated runs; the 4-expert overhead of every run, oldest first "
+            "(median [per-sentence minima]), by FFN width: 768: +7.0% [+2.0%]; 384: +5.0% [+1.0%], +9.0% [+3.0%].") in table
+    assert "The qmoe rows are the last of repeated runs" not in table
