@@ -81,7 +81,7 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     from automoe.evaluate import read_split
-    from automoe.export.onnx import default_moe_dispatch
+    from automoe.export.onnx import default_moe_dispatch, to_onnx
     from automoe.serve import Translator
 
     torch.set_num_threads(args.threads)
@@ -103,7 +103,10 @@ def main(argv: list[str] | None = None) -> int:
     loaders = {}
     with tempfile.TemporaryDirectory() as tmp:
         for name, model in models.items():
-            exported = export_model(model, Path(tmp) / name, Path(args.data) / "spm.model", quant, forms[name])
+            if args.against_form and name == against:  # the MoE model's saved folder, exported in the other form
+                exported = to_onnx(Path(tmp) / moe_name, Path(tmp) / f"{name}-onnx", quantize=quant, moe_dispatch=forms[name])
+            else:
+                exported = export_model(model, Path(tmp) / name, Path(args.data) / "spm.model", quant, forms[name])
             loaders[name] = lambda folder=exported: Translator.from_pretrained(folder, threads=args.threads)
         loaders[CONTROL] = loaders["dense"]  # the A/A control: the same graph in other sessions
         translators = open_interleaved(loaders, args.instances)
