@@ -247,8 +247,8 @@ def _form_ratios(run: list[dict]) -> str:
 
 
 def moe_forms_table() -> str:
-    """The latest comparison of the two MoE forms graph by graph (moe_forms.py): one row per FFN
-    width, one column per graph timed (the encoder, then decoder.onnx by batch size)."""
+    """The latest comparison of the MoE forms graph by graph (moe_forms.py): one row per FFN width,
+    one column per graph timed (the encoder, then decoder.onnx by batch size)."""
     run = list({r["width"]: r for r in _run_of("moe_forms", "supernet", hours=1.5)}.values())
     if not run:
         return "_Not measured yet (benchmarks/moe_forms.py)._"
@@ -257,21 +257,32 @@ def moe_forms_table() -> str:
     label = lambda g, r: ("encoder (one source)" if g == "encoder" else  # noqa: E731
                           f"decoder.onnx, batch {g.split('@')[1]} ({r['graphs'][g]['rows_per_call']} rows per step)")
     last = max(run, key=lambda r: r["date"])
+    fused = list(_fused_ratios(next(iter(last["graphs"].values()))))
     lines = ["| FFN width | " + " | ".join(label(g, last) for g in graphs) + " |", "|---:|" + "---:|" * len(graphs)]
     for r in sorted(run, key=lambda r: -r["width"]):
         cells = []
         for g in graphs:
             c = r["graphs"].get(g)
-            cells.append("" if c is None else f"{c['compact_call']['median_ms']:.3f} / {c['qmoe_call']['median_ms']:.3f} "
-                                              f"({_overhead_cell(c['ratio'], c['ratio_min'])})")
+            ratios = _fused_ratios(c) if c else {}
+            cells.append("" if c is None else " / ".join(f"{c[f'{form}_call']['median_ms']:.3f}" for form in ["compact", *ratios])
+                         + " (" + ", ".join(f"{_overhead_cell(*ratios[form])}" for form in ratios) + ")")
         lines.append(f"| {r['width']} | " + " | ".join(cells) + " |")
-    return ("\n".join(lines) + f"\n\nms per call, `compact` / `qmoe`, and in brackets qmoe over compact (negative: "
-            f"qmoe is faster): the median over turns of the ratio of the two forms' times in the same turn; after "
+    names = " / ".join(f"`{form}`" for form in ["compact", *fused])
+    return ("\n".join(lines) + f"\n\nms per call, {names}, and in brackets {' and '.join(fused)} over compact (negative: "
+            f"faster than compact): the median over turns of the ratio of the two forms' times in the same turn; after "
             f"the semicolon, the ratio of per-item minima over passes. One model with {last['experts']} top-1 experts "
             f"per layer (weights and routers of `{last['supernet']}`), exported int8 in each form, ONNX Runtime, "
             f"{last['threads']} thread, beam {last['beam']}; the encoder runs {last['sentences']} real test sources "
             f"one at a time, decoder.onnx replays the steps recorded while translating them in batches; "
             f"{last['rounds']} passes; commit {_commits(run)}, {last['date'][:10]}.")
+
+
+def _fused_ratios(graph: dict) -> dict[str, tuple[float, float | None]]:
+    """{fused form: (ratio over compact, ratio of minima)} of one graph of a moe_forms record; records
+    written before `ratios` timed qmoe alone, in the fields `ratio` and `ratio_min`."""
+    if "ratios" in graph:
+        return {form: (v["ratio"], v["min"]) for form, v in graph["ratios"].items()}
+    return {"qmoe": (graph["ratio"], graph["ratio_min"])}
 
 
 def moe_dispatch_parts_table(random: bool = False) -> str:

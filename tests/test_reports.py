@@ -428,3 +428,21 @@ def test_moe_overhead_beam_table_lists_every_repeated_run(monkeypatch):
     assert ("The kernel rows are the last of repeated runs; the 4-expert overhead of every run, oldest first "
             "(median [per-sentence minima]), by FFN width: 768: +7.0% [+2.0%]; 384: +5.0% [+1.0%], +9.0% [+3.0%].") in table
     assert "The qmoe rows are the last of repeated runs" not in table
+
+
+def test_moe_forms_table_shows_every_fused_form_of_newer_records(monkeypatch):
+    """Records with `ratios` (moe_forms.py timing qmoe and kernel) give each cell compact / qmoe / kernel
+    ms and both ratios over compact, in that order, and the caption names the three forms."""
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    import report
+
+    cell = {"compact_call": {"median_ms": 2.0}, "qmoe_call": {"median_ms": 1.5}, "kernel_call": {"median_ms": 1.0},
+            "ratios": {"qmoe": {"ratio": -0.25, "min": -0.2, "quartiles": [-0.3, -0.2]},
+                       "kernel": {"ratio": -0.5, "min": -0.45, "quartiles": [-0.6, -0.4]}}, "rows_per_call": None}
+    records = [{"benchmark": "moe_forms", "supernet": "models/trained", "experts": 4, "width": 384, "threads": 1, "beam": 4,
+                "sentences": 96, "rounds": 3, "graphs": {"encoder": cell}, "git_commit": "abc",
+                "date": "2026-12-03T00:00:00+00:00"}]
+    monkeypatch.setattr(report, "_read", lambda name: records if name == "moe_forms" else [])
+    table = report.moe_forms_table()
+    assert "| 384 | 2.000 / 1.500 / 1.000 (-25.0%; -20.0%, -50.0%; -45.0%) |" in table.splitlines()
+    assert "ms per call, `compact` / `qmoe` / `kernel`, and in brackets qmoe and kernel over compact" in table
