@@ -4,9 +4,9 @@ An int8 export can write a top-1 MoE layer as the exact sort / split / scatter g
 whose experts run as ONNX Runtime's int8 matrix products), as ONNX Runtime's fused QMoE operator
 (`qmoe`, one kernel, whose int8 kernels multiply row by row) or as automoe's own operator
 (`kernel`, export/csrc/automoe_ops.cc, one thread; timed where its library builds). Which is
-faster depends on how many rows a call routes, so this script times every form of one MoE model (`--experts` top-1 experts of width
-`--width` per layer, weights and routers of `--supernet`, as in moe_overhead.py) in each graph
-as `Translator` uses it, with real test sentences:
+faster depends on how many rows a call routes, so this script times every form of one MoE model
+(`--experts` top-1 experts of width `--width` per layer, weights and routers of `--supernet`, as
+in moe_overhead.py) in each graph as `Translator` uses it, with real test sentences:
   encoder        encoder.onnx on one source at a time (whole sources: tens of rows)
   decoder@B      decoder.onnx steps of `--beam` beams for batches of B sentences (B * beam rows),
                  as the Python beam search runs them for batches; at B = 1, the rows the beam
@@ -14,8 +14,9 @@ as `Translator` uses it, with real test sentences:
 The steps are recorded once from the compact export and every form replays the same inputs in
 turns, paired as in moe_overhead.py (`replay`, `ratio_stats`): each figure (`ratios[FORM]`) is the
 median over turns of a fused form's turn time over compact's in the same turn, minus 1 (negative:
-the fused form is faster), with the ratio of per-item minima over rounds ("min"). Turns hold `--turn` items
-(sources or batches), fewer where a graph has few items, so that every graph gets several pairs.
+the fused form is faster), with the ratio of per-item minima over rounds ("min"). Turns hold
+`--turn` items (sources or batches), fewer where a graph has few items, so that every graph gets
+several pairs.
 Appends to benchmarks/results/moe_forms.jsonl.
 
     python benchmarks/moe_forms.py --supernet models/supernet-small-bible-v3 --data data/bible-en-de --width 1536

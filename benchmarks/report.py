@@ -217,6 +217,10 @@ def _repeated_runs(runs: list[list[dict]]) -> str:
     """A sentence per MoE form whose shown run timed a width more than once (the same script run
     again within the run's hours): every overhead measured, oldest first, so a table row that is
     only the last of several is not read as the only one (empty when no width was repeated)."""
+    def cell(r: dict) -> str:
+        least = r.get("overhead_min")
+        return f"{100 * r['overhead']:+.1f}%" + ("" if least is None else f" [{100 * least:+.1f}%]")
+
     out = ""
     for form_run in runs:
         by_width = {}
@@ -224,7 +228,6 @@ def _repeated_runs(runs: list[list[dict]]) -> str:
             by_width.setdefault(r["width"], []).append(r)
         if all(len(records) == 1 for records in by_width.values()):
             continue
-        cell = lambda r: f"{100 * r['overhead']:+.1f}%" + (f" [{100 * r['overhead_min']:+.1f}%]" if r.get("overhead_min") is not None else "")  # noqa: E731
         cells = "; ".join(f"{width}: " + ", ".join(cell(r) for r in records)
                           for width, records in sorted(by_width.items(), key=lambda item: -item[0]))
         out += (f" The {_form(form_run[-1])} rows are the last of repeated runs; the 4-expert overhead of every run, "
@@ -263,9 +266,12 @@ def moe_forms_table() -> str:
         cells = []
         for g in graphs:
             c = r["graphs"].get(g)
-            ratios = _fused_ratios(c) if c else {}
-            cells.append("" if c is None else " / ".join(f"{c[f'{form}_call']['median_ms']:.3f}" for form in ["compact", *ratios])
-                         + " (" + ", ".join(f"{_overhead_cell(*ratios[form])}" for form in ratios) + ")")
+            if c is None:
+                cells.append("")
+                continue
+            ratios = _fused_ratios(c)
+            cells.append(" / ".join(f"{c[f'{form}_call']['median_ms']:.3f}" for form in ["compact", *ratios])
+                         + " (" + ", ".join(_overhead_cell(*pair) for pair in ratios.values()) + ")")
         lines.append(f"| {r['width']} | " + " | ".join(cells) + " |")
     names = " / ".join(f"`{form}`" for form in ["compact", *fused])
     return ("\n".join(lines) + f"\n\nms per call, {names}, and in brackets {' and '.join(fused)} over compact (negative: "
