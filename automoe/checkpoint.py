@@ -2,15 +2,17 @@
 
 A model folder (Hugging Face Hub repo layout) holds:
   config.json        {"format": "automoe", "format_version": 1, "arch": ArchConfig,
-                      "tokenizer": {...}, "training": {...}}
+                      "tokenizer": {...}, "training": {...}, "sha256": {file: hex}}
   model.safetensors  the weights, nothing else (no pickle is ever read)
   spm.model          the SentencePiece model named in config["tokenizer"]["file"], if any
   README.md          the model card
 
 Loading is strict: an unknown config key, a missing, unexpected or mis-shaped tensor, or a
-truncated file is an error that names the problem. We do not use huggingface_hub's
-`PyTorchModelHubMixin` because it silently drops unknown config keys, loads non-strictly and
-falls back to pickled `*.bin` weights.
+truncated file is an error that names the problem. "sha256" records the digests of the weights
+and the tokenizer when the folder is written; loading verifies them (`verify_model_folder`, about
+20 ms for 35 MB) unless `verify=False`. Folders written before it existed have no "sha256" and
+load unchecked. We do not use huggingface_hub's `PyTorchModelHubMixin` because it silently drops
+unknown config keys, loads non-strictly and falls back to pickled `*.bin` weights.
 """
 
 from __future__ import annotations
@@ -22,41 +24,73 @@ import shutil
 from pathlib import Path
 from typing import Any
 
+from .artifacts import (CONFIG_NAME, EXPORT_INFO_NAME, SUPERNET_WEIGHTS_NAME, TOKENIZER_NAME, WEIGHTS_NAME,
+                        ArtifactError, atomic_write_text, check_file_name, check_hashes, file_hashes,
+                        verify_files)
 from .config import ArchConfig, ConfigError
 
 logger = logging.getLogger(__name__)
 
-CONFIG_NAME = "config.json"
-WEIGHTS_NAME = "model.safetensors"
 FORMAT = "automoe"
 FORMAT_VERSION = 1
-CONFIG_KEYS = {"format", "format_version", "arch", "tokenizer", "training"}
+CONFIG_KEYS = {"format", "format_version", "arch", "tokenizer", "training", "sha256"}
 # What `from_pretrained` downloads from a Hub repo: configs, weights, tokenizer, card, exports.
 HUB_ALLOW_PATTERNS = ["*.json", "*.safetensors", "*.model", "*.vocab", "*.md", "*.onnx", "*.onnx.data",
                       "*.bin.ct2", "model.bin", "shared_vocabulary.*", "*.txt"]
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
 
 
-class CheckpointError(ValueError):
+class CheckpointError(ArtifactError):
     """A model folder or checkpoint cannot be loaded; the message names the file and the problem."""
+
+
+def supernet_folder_error(folder: str | Path) -> CheckpointError:
+    """The error for a supernet folder given where a model folder is expected, with the way out."""
+    return CheckpointError(f"{folder} is a supernet folder, not a model folder: extract a subnet first, "
+                           f"e.g. `automoe extract {folder} --arch largest --out DIR` (or a search's best.json)")
+
+
+def folder_kind(folder: str | Path) -> str | None:
+    """What a local folder holds, by its files: "export" (export_info.json), "model" (config.json),
+    "supernet" (supernet.safetensors), or None (none of these)."""
+    folder = Path(folder)
+    for kind, name in (("export", EXPORT_INFO_NAME), ("model", CONFIG_NAME), ("supernet", SUPERNET_WEIGHTS_NAME)):
+        if (folder / name).is_file():
+            return kind
+    return None
+
+
+def read_json_file(path: str | Path, what: str) -> dict:
+    """A JSON object from `path`; binary garbage, invalid JSON or a non-object is a `CheckpointError`
+    naming the file (`what` says which kind of file it should be)."""
+    path = Path(path)
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError as e:
+        raise CheckpointError(f"{path}: not a text file (byte 0x{e.object[e.start]:02x} at offset {e.start} is not "
+                              f"UTF-8); it should be {what}: download or save the folder again") from None
+    except json.JSONDecodeError as e:
+        raise CheckpointError(f"{path}: not valid JSON ({e}); it should be {what}: "
+                              "download or save the folder again") from None
+    except OSError as e:
+        raise CheckpointError(f"{path}: cannot be read ({e.strerror or e})") from None
+    if not isinstance(data, dict):
+        raise CheckpointError(f"{path}: holds a JSON {type(data).__name__}, not the object {what} is")
+    return data
 
 
 def read_model_config(model_dir: str | Path) -> tuple[ArchConfig, dict[str, Any]]:
     """Read and strictly check `config.json` of a model folder.
 
-    Returns (arch, meta) where meta holds the "tokenizer" and "training" objects.
+    Returns (arch, meta) where meta holds the "tokenizer", "training" and "sha256" objects.
     """
     path = Path(model_dir) / CONFIG_NAME
-    if not path.is_file() and (Path(model_dir) / "supernet.safetensors").is_file():
-        raise CheckpointError(f"{model_dir} is a supernet folder, not a model folder: extract a subnet first, "
-                              f"e.g. `automoe extract {model_dir} --arch largest --out DIR` (or a search's best.json)")
+    if not path.is_file() and (Path(model_dir) / SUPERNET_WEIGHTS_NAME).is_file():
+        raise supernet_folder_error(model_dir)
     if not path.is_file():
         raise CheckpointError(f"{path} not found: is {model_dir} a model folder written by save_pretrained?")
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as e:
-        raise CheckpointError(f"{path}: not valid JSON ({e})") from e
-    if not isinstance(data, dict) or data.get("format") != FORMAT:
+    data = read_json_file(path, "an automoe model config")
+    if data.get("format") != FORMAT:
         raise CheckpointError(f"{path}: not an automoe model config (expected \"format\": \"{FORMAT}\")")
     unknown = sorted(set(data) - CONFIG_KEYS)
     if unknown:
@@ -68,23 +102,76 @@ def read_model_config(model_dir: str | Path) -> tuple[ArchConfig, dict[str, Any]
         )
     try:
         arch = ArchConfig.from_dict(data.get("arch"))
-    except (ConfigError, TypeError) as e:
-        raise CheckpointError(f"{path}: {e}") from e
-    return arch, {"tokenizer": data.get("tokenizer") or {}, "training": data.get("training") or {}}
+    except (ConfigError, TypeError, ValueError, AttributeError) as e:
+        raise CheckpointError(f"{path}: \"arch\" is not a valid architecture ({e})") from None
+    meta = {key: data.get(key) or {} for key in ("tokenizer", "training")}
+    for key, value in meta.items():
+        if not isinstance(value, dict):
+            raise CheckpointError(f"{path}: \"{key}\" must be a JSON object, not {type(value).__name__}")
+    if meta["tokenizer"].get("file") is not None:
+        check_file_name(meta["tokenizer"]["file"], path)
+    try:
+        meta["sha256"] = check_hashes(data.get("sha256"), path)
+    except ArtifactError as e:
+        raise CheckpointError(str(e)) from None
+    return arch, meta
 
 
 def write_model_config(model_dir: str | Path, arch: ArchConfig, tokenizer: dict | None = None,
-                       training: dict | None = None) -> None:
-    """Write `config.json` for `arch` plus tokenizer info and training provenance."""
+                       training: dict | None = None, sha256: dict[str, str] | None = None) -> None:
+    """Write `config.json` for `arch` plus tokenizer info, training provenance and the sha256 of
+    the folder's weight and tokenizer files (`sha256`, checked when the folder is loaded)."""
     data = {"format": FORMAT, "format_version": FORMAT_VERSION, "arch": arch.to_dict(),
             "tokenizer": tokenizer or {}, "training": training or {}}
-    _atomic_write_text(Path(model_dir) / CONFIG_NAME, json.dumps(data, indent=2) + "\n")
+    if sha256:
+        data["sha256"] = sha256
+    atomic_write_text(Path(model_dir) / CONFIG_NAME, json.dumps(data, indent=2) + "\n")
 
 
-def _atomic_write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
+def model_files(meta: dict) -> list[str]:
+    """The files of a model folder whose checksums its config records: weights, then tokenizer."""
+    tok = (meta.get("tokenizer") or {}).get("file")
+    return [WEIGHTS_NAME] + ([tok] if tok else [])
+
+
+def verify_model_folder(folder: str | Path, meta: dict) -> dict[str, str]:
+    """Check the weight and tokenizer files of a model folder against the sha256 its config.json
+    records (`IntegrityError` naming the file); returns the computed hashes ({} for a folder
+    written before checksums were recorded: nothing is checked)."""
+    return verify_files(folder, meta.get("sha256"), source=str(Path(folder) / CONFIG_NAME))
+
+
+def load_tokenizer(path: str | os.PathLike):
+    """Load a SentencePiece model from a ``.model`` file or a folder holding ``spm.model``; a
+    missing or unreadable file is a `CheckpointError` naming it."""
+    import sentencepiece as spm
+
+    path = Path(path)
+    if path.is_dir():
+        path = path / TOKENIZER_NAME
+    if not path.is_file():
+        raise CheckpointError(f"{path} not found; give a SentencePiece .model file or a folder holding "
+                              f"{TOKENIZER_NAME} (a model folder needs the tokenizer named in its config.json)")
+    try:
+        return spm.SentencePieceProcessor(model_file=str(path))
+    except (RuntimeError, OSError, ValueError) as e:  # sentencepiece raises RuntimeError/OSError for a bad file
+        raise CheckpointError(f"{path} is not a readable SentencePiece model ({str(e).strip()[:200]}); "
+                              "download or save the folder again") from None
+
+
+def load_model_tokenizer(folder: str | Path, meta: dict, vocab_size: int | None = None):
+    """The SentencePiece model named in a model or export folder's config (`tokenizer.file`);
+    with `vocab_size`, one whose piece count differs is a `CheckpointError` naming both files."""
+    name = (meta.get("tokenizer") or {}).get("file")
+    if not name:
+        raise CheckpointError(f"{folder} has no tokenizer in its {CONFIG_NAME}; "
+                              "save the model with tokenizer_file=...")
+    path = Path(folder) / check_file_name(name, Path(folder) / CONFIG_NAME)
+    sp = load_tokenizer(path)
+    if vocab_size is not None and sp.get_piece_size() != vocab_size:
+        raise CheckpointError(f"{path} has {sp.get_piece_size()} pieces but the model's vocab_size is {vocab_size} "
+                              f"({Path(folder) / CONFIG_NAME}): the tokenizer and the model do not belong together")
+    return sp
 
 
 def load_state_dict(path: str | Path) -> dict:
@@ -118,8 +205,9 @@ def save_state_dict(state: dict, path: str | Path, dtype=None) -> None:
     os.replace(tmp, path)
 
 
-def check_state_dict(expected: dict, found: dict, source: str) -> None:
-    """Raise `CheckpointError` listing every missing, unexpected and mis-shaped tensor."""
+def check_state_dict(expected: dict, found: dict, source: str, config_path: str | Path | None = None) -> None:
+    """Raise `CheckpointError` listing every missing, unexpected and mis-shaped tensor, and every
+    tensor holding NaN or infinite values (never saved by training: a corrupt file)."""
     missing = sorted(set(expected) - set(found))
     unexpected = sorted(set(found) - set(expected))
     shapes = [f"{k}: expected {tuple(expected[k].shape)}, found {tuple(found[k].shape)}"
@@ -132,24 +220,40 @@ def check_state_dict(expected: dict, found: dict, source: str) -> None:
     if shapes:
         problems.append("shape mismatch " + "; ".join(shapes))
     if problems:
-        raise CheckpointError(f"{source} does not match its config: " + "; ".join(problems))
+        raise CheckpointError(f"{source} does not match its config{f' ({config_path})' if config_path else ''}: "
+                              + "; ".join(problems))
+    bad = [k for k, v in found.items() if v.is_floating_point() and not bool(v.isfinite().all())]
+    if bad:
+        raise CheckpointError(f"{source} is corrupt: tensors {bad[:5]}{' ...' if len(bad) > 5 else ''} hold NaN or "
+                              "infinite values; download or save it again")
 
 
 def resolve_model_dir(path_or_repo: str | Path, revision: str | None = None,
                       cache_dir: str | Path | None = None, token: str | None = None,
-                      local_dir: str | Path | None = None) -> Path:
-    """A local model folder as is, or a Hub repo id downloaded (configs, safetensors, tokenizer,
+                      local_dir: str | Path | None = None, *, hub: bool = False) -> Path:
+    """A local folder as is, or a Hub repo id downloaded (configs, safetensors, tokenizer,
     card and export files only: `HUB_ALLOW_PATTERNS`) through huggingface_hub into its cache (or
     `local_dir`). `HF_ENDPOINT` and `HF_TOKEN` are read at call time; with `HF_HUB_OFFLINE=1` a
-    cached copy is used. A repo whose weights are only pickles is refused with a `CheckpointError`."""
+    cached copy is used. A repo whose weights are only pickles is refused with a `CheckpointError`.
+
+    "org/name" where `org` is a local folder is a missing local folder (e.g. "models/NAME"), not a
+    Hub id, unless `hub=True` (`automoe pull` passes it)."""
     local = Path(path_or_repo)
-    if local.is_dir():
+    if local.is_dir() and not hub:
         if revision is not None:
             logger.warning("%s is a local folder: revision=%r is ignored", local, revision)
         return local
     text = str(path_or_repo)
-    if local.exists() or text.startswith((".", "/", "~")) or text.count("/") != 1 or not all(text.split("/")):
+    if local.exists() and not hub:
+        raise CheckpointError(f"{text} is a file, not a model folder (a folder holding {CONFIG_NAME} and "
+                              f"{WEIGHTS_NAME}) or an export folder")
+    if text.startswith((".", "/", "~")) or text.count("/") != 1 or not all(text.split("/")):
         raise CheckpointError(f"{text}: no such model folder (and not a Hub repo id of the form 'org/name')")
+    if local.parent.is_dir() and not hub:
+        present = sorted(p.name for p in local.parent.iterdir() if folder_kind(p))
+        raise CheckpointError(
+            f"{text}: no such model folder ({local.parent}/ holds {present or 'no model folders'}); a Hub repo id "
+            f"is looked up only when its owner is not a local folder: `automoe pull {text}` downloads it")
     from huggingface_hub import HfApi, snapshot_download
     from huggingface_hub.errors import LocalEntryNotFoundError, RepositoryNotFoundError, RevisionNotFoundError
 
@@ -194,36 +298,52 @@ class HubMixin:
     def save_pretrained(self, save_directory: str | Path, *, tokenizer_file: str | Path | None = None,
                         training: dict | None = None, card: str | None = None, dtype=None) -> Path:
         """Write config.json, model.safetensors (cast to `dtype` if given, e.g. torch.float16), the
-        tokenizer file (copied in) and a README.md card into `save_directory`."""
+        tokenizer file (copied in) and a README.md card into `save_directory`; config.json records
+        the sha256 of the weights and the tokenizer, which loading verifies."""
         out = Path(save_directory)
         out.mkdir(parents=True, exist_ok=True)
         tokenizer = {}
         if tokenizer_file is not None:
             src = Path(tokenizer_file)
             if src.resolve() != (out / src.name).resolve():
-                shutil.copyfile(src, out / src.name)
+                tmp = out / (src.name + ".tmp")
+                shutil.copyfile(src, tmp)
+                os.replace(tmp, out / src.name)
             tokenizer = {"type": "sentencepiece", "file": src.name}
         save_state_dict(self.state_dict(), out / WEIGHTS_NAME, dtype=dtype)
-        write_model_config(out, self.config, tokenizer, training)
+        files = file_hashes(out, model_files({"tokenizer": tokenizer}))
+        write_model_config(out, self.config, tokenizer, training, files)
         if card is not None:
-            _atomic_write_text(out / "README.md", card)
+            atomic_write_text(out / "README.md", card)
         return out
 
     @classmethod
     def from_pretrained(cls, path_or_repo: str | Path, *, revision: str | None = None,
                         cache_dir: str | Path | None = None, token: str | None = None, device: str = "cpu",
-                        dtype=None):
+                        dtype=None, verify: bool = True):
         """Load a model folder or Hub repo strictly; weights are cast to `dtype` (default fp32).
 
-        The folder's tokenizer/training metadata is kept in `model.meta` and its path in `model.source_dir`.
+        With `verify` (the default) the weight and tokenizer files must match the sha256 recorded
+        in config.json (`IntegrityError` naming the file otherwise). The folder's tokenizer/training
+        metadata is kept in `model.meta` and its path in `model.source_dir`.
         """
-        import torch
-
         folder = resolve_model_dir(path_or_repo, revision=revision, cache_dir=cache_dir, token=token)
         arch, meta = read_model_config(folder)
+        return cls.from_model_folder(folder, arch, meta, device=device, dtype=dtype, verify=verify)
+
+    @classmethod
+    def from_model_folder(cls, folder: str | Path, arch: ArchConfig, meta: dict, *, device: str = "cpu",
+                          dtype=None, verify: bool = True):
+        """Load the weights of a local model folder whose config (`arch`, `meta`) was already read
+        by `read_model_config`, verifying its checksums unless `verify=False` (done already)."""
+        import torch
+
+        folder = Path(folder)
+        if verify:
+            verify_model_folder(folder, meta)
         model = cls(arch)
         state = load_state_dict(folder / WEIGHTS_NAME)
-        check_state_dict(model.state_dict(), state, str(folder / WEIGHTS_NAME))
+        check_state_dict(model.state_dict(), state, str(folder / WEIGHTS_NAME), folder / CONFIG_NAME)
         dtype = dtype or torch.float32
         model.load_state_dict({k: v.to(dtype) for k, v in state.items()}, strict=True)
         model.meta = meta

@@ -14,7 +14,6 @@ manifest). Raw downloads are cached under ``~/.cache/automoe/raw`` (or ``cache_d
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 import random
@@ -25,6 +24,8 @@ import sys
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from .artifacts import sha256_file
 
 log = logging.getLogger(__name__)
 
@@ -76,15 +77,6 @@ def _cache(cache_dir: str | os.PathLike | None, corpus: str) -> Path:
     path = path / corpus
     path.mkdir(parents=True, exist_ok=True)
     return path
-
-
-def sha256_file(path: str | os.PathLike) -> str:
-    """Hex sha256 of a file, read in 1 MiB blocks."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _run(cmd: list[str], cwd: Path, what: str, manual: str) -> None:

@@ -9,8 +9,8 @@
     manifest.json                      sources, licences, counts, sha256 of every file, spm settings
 
 The output is byte-identical for identical inputs. Corpus recipes live in :mod:`automoe.corpora`.
-Training reads it back with :func:`load_tokenizer`, :func:`encode_file`, :func:`make_batches` and
-:func:`collate`.
+Training reads it back with :func:`load_tokenizer` (defined with the model-folder code in
+:mod:`automoe.checkpoint`), :func:`encode_file`, :func:`make_batches` and :func:`collate`.
 """
 
 from __future__ import annotations
@@ -26,6 +26,7 @@ from pathlib import Path
 
 import sentencepiece as spm
 
+from automoe.checkpoint import load_tokenizer  # re-exported: datasets hold an spm.model too
 from automoe.corpora import (  # re-exported: the public data API is this module
     SPLITS,
     Corpus,
@@ -268,16 +269,6 @@ def load_manifest(data_dir: str | os.PathLike) -> dict:
 
 
 # ---------------------------------------------------------------------------------- tokenizer
-
-def load_tokenizer(path: str | os.PathLike) -> spm.SentencePieceProcessor:
-    """Load a SentencePiece model from a ``.model`` file or a folder holding ``spm.model``."""
-    path = Path(path)
-    if path.is_dir():
-        path = path / "spm.model"
-    if not path.is_file():
-        raise DataError(f"{path} not found; give a SentencePiece .model file or a dataset folder holding spm.model")
-    return spm.SentencePieceProcessor(model_file=str(path))
-
 
 def encode_lines(sp: spm.SentencePieceProcessor, lines: Sequence[str], max_len: int | None = None) -> list[list[int]]:
     """Encode sentences to token ids with EOS appended; ``max_len`` caps the length (EOS included)."""

@@ -18,6 +18,7 @@ import urllib.parse
 from html.parser import HTMLParser
 from pathlib import Path
 
+from .artifacts import sha256_file
 from .corpora import (
     SPLITS,
     Corpus,
@@ -28,7 +29,6 @@ from .corpora import (
     _run,
     clean_text,
     log,
-    sha256_file,
 )
 
 LO_LANG_PACKAGES = {"en": ("libreoffice-help-en-us", "en-US"), "de": ("libreoffice-help-de", "de"),

@@ -24,7 +24,6 @@ import math
 import os
 import random
 import shutil
-import subprocess
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,9 +32,9 @@ import torch
 import torch.distributed as dist
 
 from . import data as data_lib
+from .artifacts import git_commit, sha256_file
 from .checkpoint import load_state_dict, save_state_dict
 from .config import ArchConfig, SearchSpace, TrainConfig
-from .corpora import sha256_file
 from .modeling import MoETransformer
 from .supernet import SuperTransformer
 
@@ -276,26 +275,6 @@ def _truncate_log(path: Path, update: int) -> None:
         tmp = path.with_name(path.name + ".tmp")
         tmp.write_text("".join(line + "\n" for line in kept), encoding="utf-8")
         os.replace(tmp, path)
-
-
-# Files that benchmark runs rewrite: a chain of runs at one commit must not record the later runs as
-# "-dirty" because an earlier one appended its results.
-GENERATED_PATHS = ("benchmarks/results", "README.md")
-
-
-def git_commit(root: str | Path | None = None) -> str | None:
-    """The git commit of the automoe source tree (of `root`, default this package's folder), if it
-    is a checkout: "-dirty" when tracked files other than GENERATED_PATHS changed."""
-    root = Path(root) if root is not None else Path(__file__).resolve().parent
-    paths = [":(top)"] + [f":(top,exclude){p}" for p in GENERATED_PATHS]
-    try:
-        head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, timeout=5)
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--", *paths], cwd=root,
-                               capture_output=True, text=True, timeout=5)
-    except (OSError, subprocess.SubprocessError):
-        return None
-    commit = head.stdout.strip()
-    return (commit + ("-dirty" if dirty.stdout.strip() else "")) if commit else None
 
 
 def run_training(task: Task, cfg: TrainConfig, run_dir: str | Path, *, resume: bool = False,

@@ -8,7 +8,7 @@ import platform
 import statistics
 from pathlib import Path
 
-from automoe.train import git_commit  # noqa: F401  (re-exported: the scripts' provenance)
+from automoe.artifacts import git_commit  # noqa: F401  (re-exported: the scripts' provenance)
 
 RESULTS = Path(__file__).parent / "results"
 

@@ -21,12 +21,14 @@ from pathlib import Path
 
 import numpy as np
 
-from automoe.checkpoint import WEIGHTS_NAME, load_state_dict, read_model_config
+from automoe.artifacts import (EXPORT_INFO_NAME, finish_out_dir, folder_hashes, prepare_out_dir, sha256_file,
+                               tool_versions)
+from automoe.checkpoint import (WEIGHTS_NAME, load_state_dict, load_tokenizer, read_model_config,
+                                verify_model_folder)
 from automoe.config import ArchConfig
 from automoe.modeling import sinusoidal_positions
 
 from .checks import check_ctranslate2
-from .onnx import finish_out_dir, prepare_out_dir, sha256_file, tool_versions
 
 logger = logging.getLogger(__name__)
 QUANTIZATIONS = (None, "int8", "int16")
@@ -137,16 +139,19 @@ def convert(config: ArchConfig, state_dict: dict, pieces: list[str]):
 
 
 def to_ctranslate2(model_dir: str | Path, out_dir: str | Path, *, quantize: str | None = None,
-                   force: bool = False) -> Path:
+                   force: bool = False, verify: bool = True) -> Path:
     """Convert a dense model folder to a CTranslate2 folder that plain `ctranslate2.Translator`
-    loads, with the SentencePiece model beside it; returns the folder."""
+    loads, with the SentencePiece model beside it; returns the folder. The model folder's
+    checksums are verified unless `verify=False`; export_info.json records the sha256 of every
+    file written ("sha256")."""
     if quantize not in QUANTIZATIONS:
         raise ValueError(f"quantize={quantize!r} must be one of {list(QUANTIZATIONS)}")
     model_dir, out_dir = Path(model_dir), Path(out_dir)
     arch, meta = read_model_config(model_dir)
     check_ctranslate2(arch)  # before any work
     _require()
-    from automoe.data import load_tokenizer
+    if verify:
+        verify_model_folder(model_dir, meta)
 
     tok = (meta.get("tokenizer") or {}).get("file")
     if not tok:
@@ -168,8 +173,8 @@ def to_ctranslate2(model_dir: str | Path, out_dir: str | Path, *, quantize: str 
         info = {"format": "automoe-ct2", "target": "ctranslate2", "quantization": quantize,
                 "source": str(model_dir), "source_sha256": sha256_file(model_dir / WEIGHTS_NAME),
                 "arch": arch.to_dict(), "tokenizer": meta.get("tokenizer"), "training": meta.get("training"),
-                "versions": tool_versions("automoe", "torch", "ctranslate2")}
-        (tmp / "export_info.json").write_text(json.dumps(info, indent=2) + "\n", encoding="utf-8")
+                "versions": tool_versions("automoe", "torch", "ctranslate2"), "sha256": folder_hashes(tmp)}
+        (tmp / EXPORT_INFO_NAME).write_text(json.dumps(info, indent=2) + "\n", encoding="utf-8")
         finish_out_dir(tmp, out_dir)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)

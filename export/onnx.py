@@ -26,15 +26,15 @@ import json
 import logging
 import os
 import shutil
-import tempfile
 import warnings
 from pathlib import Path
 
 import torch
 import torch.nn as nn
 
+from automoe.artifacts import (EXPORT_INFO_NAME, finish_out_dir, folder_hashes, prepare_out_dir, sha256_file,
+                               tool_versions)
 from automoe.checkpoint import CONFIG_NAME, WEIGHTS_NAME, read_model_config
-from automoe.corpora import sha256_file
 from automoe.modeling import DecoderState, MoETransformer
 
 from . import kernel
@@ -276,46 +276,12 @@ def build_beam_search(encoder: Path, decoder: Path, out: Path, config) -> None:
     onnx.save(model, str(out))
 
 
-def prepare_out_dir(out_dir: Path, force: bool) -> Path:
-    """Refuse an existing output folder unless `force`; return a temporary sibling to write into.
-    Even `force` replaces only an earlier export (a folder with export_info.json): a model or any
-    other folder given as the output by mistake must never be deleted."""
-    if out_dir.exists() and not out_dir.is_dir():
-        raise FileExistsError(f"{out_dir} is a file, not a folder; choose an output folder")
-    if out_dir.exists() and any(out_dir.iterdir()):
-        if not force:
-            raise FileExistsError(f"{out_dir} exists and is not empty; pass force=True (--force) to replace it")
-        if not (out_dir / "export_info.json").is_file():
-            raise FileExistsError(f"{out_dir} is not an export folder (no export_info.json), and force=True "
-                                  "replaces only an earlier export; choose another output folder")
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    return Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
-
-
-def finish_out_dir(tmp: Path, out_dir: Path) -> None:
-    """Move a completed temporary folder into place (replacing an old export)."""
-    if out_dir.exists():
-        shutil.rmtree(out_dir)
-    os.replace(tmp, out_dir)
-
-
 def copy_model_files(model_dir: Path, tmp: Path, meta: dict) -> None:
     """Copy config.json and the tokenizer so an export folder describes itself."""
     shutil.copyfile(model_dir / CONFIG_NAME, tmp / CONFIG_NAME)
     tok = (meta.get("tokenizer") or {}).get("file")
     if tok:
         shutil.copyfile(model_dir / tok, tmp / tok)
-
-
-def tool_versions(*modules: str) -> dict:
-    """Versions of the named Python packages (for export_info.json)."""
-    out = {}
-    for name in modules:
-        try:
-            out[name] = __import__(name).__version__
-        except ImportError:
-            out[name] = None
-    return out
 
 
 def default_moe_dispatch(quantize: str | None) -> str:
@@ -329,12 +295,13 @@ def default_moe_dispatch(quantize: str | None) -> str:
 
 
 def to_onnx(model_dir: str | Path, out_dir: str | Path, *, quantize: str | None = None, force: bool = False,
-            moe_dispatch: str | None = None) -> Path:
+            moe_dispatch: str | None = None, verify: bool = True) -> Path:
     """Export a model folder to an ONNX Runtime folder (see the module docstring); returns it.
     `moe_dispatch` (default: `default_moe_dispatch(quantize)`) decides each graph's MoE form
     (`moe_graphs`, which refuses an unknown one). Where the "kernel" form is used, the operator
     library is built first (`kernel.build_library`: KernelUnavailable without a C++ compiler) and
-    copied into the folder."""
+    copied into the folder. The model folder's checksums are verified unless `verify=False`;
+    export_info.json records the sha256 of every file written ("sha256")."""
     if quantize not in QUANTIZATIONS:
         raise ValueError(f"quantize={quantize!r} must be one of {list(QUANTIZATIONS)}")
     moe_dispatch = moe_dispatch or default_moe_dispatch(quantize)
@@ -345,7 +312,7 @@ def to_onnx(model_dir: str | Path, out_dir: str | Path, *, quantize: str | None 
     _require("onnx")
     model_dir, out_dir = Path(model_dir), Path(out_dir)
     arch, meta = read_model_config(model_dir)
-    model = MoETransformer.from_pretrained(model_dir)
+    model = MoETransformer.from_model_folder(model_dir, arch, meta, verify=verify)
     tmp = prepare_out_dir(out_dir, force)
     try:
         forms = moe_graphs(arch, moe_dispatch)
@@ -370,8 +337,8 @@ def to_onnx(model_dir: str | Path, out_dir: str | Path, *, quantize: str | None 
                 "files": {"encoder": ENCODER_FILE, "decoder": DECODER_FILE, "beam_search": BEAM_FILE},
                 "source": str(model_dir), "source_sha256": sha256_file(model_dir / WEIGHTS_NAME),
                 "arch": arch.to_dict(), "tokenizer": meta.get("tokenizer"),
-                "versions": tool_versions("automoe", "torch", "onnx", "onnxruntime")}
-        (tmp / "export_info.json").write_text(json.dumps(info, indent=2) + "\n", encoding="utf-8")
+                "versions": tool_versions("automoe", "torch", "onnx", "onnxruntime"), "sha256": folder_hashes(tmp)}
+        (tmp / EXPORT_INFO_NAME).write_text(json.dumps(info, indent=2) + "\n", encoding="utf-8")
         finish_out_dir(tmp, out_dir)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)

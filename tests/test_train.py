@@ -159,7 +159,7 @@ def test_supernet_init_from_weights(tmp_path):
 def test_git_commit_ignores_generated_results_but_not_source(tmp_path):
     """A benchmark chain appends to results files and regenerates the README between runs; only a
     changed source file marks the commit dirty."""
-    from automoe.train import git_commit
+    from automoe.artifacts import git_commit
 
     git = lambda *a: subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@t", *a], cwd=tmp_path,  # noqa: E731
                                     check=True, capture_output=True)
