@@ -92,6 +92,7 @@ def verify_files(folder: str | os.PathLike, recorded: dict[str, str] | None, *, 
     """Check every file of `recorded` ({name: sha256}, from `source`) in `folder`; returns the
     computed hashes. A missing file or a mismatch is an `IntegrityError` naming the file; None
     (a folder written before checksums were recorded) checks nothing."""
+    recorded = check_hashes(recorded, source)
     if not recorded:
         logger.debug("%s records no checksums: %s is not verified", source, folder)
         return {}

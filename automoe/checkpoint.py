@@ -21,6 +21,7 @@ import json
 import logging
 import os
 import shutil
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +35,7 @@ logger = logging.getLogger(__name__)
 FORMAT = "automoe"
 FORMAT_VERSION = 1
 CONFIG_KEYS = {"format", "format_version", "arch", "tokenizer", "training", "sha256"}
+EXPORT_TARGETS = ("onnxruntime", "ctranslate2")
 # What `from_pretrained` downloads from a Hub repo: configs, weights, tokenizer, card, exports.
 HUB_ALLOW_PATTERNS = ["*.json", "*.safetensors", "*.model", "*.vocab", "*.md", "*.onnx", "*.onnx.data",
                       "*.bin.ct2", "model.bin", "shared_vocabulary.*", "*.txt"]
@@ -115,6 +117,68 @@ def read_model_config(model_dir: str | Path) -> tuple[ArchConfig, dict[str, Any]
     except ArtifactError as e:
         raise CheckpointError(str(e)) from None
     return arch, meta
+
+
+@dataclass
+class Source:
+    """What a path given to `from_pretrained` is, read once: a "model" folder (config.json +
+    model.safetensors) or an "export" folder (export_info.json), with its parsed config."""
+
+    kind: str
+    folder: Path
+    arch: ArchConfig
+    meta: dict  # tokenizer, training and sha256 of a model folder's config.json (an export's: from its config)
+    info: dict = field(default_factory=dict)  # export_info.json of an export folder
+
+
+def read_export_folder(folder: Path) -> Source:
+    """The `Source` of an export folder: export_info.json (its target runtime, quantization and
+    file checksums) and the architecture and tokenizer of the model it was exported from."""
+    info_path = folder / EXPORT_INFO_NAME
+    info = read_json_file(info_path, "an automoe export description")
+    if info.get("target") not in EXPORT_TARGETS:
+        raise CheckpointError(f"{info_path}: target {info.get('target')!r} is not one of {list(EXPORT_TARGETS)}; "
+                              "export the model folder again")
+    try:
+        check_hashes(info.get("sha256"), info_path)
+    except ArtifactError as e:
+        raise CheckpointError(str(e)) from None
+    if info["target"] == "onnxruntime":  # ONNX exports carry the model's own config.json
+        arch, meta = read_model_config(folder)
+    else:  # CTranslate2 owns config.json in its folders; the ArchConfig travels in export_info.json
+        try:
+            arch = ArchConfig.from_dict(info.get("arch"))
+        except (ConfigError, TypeError, ValueError, AttributeError) as e:
+            raise CheckpointError(f"{info_path}: \"arch\" is not a valid architecture ({e})") from None
+        meta = {"tokenizer": info.get("tokenizer") or {}, "training": info.get("training") or {}}
+        if not isinstance(meta["tokenizer"], dict):
+            raise CheckpointError(f"{info_path}: \"tokenizer\" must be a JSON object")
+    return Source("export", folder, arch, meta, info)
+
+
+def read_folder(folder: str | Path) -> Source:
+    """Decide once what a local folder is and read its config: a model folder or an export folder
+    (`Source`); a supernet folder or any other folder is a `CheckpointError` saying what to pass."""
+    folder = Path(folder)
+    kind = folder_kind(folder)
+    if kind == "supernet":
+        raise supernet_folder_error(folder)
+    if kind is None:
+        raise CheckpointError(f"{folder} is not a model folder ({CONFIG_NAME} + {WEIGHTS_NAME}, written by "
+                              f"save_pretrained or `automoe train model`) nor an export folder ({EXPORT_INFO_NAME}, "
+                              "written by `automoe export`)")
+    if kind == "export":
+        return read_export_folder(folder)
+    arch, meta = read_model_config(folder)
+    return Source("model", folder, arch, meta)
+
+
+def verify_source(source: Source) -> dict[str, str]:
+    """Check the files of a model or export folder against the sha256 it records (`IntegrityError`
+    naming the first that differs); returns the computed digests ({} when none are recorded)."""
+    if source.kind == "export":
+        return verify_files(source.folder, source.info.get("sha256"), source=str(source.folder / EXPORT_INFO_NAME))
+    return verify_model_folder(source.folder, source.meta)
 
 
 def write_model_config(model_dir: str | Path, arch: ArchConfig, tokenizer: dict | None = None,
@@ -236,8 +300,9 @@ def resolve_model_dir(path_or_repo: str | Path, revision: str | None = None,
     `local_dir`). `HF_ENDPOINT` and `HF_TOKEN` are read at call time; with `HF_HUB_OFFLINE=1` a
     cached copy is used. A repo whose weights are only pickles is refused with a `CheckpointError`.
 
-    "org/name" where `org` is a local folder is a missing local folder (e.g. "models/NAME"), not a
-    Hub id, unless `hub=True` (`automoe pull` passes it)."""
+    Where "org/name" is not on the Hub either and `org` is a local folder, the error says first
+    that the local folder "org/name" (e.g. "models/NAME") does not exist. `hub=True` (`automoe pull`)
+    downloads even where a local folder of that name exists."""
     local = Path(path_or_repo)
     if local.is_dir() and not hub:
         if revision is not None:
@@ -249,17 +314,16 @@ def resolve_model_dir(path_or_repo: str | Path, revision: str | None = None,
                               f"{WEIGHTS_NAME}) or an export folder")
     if text.startswith((".", "/", "~")) or text.count("/") != 1 or not all(text.split("/")):
         raise CheckpointError(f"{text}: no such model folder (and not a Hub repo id of the form 'org/name')")
-    if local.parent.is_dir() and not hub:
-        present = sorted(p.name for p in local.parent.iterdir() if folder_kind(p))
-        raise CheckpointError(
-            f"{text}: no such model folder ({local.parent}/ holds {present or 'no model folders'}); a Hub repo id "
-            f"is looked up only when its owner is not a local folder: `automoe pull {text}` downloads it")
     from huggingface_hub import HfApi, snapshot_download
     from huggingface_hub.errors import LocalEntryNotFoundError, RepositoryNotFoundError, RevisionNotFoundError
 
     endpoint = os.environ.get("HF_ENDPOINT", "").strip().rstrip("/") or None
     offline = _env_true("HF_HUB_OFFLINE")
     where = f"{text!r} (revision {revision or 'main'!r})"
+    if local.parent.is_dir() and not hub:  # e.g. models/NAME: most likely a mistyped local folder
+        present = sorted(p.name for p in local.parent.iterdir() if folder_kind(p))
+        where = (f"{text}: no such local folder ({local.parent}/ holds {present or 'no model folders'}); "
+                 f"and Hub repo {where}")
     try:
         folder = Path(snapshot_download(text, revision=revision, cache_dir=cache_dir, token=token,
                                         local_dir=local_dir, endpoint=endpoint, local_files_only=offline,

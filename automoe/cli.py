@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 from pathlib import Path
 
@@ -75,7 +76,7 @@ def _train_config(args: argparse.Namespace):
 
 
 def _data_vocab(data_dir: str) -> int:
-    from .data import load_tokenizer
+    from .checkpoint import load_tokenizer
 
     return load_tokenizer(data_dir).vocab_size()
 
@@ -131,7 +132,7 @@ def _load_eval_model(args: argparse.Namespace):
     """A Translator for MODEL: a model folder, or a supernet run folder with --arch (inherited weights)."""
     from automoe.serve.translator import Translator
 
-    from .data import load_tokenizer
+    from .checkpoint import load_tokenizer
 
     folder = Path(args.model)
     if (folder / "supernet.safetensors").exists():
@@ -172,7 +173,10 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 
 def _stdin_lines() -> list[str]:
+    """The lines of stdin, strictly UTF-8 (an error names the first bad line); empty stdin has none."""
     raw = sys.stdin.buffer.read()
+    if not raw:
+        return []
     lines = []
     for n, chunk in enumerate(raw.split(b"\n"), 1):
         try:
@@ -190,7 +194,7 @@ def cmd_translate(args: argparse.Namespace) -> int:
     from automoe.serve.translator import Translator
 
     translator = Translator.from_pretrained(args.model, engine=args.engine, quantize=args.quantize,
-                                            threads=args.threads)
+                                            threads=args.threads, verify=not args.no_verify)
     sentences = args.sentences or _stdin_lines()
     for line in translator.translate(sentences, beam=args.beam, max_length=args.max_length):
         print(line)
@@ -198,17 +202,19 @@ def cmd_translate(args: argparse.Namespace) -> int:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    """Export a model folder for ONNX Runtime (any architecture) or CTranslate2 (dense subnets)."""
+    """Export a model folder for ONNX Runtime (any architecture) or CTranslate2 (dense subnets);
+    `automoe translate OUT` then runs the export."""
     out = Path(args.out) if args.out else Path("exports") / f"{Path(args.model).name}-{args.to}-{args.quantize or 'fp32'}"
     if args.to == "onnx":
         from automoe.export.onnx import to_onnx
 
-        to_onnx(args.model, out, quantize=args.quantize, force=args.force)
+        to_onnx(args.model, out, quantize=args.quantize, force=args.force, verify=not args.no_verify)
     else:
         from automoe.export.ctranslate2 import to_ctranslate2
 
-        to_ctranslate2(args.model, out, quantize=args.quantize, force=args.force)
+        to_ctranslate2(args.model, out, quantize=args.quantize, force=args.force, verify=not args.no_verify)
     print(out)
+    print(f"translate with this export: automoe translate {out} \"Jesus wept.\"", file=sys.stderr)
     return 0
 
 
@@ -366,14 +372,18 @@ def build_parser() -> argparse.ArgumentParser:
 
     tr = verbs.add_parser("translate", help="translate arguments or stdin lines", description=cmd_translate.__doc__,
                           intermixed=True)
-    tr.add_argument("model", help="model folder or Hub repo id")
-    tr.add_argument("sentences", nargs="*", help="sentences (default: read stdin, one per line)")
+    tr.add_argument("model", help="model folder, export folder (from `automoe export`) or Hub repo id")
+    tr.add_argument("sentences", nargs="*", help="sentences (default: read stdin, one per line; empty stdin: no output)")
     tr.add_argument("--engine", default=None, choices=["torch", "onnxruntime", "ctranslate2"],
-                    help="default: torch for a model folder, the export's runtime for an export folder")
-    tr.add_argument("--quantize", default=None, choices=["int8"], help="with --engine on a model folder")
-    tr.add_argument("--beam", type=int, default=4)
+                    help="default: torch for a model folder, the export's runtime for an export folder; a model "
+                         "folder with onnxruntime/ctranslate2 is exported into a cache first")
+    tr.add_argument("--quantize", default=None, choices=["int8"],
+                    help="with --engine onnxruntime/ctranslate2 on a model folder (default fp32)")
+    tr.add_argument("--beam", type=int, default=4, help="beam size, 1..128 (default 4)")
     tr.add_argument("--max-length", type=int, default=None, help="output token limit")
     tr.add_argument("--threads", type=int, default=None)
+    tr.add_argument("--no-verify", action="store_true",
+                    help="skip the sha256 check of the weight and tokenizer files (for files edited on purpose)")
     tr.set_defaults(func=cmd_translate)
 
     ex = verbs.add_parser("export", help="export a model folder for ONNX Runtime or CTranslate2",
@@ -383,17 +393,22 @@ def build_parser() -> argparse.ArgumentParser:
     ex.add_argument("--quantize", default=None, choices=["int8", "int16"], help="weight quantization (int16: ct2 only)")
     ex.add_argument("--out", default=None, help="output folder (default exports/<model>-<target>-<quantization>)")
     ex.add_argument("--force", action="store_true", help="replace an earlier export in the output folder")
+    ex.add_argument("--no-verify", action="store_true",
+                    help="skip the sha256 check of the model's weight and tokenizer files (for files edited on purpose)")
     ex.set_defaults(func=cmd_export)
 
     sv = verbs.add_parser("serve", help="Gradio demo: translate, compare models, routing view",
                           description=cmd_serve.__doc__, intermixed=True)
-    sv.add_argument("models", nargs="*", help="model folders or Hub repo ids (default: every model folder in ./models)")
+    sv.add_argument("models", nargs="*", help="model or export folders or Hub repo ids (default: every model folder "
+                                              "in ./models); other folders, such as a supernet, are skipped with a note")
     sv.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
     sv.add_argument("--port", type=int, default=7860)
-    sv.add_argument("--default", default=None, help="model selected at start (default: the first given)")
+    sv.add_argument("--default", default=None,
+                    help="model selected at start, by folder name (default: the fastest AutoMoE model, else the "
+                         "model with the best test BLEU in its config.json, else the first given)")
     sv.add_argument("--data", default=None, help="dataset folder whose test split gives the example sentences")
     sv.add_argument("--concurrency", type=int, default=2, help="requests translated at the same time (queue limit)")
-    sv.add_argument("--threads", type=int, default=1, help="torch intra-op threads per request")
+    sv.add_argument("--threads", type=int, default=1, help="intra-op threads per request, on every engine")
     sv.set_defaults(func=cmd_serve)
 
     ps = verbs.add_parser("push", help="upload a model folder to a Hugging Face Hub repo", description=cmd_push.__doc__)
@@ -425,7 +440,18 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     try:
         return args.func(args)
-    except (ConfigError, ValueError, FileNotFoundError, FileExistsError, ImportError) as e:
+    except BrokenPipeError:  # the reader went away (`automoe translate ... | head -1`): nothing to report
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 1
+    except KeyboardInterrupt:
+        print(f"automoe {args.verb}: interrupted", file=sys.stderr)
+        return 130
+    except (ConfigError, ValueError, OSError, ImportError) as e:  # bad input, files or setup: what to do, no traceback
+        print(f"automoe {args.verb}: error: {e}", file=sys.stderr)
+        return 2
+    except RuntimeError as e:
+        if not type(e).__module__.startswith("automoe"):  # a bug or a runtime's own failure: keep the traceback
+            raise
         print(f"automoe {args.verb}: error: {e}", file=sys.stderr)
         return 2
 

@@ -1,9 +1,10 @@
 """Push model folders to, and pull them from, the Hugging Face Hub (or any Hub-compatible server).
 
 A thin layer over `huggingface_hub` that keeps automoe's rules: only complete model folders are
-pushed (config.json + model.safetensors, never a pickle), only configs, safetensors, tokenizer,
-card and export files are pulled (`checkpoint.HUB_ALLOW_PATTERNS`), and a repo whose weights are
-only pickles is refused. `HF_ENDPOINT` and `HF_TOKEN` are read at call time (so setting them after
+pushed (config.json + model.safetensors, never a pickle, their files matching the sha256 that
+config.json records), only configs, safetensors, tokenizer, card and export files are pulled
+(`checkpoint.HUB_ALLOW_PATTERNS`; never native code), a pulled folder is checked against the
+sha256 it records, and a repo whose weights are only pickles is refused. `HF_ENDPOINT` and `HF_TOKEN` are read at call time (so setting them after
 import works too); `HF_HUB_OFFLINE=1` loads a cached copy without touching the network.
 
     >>> from automoe.hub import push, pull
@@ -17,12 +18,13 @@ import logging
 import os
 from pathlib import Path
 
-from .checkpoint import (CONFIG_NAME, HUB_ALLOW_PATTERNS, PICKLE_SUFFIXES, WEIGHTS_NAME, CheckpointError,
-                         read_model_config, resolve_model_dir)
+from .artifacts import CONFIG_NAME, WEIGHTS_NAME
+from .checkpoint import (HUB_ALLOW_PATTERNS, PICKLE_SUFFIXES, CheckpointError, read_folder, read_model_config,
+                         resolve_model_dir, verify_model_folder, verify_source)
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["push", "pull", "hub_endpoint", "HubError", "HUB_ALLOW_PATTERNS"]
+__all__ = ["push", "pull", "verify_folder", "hub_endpoint", "HubError", "HUB_ALLOW_PATTERNS"]
 
 
 class HubError(ValueError):
@@ -48,7 +50,8 @@ def _check_model_folder(folder: Path) -> list[Path]:
     if missing:
         raise CheckpointError(f"{folder} is not a model folder: {' and '.join(missing)} missing "
                               "(write one with save_pretrained or `automoe train model`)")
-    read_model_config(folder)  # a config this automoe cannot read is not pushed either
+    _, meta = read_model_config(folder)  # a config this automoe cannot read is not pushed either
+    verify_model_folder(folder, meta)  # nor a corrupt weight or tokenizer file
     files = sorted(p for p in folder.rglob("*") if p.is_file()
                    and not {".git", ".cache"} & set(p.relative_to(folder).parts))
     pickles = [str(p.relative_to(folder)) for p in files if p.suffix in PICKLE_SUFFIXES
@@ -95,9 +98,20 @@ def push(model_dir: str | Path, repo_id: str, *, private: bool = False, token: s
 
 
 def pull(repo_id: str, *, revision: str | None = None, cache_dir: str | Path | None = None,
-         token: str | None = None, local_dir: str | Path | None = None) -> Path:
+         token: str | None = None, local_dir: str | Path | None = None, verify: bool = True) -> Path:
     """Download a model repo (configs, safetensors, tokenizer, card and export files only) into the
     Hugging Face cache (or `local_dir`) and return the folder. A repo with only pickled weights is
-    refused with a `CheckpointError`; with `HF_HUB_OFFLINE=1` a cached copy is returned."""
+    refused with a `CheckpointError`; with `HF_HUB_OFFLINE=1` a cached copy is returned. The files
+    must match the sha256 the folder records (`IntegrityError` naming the file) unless `verify=False`."""
     _check_repo_id(repo_id)
-    return resolve_model_dir(repo_id, revision=revision, cache_dir=cache_dir, token=token, local_dir=local_dir)
+    folder = resolve_model_dir(repo_id, revision=revision, cache_dir=cache_dir, token=token, local_dir=local_dir,
+                               hub=True)
+    if verify:
+        verify_folder(folder)
+    return folder
+
+
+def verify_folder(folder: str | Path) -> dict[str, str]:
+    """Check a model or export folder against the sha256 it records (`IntegrityError` naming the
+    first file that differs); returns the computed digests ({} for a folder that records none)."""
+    return verify_source(read_folder(folder))

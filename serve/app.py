@@ -22,7 +22,7 @@ import time
 from collections import Counter
 from pathlib import Path
 
-from .translator import ENGINES, Translator
+from .translator import ENGINES, Translator, visible
 
 logger = logging.getLogger(__name__)
 
@@ -39,6 +39,7 @@ EXPERT_COLOURS = ["#E69F00", "#56B4E9", "#009E73", "#F0E442", "#0072B2", "#D55E0
 DENSE_COLOUR = "#e5e7eb"
 COMPARE_HEADERS = ["model", "type", "experts per layer (enc | dec)", "ms", "vs dense", "German"]
 WIDTH_HEADERS = ["stack", "layer", "experts", "expert widths", "tokens per expert (this input)"]
+MAX_UPLOAD_BYTES = 0  # the app has no file input: Gradio's upload endpoint refuses every non-empty file
 
 
 class InputError(ValueError):
@@ -69,19 +70,44 @@ def available_engines() -> tuple[str, ...]:
     return tuple(e for e in ENGINES if e == "torch" or importlib.util.find_spec(e) is not None)
 
 
+def _skip_note(path: Path) -> str | None:
+    """Why a local path given to the demo is not served (None: it is a model or export folder, or
+    not a local path at all, i.e. a Hub repo id)."""
+    from automoe.checkpoint import folder_kind
+
+    if not path.exists():
+        return None
+    kind = folder_kind(path) if path.is_dir() else None
+    if kind in ("model", "export"):
+        return None
+    if kind == "supernet":
+        return (f"a supernet folder, not a model folder (extract a subnet to serve it: "
+                f"`automoe extract {path} --arch largest --out DIR`)")
+    return "not a model folder (config.json + model.safetensors) nor an export folder (export_info.json)"
+
+
 def _names(models) -> dict[str, str]:
-    """{display name: folder or Hub id} from a dict or a list of folders / Hub ids."""
+    """{display name: folder or Hub id} from a dict or a list of folders / Hub ids. Local paths
+    that are not model or export folders (a supernet, a README, ...) are skipped with a note, so
+    `automoe serve models/*` serves the models among them."""
     if isinstance(models, dict):
         named = {str(k): str(v) for k, v in models.items()}
     else:
-        named = {}
+        named, skipped = {}, []
         for m in models:
             path = Path(m)
+            note = _skip_note(path)
+            if note:
+                logger.warning("skipping %s: %s", m, note)
+                skipped.append(str(m))
+                continue
             base = path.name if path.exists() else str(m)
             name, n = base, 2
             while name in named:
                 name, n = f"{base}-{n}", n + 1
             named[name] = str(m)
+        if skipped and not named:
+            raise ValueError(f"none of {skipped} is a model or export folder: pass model folders or Hub repo ids")
     if not named:
         raise ValueError("no models given: pass model folders or Hub repo ids")
     return named
@@ -137,7 +163,8 @@ class DemoBackend:
     """What the app does, without gradio: cached Translators, input checks, timing, routing views.
 
     `models`: {name: folder or Hub id} or a list of them (named by folder name / id). `default`:
-    the model selected at start (the first one unless given). `engines`: default every engine of
+    the model selected at start (unless given: `default_model`, the fastest AutoMoE model, else
+    the best recorded BLEU, else the first). `engines`: default every engine of
     `Translator` whose runtime is installed. `threads`: intra-op threads per request (default 1:
     requests run side by side up to the queue's concurrency limit, and on small shared VMs one
     thread per request is faster than two). Translators are loaded once per (model, engine) and
@@ -197,14 +224,26 @@ class DemoBackend:
         return [n for n in self.models if not self.arch(n).is_dense]
 
     # ------------------------------------------------------------------------ input checks
+    @staticmethod
+    def _rejected(e: Exception) -> str:
+        """The message of a refused request, logged as one line (never a traceback)."""
+        message = " ".join(str(e).split())
+        logger.info("rejected request: %s", message)
+        return message
+
     def _lines(self, text: str | None) -> list[str]:
         text = (text or "").strip()
-        if not text:
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError as e:
+            raise InputError(f"The input is not valid Unicode text: character {e.start} is a lone surrogate "
+                             f"(U+{ord(text[e.start]):04X}).") from None
+        if not visible(text):
             raise InputError("Type an English sentence (or pick an example) and press Translate.")
         if len(text) > self.max_chars:
             raise InputError(f"The input is {len(text)} characters long; this demo translates at most "
                              f"{self.max_chars}. Please shorten it.")
-        lines = [line.strip() for line in text.splitlines() if line.strip()]
+        lines = [line.strip() for line in text.splitlines() if visible(line)]
         if len(lines) > self.max_lines:
             raise InputError(f"The input has {len(lines)} lines; this demo translates at most {self.max_lines} "
                              "sentences (one per line) at a time.")
@@ -238,10 +277,11 @@ class DemoBackend:
             beam = self._beam(beam)
             tr = self.translator(model, engine)
             self._check_length(tr, lines, model)
-        except InputError as e:
-            return str(e), None, f"⚠️ {e}"
-        start = time.perf_counter()
-        out = tr.translate(lines, beam=beam)
+            start = time.perf_counter()
+            out = tr.translate(lines, beam=beam)
+        except (InputError, ValueError, TypeError) as e:  # refused input (e.g. a lone surrogate): said, not raised
+            message = self._rejected(e)
+            return message, None, f"⚠️ {message}"
         # rounded once: the status line and the number field must show the same value
         ms = round((time.perf_counter() - start) * 1000, 2)
         per = f" ({ms / len(lines):.1f} ms per sentence)" if len(lines) > 1 else ""
@@ -254,17 +294,17 @@ class DemoBackend:
             lines = self._lines(text)
             beam = self._beam(beam)
         except InputError as e:
-            return [], f"⚠️ {e}"
+            return [], f"⚠️ {self._rejected(e)}"
         rows, dense_ms = [], None
         for name in self.models:
             try:
                 tr = self.translator(name, engine)
                 self._check_length(tr, lines, name)
-            except InputError as e:
-                rows.append([name, "", "", None, "", f"⚠️ {e}"])
+                start = time.perf_counter()
+                out = tr.translate(lines, beam=beam)
+            except (InputError, ValueError, TypeError) as e:
+                rows.append([name, "", "", None, "", f"⚠️ {self._rejected(e)}"])
                 continue
-            start = time.perf_counter()
-            out = tr.translate(lines, beam=beam)
             ms = round((time.perf_counter() - start) * 1000, 2)
             kind = model_kind(tr.config)
             if kind == "dense" and dense_ms is None:
@@ -287,9 +327,10 @@ class DemoBackend:
                 raise InputError("The routing view shows one sentence at a time: enter a single line.")
             tr = self.translator(model, "torch")
             self._check_length(tr, lines, model)
-        except InputError as e:
-            return str(e), f"<p class='routing-message'>⚠️ {html.escape(str(e))}</p>", [], {}
-        routed = tr.translate_with_routing(lines, beam=beam)[0]
+            routed = tr.translate_with_routing(lines, beam=beam)[0]
+        except (InputError, ValueError, TypeError) as e:
+            message = self._rejected(e)
+            return message, f"<p class='routing-message'>⚠️ {html.escape(message)}</p>", [], {}
         arch = tr.config
         raw = {"model": model, "source_pieces": routed.source_pieces, "target_pieces": routed.target_pieces,
                "encoder_routing": routed.encoder_routing, "decoder_routing": routed.decoder_routing,
@@ -368,6 +409,23 @@ def _gradio():
     return gr
 
 
+def quiet_rejections(gr, component, label: str) -> None:
+    """Make a Gradio input refuse a bad value (a Dropdown value not among its choices, a Slider
+    value out of range or not a number) with its message and one log line: Gradio's own refusal
+    prints a full traceback to the server log for every such request."""
+    preprocess = component.preprocess
+
+    def checked(payload):
+        try:
+            return preprocess(payload)
+        except Exception as e:  # noqa: BLE001  whatever the component raises, the request is refused
+            message = " ".join(str(e).split()) or type(e).__name__
+            logger.info("rejected %s value %.80r: %s", label, payload, message)
+            raise gr.Error(message, print_exception=False) from None
+
+    component.preprocess = checked
+
+
 def build_app(models, default: str | None = None, *, data_dir: str | Path | None = None,
               engines: tuple[str, ...] | None = None, threads: int | None = 1, concurrency_limit: int = 2,
               max_queue: int = 64, max_chars: int = 1000, preload: bool = True,
@@ -375,7 +433,8 @@ def build_app(models, default: str | None = None, *, data_dir: str | Path | None
     """The Gradio Blocks app (queued: `concurrency_limit` requests at a time, `max_queue` waiting).
 
     `models`: {name: folder or Hub id} or a list of them; `default`: the model selected at start
-    (default: the first); `data_dir`: a dataset folder whose test split gives the examples.
+    (default: `default_model`); `data_dir`: a dataset folder whose test split gives the examples.
+    Every input refuses a bad value with one log line (`quiet_rejections`).
     """
     gr = _gradio()
     be = backend or DemoBackend(models, default, engines=engines, threads=threads, max_chars=max_chars,
@@ -445,6 +504,10 @@ def build_app(models, default: str | None = None, *, data_dir: str | Path | None
             r_button.click(be.routing, [r_source, r_model, r_beam], [r_target, r_html, r_widths, r_json],
                            api_name="routing")
 
+    for component, label in ((model, "model"), (engine, "engine"), (beam, "beam"), (source, "English"),
+                             (c_source, "English"), (c_engine, "engine"), (c_beam, "beam"), (r_source, "English"),
+                             (r_model, "model"), (r_beam, "beam")):
+        quiet_rejections(gr, component, label)
     demo.queue(default_concurrency_limit=concurrency_limit, max_size=max_queue)
     demo.backend = be
     return demo
@@ -455,8 +518,10 @@ def launch(models=None, host: str = "127.0.0.1", port: int = 7860, *, default: s
            concurrency_limit: int = 2, prevent_thread_lock: bool = False, quiet: bool = False):
     """Build the app and serve it on host:port (127.0.0.1 unless told otherwise); returns the app.
 
-    `models` defaults to every model folder under ./models. With `prevent_thread_lock=True` the
-    server runs in a background thread (call `.close()` on the returned app to stop it).
+    `models` defaults to every model folder under ./models (folders given that are not model folders,
+    such as a supernet, are skipped with a note). The app has no file input, so Gradio's upload
+    endpoint refuses every file (`max_file_size=0`). With `prevent_thread_lock=True` the server runs
+    in a background thread (call `.close()` on the returned app to stop it).
     """
     if models is None:
         models = discover_models()
@@ -465,5 +530,5 @@ def launch(models=None, host: str = "127.0.0.1", port: int = 7860, *, default: s
     demo = build_app(models, default, data_dir=data_dir, engines=engines, threads=threads,
                      concurrency_limit=concurrency_limit)
     demo.launch(server_name=host, server_port=port, prevent_thread_lock=prevent_thread_lock, quiet=quiet,
-                share=False, inbrowser=False, show_error=True)
+                share=False, inbrowser=False, show_error=True, max_file_size=MAX_UPLOAD_BYTES)
     return demo

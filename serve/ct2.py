@@ -16,14 +16,17 @@ class CTranslate2Engine:
 
     name = "ctranslate2"
 
-    def __init__(self, folder: str | Path, threads: int | None = None):
+    def __init__(self, folder: str | Path, threads: int | None = None, *, config: ArchConfig | None = None,
+                 info: dict | None = None):
+        """`config` and `info` (export_info.json), when the caller has read them already, are not read again."""
         try:
             import ctranslate2
         except ImportError as e:
             raise ImportError("engine='ctranslate2' needs ctranslate2: pip install 'automoe[ct2]'") from e
         self.folder = Path(folder)
-        self.info = json.loads((self.folder / "export_info.json").read_text(encoding="utf-8"))
-        self.config = ArchConfig.from_dict(self.info["arch"])
+        self.info = info if info is not None else json.loads((self.folder / "export_info.json").read_text(
+            encoding="utf-8"))
+        self.config = config if config is not None else ArchConfig.from_dict(self.info["arch"])
         self.translator = ctranslate2.Translator(str(self.folder), device="cpu",
                                                  intra_threads=check_threads(threads) or 0, inter_threads=1)
         vocab = json.loads((self.folder / "shared_vocabulary.json").read_text(encoding="utf-8"))

@@ -63,6 +63,21 @@ class TorchEngine:
         return generate(self.model, src, beam=beam, max_length=max_length, return_routing=routing)
 
 
+def custom_ops_library(folder: Path, name) -> Path:
+    """The path of an export folder's operator library, which must be automoe's, under its fixed
+    name, inside the folder (native code is never loaded from a path an export_info.json names)."""
+    from automoe.artifacts import ArtifactError
+    from automoe.export.kernel import LIBRARY_FILE
+
+    path = folder / LIBRARY_FILE
+    if name != LIBRARY_FILE or not path.is_file() or path.is_symlink() or \
+            not path.resolve().is_relative_to(folder.resolve()):
+        raise ArtifactError(f"{folder / 'export_info.json'}: custom_ops_library {name!r} is not the file "
+                            f"{LIBRARY_FILE} inside the export folder; automoe loads native code only from there: "
+                            "export the model again")
+    return path
+
+
 class OnnxStepper:
     """Beam-search stepper over the exported encoder (+ first step) and decoder-step graphs."""
 
@@ -106,7 +121,9 @@ class OnnxEngine:
 
     name = "onnxruntime"
 
-    def __init__(self, folder: str | Path, threads: int | None = None):
+    def __init__(self, folder: str | Path, threads: int | None = None, *, config: ArchConfig | None = None,
+                 info: dict | None = None):
+        """`config` and `info` (export_info.json), when the caller has read them already, are not read again."""
         try:
             import onnxruntime as ort
         except ImportError as e:
@@ -115,8 +132,9 @@ class OnnxEngine:
         from automoe.export.onnx import BEAM_FILE, DECODER_FILE, ENCODER_FILE, kv_names
 
         self.folder = Path(folder)
-        self.info = json.loads((self.folder / "export_info.json").read_text(encoding="utf-8"))
-        self.config, self.meta = read_model_config(self.folder)
+        self.info = info if info is not None else json.loads((self.folder / "export_info.json").read_text(
+            encoding="utf-8"))
+        self.config = config if config is not None else read_model_config(self.folder)[0]
         options = ort.SessionOptions()
         threads = check_threads(threads)
         if threads:
@@ -124,8 +142,9 @@ class OnnxEngine:
             options.inter_op_num_threads = 1
         library = self.info.get("custom_ops_library")
         if library:  # automoe's int8 MoE operator (export/kernel.py), built on the exporting machine
+            path = custom_ops_library(self.folder, library)
             try:
-                options.register_custom_ops_library(str(self.folder / library))
+                options.register_custom_ops_library(str(path))
             except Exception as e:  # noqa: BLE001  ORT raises its own Fail / RuntimeError types
                 raise RuntimeError(f"{self.folder}: its operator library {library} does not load here ({e}); "
                                    "re-export the model on this machine, or with moe_dispatch='qmoe'") from e

@@ -2,20 +2,43 @@
 
 It tokenizes with the model's SentencePiece model, batches by length, decodes with the chosen
 engine and detokenizes, and always returns one output per input line in input order.
+
+`Translator.from_pretrained` decides once what a path is (`inspect_path`: a model folder, an
+export folder, a supernet folder, which is refused with the way out, or a Hub repo id), verifies
+the sha256 its folder records, and hands the parsed config to the engine. A model folder run on
+onnxruntime or ctranslate2 is exported once into a cache keyed on everything the export depends
+on (`export_cache_key`), so a changed weight, config or tokenizer file is never served stale.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
+import numbers
 import os
+import unicodedata
 from dataclasses import dataclass
 from pathlib import Path
 
+from automoe.artifacts import CONFIG_NAME, EXPORT_INFO_NAME, WEIGHTS_NAME, ArtifactError, sha256_file
+from automoe.checkpoint import (Source, load_model_tokenizer, read_export_folder, read_folder, resolve_model_dir,
+                                verify_source)
+from automoe.config import ConfigError
+
 logger = logging.getLogger(__name__)
+
+__all__ = ["ENGINES", "MAX_BEAM", "RoutedTranslation", "Source", "Translator", "export_cache_dir",
+           "export_cache_key", "inspect_path", "load_engine", "load_model_tokenizer", "visible"]
 
 ENGINES = ("torch", "onnxruntime", "ctranslate2")
 EXPORT_TARGETS = {"onnxruntime": "onnxruntime", "ctranslate2": "ctranslate2"}
+# ONNX Runtime's BeamSearch operator refuses more than 128 beams; every engine keeps the same
+# limit so that a request valid on one engine is valid on all.
+MAX_BEAM = 128
+# Characters that show nothing: controls (NUL, ESC, ...), format characters (zero-width space and
+# joiners, byte-order mark, direction marks) and separators. A sentence made only of them is empty.
+INVISIBLE_CATEGORIES = {"Cc", "Cf", "Zs", "Zl", "Zp"}
 
 
 @dataclass
@@ -29,47 +52,118 @@ class RoutedTranslation:
     decoder_routing: list[list[int]]  # [decoder input position][decoder layer] expert id
 
 
+def visible(text: str) -> bool:
+    """Whether `text` shows anything: a character that is not whitespace, a control, a format
+    character (zero-width, direction marks) or a separator."""
+    return any(unicodedata.category(ch) not in INVISIBLE_CATEGORIES for ch in text)
+
+
+def inspect_path(path_or_repo: str | Path, revision: str | None = None) -> Source:
+    """Decide once what `path_or_repo` is (a local model or export folder, or a Hub repo id,
+    downloaded) and read its config (`automoe.checkpoint.read_folder`); a supernet folder or any
+    other folder is a `CheckpointError` that says what to pass instead."""
+    return read_folder(resolve_model_dir(path_or_repo, revision=revision))
+
+
 def export_cache_dir() -> Path:
     """Where model folders are exported on the fly (AUTOMOE_CACHE or ~/.cache/automoe/exports)."""
     root = os.environ.get("AUTOMOE_CACHE") or Path.home() / ".cache" / "automoe"
     return Path(root) / "exports"
 
 
-def _cached_export(model_dir: Path, arch, engine: str, quantize: str | None) -> Path:
-    """Export `model_dir` (whose ArchConfig is `arch`) for `engine` into the cache once (keyed by the
-    weights' checksum). An ONNX export whose graphs' MoE forms are not what the exporter now writes
-    by default (made by an older automoe) is redone."""
-    from automoe.checkpoint import WEIGHTS_NAME
-    from automoe.corpora import sha256_file
-    from automoe.export.onnx import default_moe_dispatch, moe_graphs
+def _exporter_digest() -> str:
+    """sha256 of the exporters' source (Python and C++): exports made by other code are not reused
+    even while the package version stays the same (a development checkout)."""
+    import automoe.export as export_package
 
-    digest = sha256_file(model_dir / WEIGHTS_NAME)[:16]  # read in blocks: the same key as before
-    folder = export_cache_dir() / f"{digest}-{engine}-{quantize or 'fp32'}"
-    info_path = folder / "export_info.json"
-    if info_path.exists() and (engine != "onnxruntime" or json.loads(info_path.read_text(encoding="utf-8")).get(
-            "moe_graphs") == moe_graphs(arch, default_moe_dispatch(quantize))):
-        return folder
-    logger.info("exporting %s for %s (%s) into %s", model_dir, engine, quantize or "fp32", folder)
+    root = Path(export_package.__file__).parent
+    digest = hashlib.sha256()
+    for path in sorted(p for p in root.rglob("*") if p.suffix in (".py", ".cc", ".h") and p.is_file()):
+        digest.update(path.relative_to(root).as_posix().encode() + b"\0" + path.read_bytes())
+    return digest.hexdigest()
+
+
+def export_cache_key(source: Source, engine: str, quantize: str | None, hashes: dict[str, str] | None = None) -> str:
+    """A key over everything an export of a model folder depends on: the weights, config.json and
+    tokenizer files, the target and quantization, and the automoe, torch and runtime versions and
+    exporter source. `hashes` reuses digests computed by verification."""
+    import automoe
+    from automoe.artifacts import tool_versions
+
+    hashes = hashes or {}
+    folder = source.folder
+    tok = source.meta["tokenizer"].get("file")
+    parts = {"weights": hashes.get(WEIGHTS_NAME) or sha256_file(folder / WEIGHTS_NAME),
+             "config": sha256_file(folder / CONFIG_NAME),
+             "tokenizer": (hashes.get(tok) or sha256_file(folder / tok)) if tok else None,
+             "engine": engine, "quantize": quantize, "automoe": automoe.__version__,
+             "versions": tool_versions("torch", EXPORT_TARGETS[engine]), "exporter": _exporter_digest()}
+    return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()
+
+
+def _stale(folder: Path, source: Source, engine: str, quantize: str | None) -> str | None:
+    """Why a cached export folder cannot be served (None: it can)."""
+    if not (folder / EXPORT_INFO_NAME).is_file():
+        return "missing"
+    try:
+        cached = read_export_folder(folder)
+        if not cached.info.get("sha256"):
+            return "it records no checksums"
+        verify_source(cached)
+    except (ArtifactError, ConfigError) as e:
+        return str(e)
     if engine == "onnxruntime":
-        from automoe.export.onnx import to_onnx
+        from automoe.export.onnx import default_moe_dispatch, moe_graphs
 
-        return to_onnx(model_dir, folder, quantize=quantize, force=True)
-    from automoe.export.ctranslate2 import to_ctranslate2
+        if cached.info.get("moe_graphs") != moe_graphs(source.arch, default_moe_dispatch(quantize)):
+            return "its MoE forms are not what the exporter now writes"
+    return None
 
-    return to_ctranslate2(model_dir, folder, quantize=quantize, force=True)
+
+def cached_export(source: Source, engine: str, quantize: str | None, hashes: dict[str, str] | None = None) -> Path:
+    """The export of a model folder for `engine` in `export_cache_dir()`, made once per
+    `export_cache_key`; a cached folder that fails its own checksums or is out of date is made again.
+    An exporter failure on weights that carry no checksums is an `ArtifactError` saying so."""
+    key = export_cache_key(source, engine, quantize, hashes)
+    folder = export_cache_dir() / f"{key[:20]}-{engine}-{quantize or 'fp32'}"
+    reason = _stale(folder, source, engine, quantize)
+    if reason is None:
+        return folder
+    if reason != "missing":
+        logger.warning("cached export %s is not used (%s): exporting again", folder, reason)
+    logger.info("exporting %s for %s (%s) into %s", source.folder, engine, quantize or "fp32", folder)
+    try:
+        if engine == "onnxruntime":
+            from automoe.export.onnx import to_onnx
+
+            return to_onnx(source.folder, folder, quantize=quantize, force=True, verify=False)
+        from automoe.export.ctranslate2 import to_ctranslate2
+
+        return to_ctranslate2(source.folder, folder, quantize=quantize, force=True, verify=False)
+    except (ArtifactError, ConfigError, ImportError):
+        raise
+    except Exception as e:  # the exporters' and runtimes' own errors (e.g. the quantizer's AssertionError)
+        unchecked = "" if source.meta.get("sha256") else (
+            f"; {source.folder} records no checksums, so its weights may be corrupt: save or download it again")
+        raise ArtifactError(f"exporting {source.folder} for {engine} ({quantize or 'fp32'}) failed: "
+                            f"{type(e).__name__}: {e}{unchecked}") from e
 
 
-def load_engine(folder: Path, engine: str | None, quantize: str | None, threads: int | None):
-    """An engine for a model folder or an export folder (exporting a model folder on the fly)."""
-    info_path = folder / "export_info.json"
-    if info_path.exists():
-        info = json.loads(info_path.read_text(encoding="utf-8"))
-        target, quantized = info.get("target"), info.get("quantization")
+def load_engine(source: Source, engine: str | None, quantize: str | None, threads: int | None, *,
+                verify: bool = True):
+    """(engine, the folder it runs) for a model or export folder, exporting a model folder on the
+    fly for onnxruntime / ctranslate2, after checking its files against the sha256 they record
+    unless `verify=False`."""
+    from .engines import OnnxEngine, TorchEngine
+
+    if source.kind == "export":
+        target, quantized = source.info["target"], source.info.get("quantization")
         if engine not in (None, target):
-            raise ValueError(f"{folder} is a {target} export; it cannot run with engine={engine!r}")
+            hint = " (engine='torch' needs a model folder)" if engine == "torch" else ""
+            raise ValueError(f"{source.folder} is a {target} export; it cannot run with engine={engine!r}{hint}")
         if quantize not in (None, quantized):
-            raise ValueError(f"{folder} is an {quantized or 'fp32'} export; it cannot run with quantize={quantize!r} "
-                             f"(export the model folder again with that quantization)")
+            raise ValueError(f"{source.folder} is an {quantized or 'fp32'} export; it cannot run with "
+                             f"quantize={quantize!r} (export the model folder again with that quantization)")
         engine = target
     engine = engine or "torch"
     if engine not in ENGINES:
@@ -77,24 +171,19 @@ def load_engine(folder: Path, engine: str | None, quantize: str | None, threads:
     if engine == "torch" and quantize is not None:
         raise ValueError(f"quantize={quantize!r} needs engine='onnxruntime' or 'ctranslate2' (the model folder is "
                          f"exported with it on the fly); engine='torch' runs the saved weights")
-    from .engines import OnnxEngine, TorchEngine
-
+    hashes = verify_source(source) if verify else {}
     if engine == "torch":
-        if info_path.exists():
-            raise ValueError(f"{folder} is an export folder; engine='torch' needs a model folder")
         from automoe.modeling import MoETransformer
 
-        return TorchEngine(MoETransformer.from_pretrained(folder), threads)
-    if not info_path.exists():
-        from automoe.checkpoint import read_model_config
-
-        arch, _ = read_model_config(folder)  # a clear error for what is not a model folder, before exporting
-        folder = _cached_export(folder, arch, engine, quantize)
+        model = MoETransformer.from_model_folder(source.folder, source.arch, source.meta, verify=False)
+        return TorchEngine(model, threads), source
+    if source.kind == "model":
+        source = read_export_folder(cached_export(source, engine, quantize, hashes))
     if engine == "onnxruntime":
-        return OnnxEngine(folder, threads)
+        return OnnxEngine(source.folder, threads, config=source.arch, info=source.info), source
     from .ct2 import CTranslate2Engine
 
-    return CTranslate2Engine(folder, threads)
+    return CTranslate2Engine(source.folder, threads, config=source.arch, info=source.info), source
 
 
 class Translator:
@@ -125,35 +214,62 @@ class Translator:
 
     @classmethod
     def from_pretrained(cls, path_or_repo: str | Path, *, engine: str | None = None, quantize: str | None = None,
-                        revision: str | None = None, threads: int | None = None, **kwargs) -> "Translator":
+                        revision: str | None = None, threads: int | None = None, verify: bool = True,
+                        **kwargs) -> "Translator":
         """Load a model folder, an export folder or a Hub repo id, with its SentencePiece model.
 
         `engine` defaults to torch for a model folder and to the export's runtime for an export
         folder; a model folder with engine onnxruntime/ctranslate2 is exported once (with
-        `quantize`, e.g. "int8") into `export_cache_dir()`.
+        `quantize`, e.g. "int8") into `export_cache_dir()`. The weight and tokenizer files must
+        match the sha256 their folder recorded when it was written (`IntegrityError` naming the
+        file); `verify=False` skips that for files edited on purpose. A supernet folder is refused
+        with the command that extracts a model from it.
         """
-        from automoe.checkpoint import read_model_config, resolve_model_dir
-
         if engine is not None and engine not in ENGINES:
             raise ValueError(f"engine={engine!r} is not available; choose one of {list(ENGINES)}")
-        folder = resolve_model_dir(path_or_repo, revision=revision)
-        backend = load_engine(folder, engine, quantize, threads)
-        info_path = Path(getattr(backend, "folder", folder)) / "export_info.json"
-        if info_path.exists():  # an export folder (possibly made on the fly) describes itself
-            meta = json.loads(info_path.read_text(encoding="utf-8"))
-            tok_dir = info_path.parent
-        else:
-            _, meta = read_model_config(folder)
-            tok_dir = folder
-        return cls(backend, load_model_tokenizer(tok_dir, meta), threads=threads, **kwargs)
+        source = inspect_path(path_or_repo, revision=revision)
+        backend, served = load_engine(source, engine, quantize, threads, verify=verify)
+        tokenizer = load_model_tokenizer(served.folder, served.meta, vocab_size=served.arch.vocab_size)
+        return cls(backend, tokenizer, threads=threads, **kwargs)
+
+    @staticmethod
+    def _sentences(sentences) -> list[str]:
+        """`sentences` as a list of str, or a TypeError that names what was passed instead."""
+        if isinstance(sentences, str):
+            raise TypeError("translate() takes a list of sentences; wrap a single sentence in a list")
+        try:
+            sentences = list(sentences)
+        except TypeError:
+            raise TypeError(f"translate() takes a list of sentences (str), got {type(sentences).__name__}") from None
+        for i, line in enumerate(sentences):
+            if not isinstance(line, str):
+                raise TypeError(f"sentence {i} is a {type(line).__name__}, not a str")
+        return sentences
+
+    @staticmethod
+    def _check_args(beam, max_length) -> None:
+        """The same limits on every engine, checked before any decoding."""
+        for name, value in (("beam", beam), ("max_length", max_length)):
+            if value is None and name == "max_length":
+                continue
+            if not isinstance(value, numbers.Integral) or isinstance(value, bool):  # numpy ints are fine
+                raise TypeError(f"{name} must be an int, got {value!r}")
+        if not 1 <= beam <= MAX_BEAM:
+            raise ValueError(f"beam={beam} is outside 1..{MAX_BEAM}, the beam sizes every engine decodes "
+                             "(ONNX Runtime's BeamSearch operator allows at most 128)")
+        if max_length is not None and max_length < 1:
+            raise ValueError(f"max_length={max_length} must be at least 1 token")
 
     def _encode(self, sentences: list[str]) -> list[list[int] | None]:
         cfg = self.config
         out = []
         for i, line in enumerate(sentences):
-            if not isinstance(line, str):
-                raise TypeError(f"sentence {i} is a {type(line).__name__}, not a str")
-            if not line.strip():
+            try:
+                line.encode("utf-8")
+            except UnicodeEncodeError as e:
+                raise ValueError(f"sentence {i} is not valid Unicode text: character {e.start} is a lone surrogate "
+                                 f"(U+{ord(line[e.start]):04X}); fix the input's encoding") from None
+            if not visible(line):  # empty, whitespace, NUL or zero-width only: nothing to translate
                 out.append(None)
                 continue
             ids = self.tokenizer.encode(line.strip(), out_type=int)
@@ -192,16 +308,21 @@ class Translator:
         return encoded, results
 
     def translate(self, sentences: list[str], *, beam: int = 4, max_length: int | None = None) -> list[str]:
-        """Translate each sentence; empty or whitespace-only lines give "" and output order equals input order."""
-        if isinstance(sentences, str):
-            raise TypeError("translate() takes a list of sentences; wrap a single sentence in a list")
-        _, results = self._run(list(sentences), beam, max_length, routing=False)
+        """Translate each sentence; a sentence with nothing visible (empty, whitespace, control or
+        zero-width characters only) gives "", and output order equals input order. A non-str
+        sentence is a TypeError, a lone surrogate or a beam outside 1..MAX_BEAM a ValueError,
+        each naming the sentence or value, raised before any decoding."""
+        sentences = self._sentences(sentences)
+        self._check_args(beam, max_length)
+        _, results = self._run(sentences, beam, max_length, routing=False)
         return ["" if r is None else self.tokenizer.decode(r[0].tokens[r[1]]) for r in results]
 
     def translate_with_routing(self, sentences: list[str], *, beam: int = 4,
                                max_length: int | None = None) -> list[RoutedTranslation | None]:
         """Like `translate`, plus the top-1 expert of every source and target token in every layer."""
-        encoded, results = self._run(list(sentences), beam, max_length, routing=True)
+        sentences = self._sentences(sentences)
+        self._check_args(beam, max_length)
+        encoded, results = self._run(sentences, beam, max_length, routing=True)
         out = []
         for ids, r in zip(encoded, results):
             if r is None:
@@ -218,12 +339,3 @@ class Translator:
             ))
         return out
 
-
-def load_model_tokenizer(model_dir: str | Path, meta: dict):
-    """The SentencePiece model named in a model folder's config (`tokenizer.file`)."""
-    from automoe.data import load_tokenizer
-
-    name = (meta.get("tokenizer") or {}).get("file")
-    if not name:
-        raise ValueError(f"{model_dir} has no tokenizer in its config.json; save the model with tokenizer_file=...")
-    return load_tokenizer(Path(model_dir) / name)
