@@ -150,10 +150,10 @@ def cached_export(source: Source, engine: str, quantize: str | None, hashes: dic
 
 
 def load_engine(source: Source, engine: str | None, quantize: str | None, threads: int | None, *,
-                verify: bool = True):
-    """(engine, the folder it runs) for a model or export folder, exporting a model folder on the
-    fly for onnxruntime / ctranslate2, after checking its files against the sha256 they record
-    unless `verify=False`."""
+                hashes: dict[str, str] | None = None):
+    """An engine for a model or export folder whose files the caller has verified (`hashes`: the
+    digests it computed, reused for the export cache key), exporting a model folder on the fly
+    for onnxruntime / ctranslate2."""
     from .engines import OnnxEngine, TorchEngine
 
     if source.kind == "export":
@@ -171,19 +171,18 @@ def load_engine(source: Source, engine: str | None, quantize: str | None, thread
     if engine == "torch" and quantize is not None:
         raise ValueError(f"quantize={quantize!r} needs engine='onnxruntime' or 'ctranslate2' (the model folder is "
                          f"exported with it on the fly); engine='torch' runs the saved weights")
-    hashes = verify_source(source) if verify else {}
     if engine == "torch":
         from automoe.modeling import MoETransformer
 
         model = MoETransformer.from_model_folder(source.folder, source.arch, source.meta, verify=False)
-        return TorchEngine(model, threads), source
+        return TorchEngine(model, threads)
     if source.kind == "model":
         source = read_export_folder(cached_export(source, engine, quantize, hashes))
     if engine == "onnxruntime":
-        return OnnxEngine(source.folder, threads, config=source.arch, info=source.info), source
+        return OnnxEngine(source.folder, threads, config=source.arch, info=source.info)
     from .ct2 import CTranslate2Engine
 
-    return CTranslate2Engine(source.folder, threads, config=source.arch, info=source.info), source
+    return CTranslate2Engine(source.folder, threads, config=source.arch, info=source.info)
 
 
 class Translator:
@@ -228,8 +227,10 @@ class Translator:
         if engine is not None and engine not in ENGINES:
             raise ValueError(f"engine={engine!r} is not available; choose one of {list(ENGINES)}")
         source = inspect_path(path_or_repo, revision=revision)
-        backend, served = load_engine(source, engine, quantize, threads, verify=verify)
-        tokenizer = load_model_tokenizer(served.folder, served.meta, vocab_size=served.arch.vocab_size)
+        hashes = verify_source(source) if verify else {}
+        # the tokenizer first: a wrong one is refused before any export (exports copy the same file)
+        tokenizer = load_model_tokenizer(source.folder, source.meta, vocab_size=source.arch.vocab_size)
+        backend = load_engine(source, engine, quantize, threads, hashes=hashes)
         return cls(backend, tokenizer, threads=threads, **kwargs)
 
     @staticmethod

@@ -154,27 +154,3 @@ def test_supernet_init_from_weights(tmp_path):
     other = dataclasses.replace(SPACE, max_experts=2)
     with pytest.raises(ValueError, match="supernet of another space"):
         train_supernet(other, _cfg(max_updates=1), tmp_path / "c", init_from=tmp_path / "a", progress=False)
-
-
-def test_git_commit_ignores_generated_results_but_not_source(tmp_path):
-    """A benchmark chain appends to results files and regenerates the README between runs; only a
-    changed source file marks the commit dirty."""
-    from automoe.artifacts import git_commit
-
-    git = lambda *a: subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@t", *a], cwd=tmp_path,  # noqa: E731
-                                    check=True, capture_output=True)
-    (tmp_path / "benchmarks" / "results").mkdir(parents=True)
-    (tmp_path / "pkg").mkdir()
-    files = {"README.md": "table\n", "benchmarks/results/x.jsonl": "{}\n", "pkg/code.py": "x = 1\n"}
-    for name, text in files.items():
-        (tmp_path / name).write_text(text)
-    git("init", "-q")
-    git("add", "-A")
-    git("commit", "-qm", "init")
-    commit = git("rev-parse", "HEAD").stdout.decode().strip()
-    assert git_commit(tmp_path / "pkg") == commit
-    (tmp_path / "benchmarks/results/x.jsonl").write_text("{}\n{}\n")
-    (tmp_path / "README.md").write_text("new table\n")
-    assert git_commit(tmp_path / "pkg") == commit
-    (tmp_path / "pkg/code.py").write_text("x = 2\n")
-    assert git_commit(tmp_path / "pkg") == commit + "-dirty"
