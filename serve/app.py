@@ -419,7 +419,7 @@ def quiet_rejections(gr, component, label: str) -> None:
         try:
             return preprocess(payload)
         except Exception as e:  # noqa: BLE001  whatever the component raises, the request is refused
-            message = " ".join(str(e).split()) or type(e).__name__
+            message = " ".join(str(getattr(e, "message", None) or e).split()) or type(e).__name__
             logger.info("rejected %s value %.80r: %s", label, payload, message)
             raise gr.Error(message, print_exception=False) from None
 

@@ -1,6 +1,7 @@
 """The Gradio demo on 127.0.0.1 with two tiny random models: API endpoints through gradio_client,
 and a browser test (Playwright + Debian chromium) that types, clicks and reads the German output."""
 
+import logging
 import os
 import socket
 from pathlib import Path
@@ -211,3 +212,58 @@ def test_default_model_prefers_automoe_then_best_bleu(tmp_path):
     torch.manual_seed(0)
     MoETransformer(moe).save_pretrained(tmp_path / "automoe-x")
     assert default_model({**folders, "automoe-x": str(tmp_path / "automoe-x")}) == "automoe-x"
+
+
+def test_upload_endpoint_refuses_files(app):
+    """The app has no file input: Gradio's upload endpoint refuses any file (max_file_size=0)."""
+    import httpx
+
+    _, url = app
+    files = {"files": ("big.bin", b"\0" * (20 << 20), "application/octet-stream")}
+    response = httpx.post(f"{url}gradio_api/upload", files=files, timeout=60)
+    assert response.status_code == 413, (response.status_code, response.text[:200])
+
+
+def test_rejected_values_log_one_line(client, app, caplog, capfd):
+    from gradio_client.exceptions import AppError
+
+    capfd.readouterr()
+    with caplog.at_level(logging.INFO, logger="automoe.serve.app"):
+        with pytest.raises(AppError, match="not in the list of choices"):
+            client.predict(SENTENCE, "no-such-model", "torch", 2, api_name="/translate")
+        with pytest.raises(AppError, match="greater than maximum value 8"):
+            client.predict(SENTENCE, "dense-tiny", "torch", 1000, api_name="/translate")
+        # JSON may carry a lone surrogate ("\\ud800"); gradio_client cannot encode one, so the backend gets it
+        german, ms, _ = app[0].backend.translate("bad \ud800 text", "dense-tiny", "torch", 2)
+        assert "lone surrogate" in german and ms is None
+        german, ms, _ = client.predict("\x00\u200b\n\ufeff", "dense-tiny", "torch", 2, api_name="/translate")
+        assert german.startswith("Type an English sentence") and ms is None
+    rejected = [r.getMessage() for r in caplog.records if r.getMessage().startswith("rejected")]
+    assert len(rejected) == 4 and all("\n" not in m for m in rejected), rejected
+    assert "rejected model value 'no-such-model'" in rejected[0] and "rejected beam value 1000" in rejected[1]
+    assert "Traceback" not in capfd.readouterr().err
+
+
+def test_serve_skips_folders_that_are_not_models(models, tmp_path, caplog):
+    from automoe.serve.app import DemoBackend
+
+    supernet = tmp_path / "supernet-x"
+    supernet.mkdir()
+    (supernet / "supernet.safetensors").write_bytes(b"")
+    (tmp_path / "README.md").write_text("# models\n")
+    given = [str(models["dense-tiny"]), str(supernet), str(tmp_path / "README.md")]
+    with caplog.at_level(logging.WARNING):
+        be = DemoBackend(given, preload=False)
+    assert be.model_choices() == ["dense-tiny"]
+    assert "skipping " + str(supernet) + ": a supernet folder" in caplog.text and "automoe extract" in caplog.text
+    with pytest.raises(ValueError, match="is a model or export folder"):
+        DemoBackend([str(supernet)], preload=False)
+
+
+def test_serve_help_says_how_the_default_is_chosen():
+    from automoe.cli import build_parser
+
+    parser = build_parser()
+    serve = next(a for a in parser._subparsers._group_actions[0].choices.values() if a.prog == "automoe serve")
+    text = serve.format_help()
+    assert "fastest AutoMoE model" in " ".join(text.split()) and "skipped with a note" in " ".join(text.split())
