@@ -32,7 +32,6 @@ __all__ = ["ENGINES", "MAX_BEAM", "RoutedTranslation", "Source", "Translator", "
            "export_cache_key", "inspect_path", "load_engine", "load_model_tokenizer", "visible"]
 
 ENGINES = ("torch", "onnxruntime", "ctranslate2")
-EXPORT_TARGETS = {"onnxruntime": "onnxruntime", "ctranslate2": "ctranslate2"}
 # ONNX Runtime's BeamSearch operator refuses more than 128 beams; every engine keeps the same
 # limit so that a request valid on one engine is valid on all.
 MAX_BEAM = 128
@@ -97,38 +96,38 @@ def export_cache_key(source: Source, engine: str, quantize: str | None, hashes: 
              "config": sha256_file(folder / CONFIG_NAME),
              "tokenizer": (hashes.get(tok) or sha256_file(folder / tok)) if tok else None,
              "engine": engine, "quantize": quantize, "automoe": automoe.__version__,
-             "versions": tool_versions("torch", EXPORT_TARGETS[engine]), "exporter": _exporter_digest()}
+             "versions": tool_versions("torch", engine), "exporter": _exporter_digest()}
     return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()
 
 
-def _stale(folder: Path, source: Source, engine: str, quantize: str | None) -> str | None:
-    """Why a cached export folder cannot be served (None: it can)."""
+def _read_cached(folder: Path, source: Source, engine: str, quantize: str | None) -> tuple[Source | None, str]:
+    """(the cached export folder, "") when it can be served, else (None, why not)."""
     if not (folder / EXPORT_INFO_NAME).is_file():
-        return "missing"
+        return None, "missing"
     try:
         cached = read_export_folder(folder)
         if not cached.info.get("sha256"):
-            return "it records no checksums"
+            return None, "it records no checksums"
         verify_source(cached)
     except (ArtifactError, ConfigError) as e:
-        return str(e)
+        return None, str(e)
     if engine == "onnxruntime":
         from automoe.export.onnx import default_moe_dispatch, moe_graphs
 
         if cached.info.get("moe_graphs") != moe_graphs(source.arch, default_moe_dispatch(quantize)):
-            return "its MoE forms are not what the exporter now writes"
-    return None
+            return None, "its MoE forms are not what the exporter now writes"
+    return cached, ""
 
 
-def cached_export(source: Source, engine: str, quantize: str | None, hashes: dict[str, str] | None = None) -> Path:
+def cached_export(source: Source, engine: str, quantize: str | None, hashes: dict[str, str] | None = None) -> Source:
     """The export of a model folder for `engine` in `export_cache_dir()`, made once per
     `export_cache_key`; a cached folder that fails its own checksums or is out of date is made again.
     An exporter failure on weights that carry no checksums is an `ArtifactError` saying so."""
     key = export_cache_key(source, engine, quantize, hashes)
     folder = export_cache_dir() / f"{key[:20]}-{engine}-{quantize or 'fp32'}"
-    reason = _stale(folder, source, engine, quantize)
-    if reason is None:
-        return folder
+    cached, reason = _read_cached(folder, source, engine, quantize)
+    if cached is not None:
+        return cached
     if reason != "missing":
         logger.warning("cached export %s is not used (%s): exporting again", folder, reason)
     logger.info("exporting %s for %s (%s) into %s", source.folder, engine, quantize or "fp32", folder)
@@ -136,10 +135,10 @@ def cached_export(source: Source, engine: str, quantize: str | None, hashes: dic
         if engine == "onnxruntime":
             from automoe.export.onnx import to_onnx
 
-            return to_onnx(source.folder, folder, quantize=quantize, force=True, verify=False)
+            return read_export_folder(to_onnx(source.folder, folder, quantize=quantize, force=True, verify=False))
         from automoe.export.ctranslate2 import to_ctranslate2
 
-        return to_ctranslate2(source.folder, folder, quantize=quantize, force=True, verify=False)
+        return read_export_folder(to_ctranslate2(source.folder, folder, quantize=quantize, force=True, verify=False))
     except (ArtifactError, ConfigError, ImportError):
         raise
     except Exception as e:  # the exporters' and runtimes' own errors (e.g. the quantizer's AssertionError)
@@ -177,7 +176,7 @@ def load_engine(source: Source, engine: str | None, quantize: str | None, thread
         model = MoETransformer.from_model_folder(source.folder, source.arch, source.meta, verify=False)
         return TorchEngine(model, threads)
     if source.kind == "model":
-        source = read_export_folder(cached_export(source, engine, quantize, hashes))
+        source = cached_export(source, engine, quantize, hashes)
     if engine == "onnxruntime":
         return OnnxEngine(source.folder, threads, config=source.arch, info=source.info)
     from .ct2 import CTranslate2Engine
