@@ -246,8 +246,7 @@ class Translator:
                 raise TypeError(f"sentence {i} is a {type(line).__name__}, not a str")
         return sentences
 
-    @staticmethod
-    def _check_args(beam, max_length) -> None:
+    def _check_args(self, beam, max_length) -> None:
         """The same limits on every engine, checked before any decoding."""
         for name, value in (("beam", beam), ("max_length", max_length)):
             if value is None and name == "max_length":
@@ -257,8 +256,8 @@ class Translator:
         if not 1 <= beam <= MAX_BEAM:
             raise ValueError(f"beam={beam} is outside 1..{MAX_BEAM}, the beam sizes every engine decodes "
                              "(ONNX Runtime's BeamSearch operator allows at most 128)")
-        if max_length is not None and max_length < 1:
-            raise ValueError(f"max_length={max_length} must be at least 1 token")
+        if max_length is not None and not 1 <= max_length <= self.config.max_positions:
+            raise ValueError(f"max_length={max_length} must be in 1..max_positions={self.config.max_positions}")
 
     def _encode(self, sentences: list[str]) -> list[list[int] | None]:
         cfg = self.config

@@ -34,7 +34,8 @@ ERRORS = [
     (["Jesus wept."], {"beam": 1000}, ValueError, "beam=1000 is outside 1..128"),
     ([""], {"beam": 1000}, ValueError, "beam=1000 is outside 1..128"),  # refused even with nothing to decode
     (["Jesus wept."], {"beam": 2.5}, TypeError, "beam must be an int"),
-    (["Jesus wept."], {"max_length": 0}, ValueError, "max_length=0 must be at least 1"),
+    (["Jesus wept."], {"max_length": 0}, ValueError, "max_length=0 must be in 1..max_positions=32"),
+    (["Jesus wept."], {"max_length": 33}, ValueError, "max_length=33 must be in 1..max_positions=32"),
 ]
 
 
@@ -115,7 +116,7 @@ def test_cli_stdin_lines(engines, engine, monkeypatch, capsys):
 @pytest.mark.parametrize("args,message", [
     (["--beam", "0", "Amen."], "beam=0 is outside 1..128"),
     (["--beam", "1000", "Amen."], "beam=1000 is outside 1..128"),
-    (["--max-length", "0", "Amen."], "max_length=0 must be at least 1"),
+    (["--max-length", "0", "Amen."], "max_length=0 must be in 1..max_positions=32"),
     (["fine", "bad \udcff byte"], "sentence 1 is not valid Unicode text"),  # argv bytes that are not UTF-8
 ])
 def test_cli_errors_exit_2(engines, args, message, capsys):

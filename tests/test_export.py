@@ -274,7 +274,7 @@ def test_export_folders_run_without_automoe_or_torch(moe_dir, onnx_dir, dense_di
 def test_engines_refuse_bad_input_alike(dense_dir, engine, tmp_path, monkeypatch):
     monkeypatch.setenv("AUTOMOE_CACHE", str(tmp_path))
     tr = Translator.from_pretrained(dense_dir, engine=engine)
-    for kwargs, message in [({"beam": 0}, "beam must be >= 1, got 0"),
+    for kwargs, message in [({"beam": 0}, "beam=0 is outside 1..128"), ({"beam": 129}, "beam=129 is outside 1..128"),
                             ({"max_length": 0}, "max_length=0 must be in 1..max_positions=96"),
                             ({"max_length": 97}, "max_length=97 must be in 1..max_positions=96")]:
         with pytest.raises(ValueError, match=message):

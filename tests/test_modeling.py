@@ -80,8 +80,12 @@ def test_truncated_weights_are_an_error(moe_arch, tmp_path):
     path = _saved(moe_arch, tmp_path)
     data = (path / "model.safetensors").read_bytes()
     (path / "model.safetensors").write_bytes(data[: len(data) // 2])
-    with pytest.raises(CheckpointError, match="model.safetensors is not a readable safetensors file.*truncated"):
+    from automoe.artifacts import IntegrityError
+
+    with pytest.raises(IntegrityError, match="model.safetensors is corrupt or was changed"):  # the recorded sha256
         MoETransformer.from_pretrained(path)
+    with pytest.raises(CheckpointError, match="model.safetensors is not a readable safetensors file.*truncated"):
+        MoETransformer.from_pretrained(path, verify=False)
 
 
 def test_missing_and_extra_tensors_are_named(moe_arch, tmp_path):
@@ -93,7 +97,7 @@ def test_missing_and_extra_tensors_are_named(moe_arch, tmp_path):
     state["encoder_layers.0.ffn.experts.5.fc1.weight"] = torch.zeros(2, 2)
     save_file(state, str(path / "model.safetensors"))
     with pytest.raises(CheckpointError) as e:
-        MoETransformer.from_pretrained(path)
+        MoETransformer.from_pretrained(path, verify=False)  # rewritten on purpose: its recorded sha256 differs
     assert "missing tensors ['decoder_layers.0.ffn.router.weight']" in str(e.value)
     assert "unexpected tensors ['encoder_layers.0.ffn.experts.5.fc1.weight']" in str(e.value)
 
@@ -103,7 +107,8 @@ def test_config_of_another_shape_is_an_error(moe_arch, tmp_path):
     config = json.loads((path / "config.json").read_text())
     config["arch"]["encoder_ffn"][1] = [40]
     (path / "config.json").write_text(json.dumps(config))
-    with pytest.raises(CheckpointError, match="does not match its config: shape mismatch") as e:
+    with pytest.raises(CheckpointError,
+                       match=r"model.safetensors does not match its config \(.*config.json\): shape mismatch") as e:
         MoETransformer.from_pretrained(path)
     assert "encoder_layers.1.ffn.experts.0.fc1.weight: expected (40, 24), found (24, 24)" in str(e.value)
 
