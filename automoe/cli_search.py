@@ -30,7 +30,8 @@ def cmd_search_latency_table(args: argparse.Namespace) -> int:
     """Measure random architectures of a space on an engine into a JSONL latency table (resumable)."""
     import dataclasses
 
-    from .data import encode_file, load_tokenizer
+    from .checkpoint import load_tokenizer
+    from .data import encode_file
     from .search.run import latency_table
 
     sp = load_tokenizer(args.data)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from automoe.artifacts import EXPORT_INFO_NAME
 from automoe.config import ArchConfig
 from automoe.generate import check_generation_args
 
@@ -24,7 +25,7 @@ class CTranslate2Engine:
         except ImportError as e:
             raise ImportError("engine='ctranslate2' needs ctranslate2: pip install 'automoe[ct2]'") from e
         self.folder = Path(folder)
-        self.info = info if info is not None else json.loads((self.folder / "export_info.json").read_text(
+        self.info = info if info is not None else json.loads((self.folder / EXPORT_INFO_NAME).read_text(
             encoding="utf-8"))
         self.config = config if config is not None else ArchConfig.from_dict(self.info["arch"])
         self.translator = ctranslate2.Translator(str(self.folder), device="cpu",

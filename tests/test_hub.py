@@ -171,3 +171,27 @@ def test_push_refuses_non_model_folders(tmp_path):
         push(folder, "automoe/x")
     with pytest.raises(ValueError, match="must have the form 'org/name'"):
         push(folder, "no-namespace")
+
+
+def test_pulled_files_are_verified(hub, tmp_path, monkeypatch):
+    """A file that changed in the Hub cache after the download (a bad disk, a hand edit) is caught
+    by pull and by from_pretrained, naming it; push refuses a corrupt folder."""
+    from automoe.artifacts import IntegrityError
+
+    folder = _save(tmp_path / "tiny", seed=0)
+    push(folder, "automoe/tiny")
+    cache = tmp_path / "cache"
+    pulled = pull("automoe/tiny", cache_dir=cache)
+    blob = (pulled / "model.safetensors").resolve()  # the cache keeps files as blobs behind links
+    data = bytearray(blob.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    blob.write_bytes(bytes(data))
+    _set_offline(monkeypatch, True)
+    with pytest.raises(IntegrityError, match="model.safetensors is corrupt or was changed"):
+        pull("automoe/tiny", cache_dir=cache)
+    with pytest.raises(IntegrityError, match="model.safetensors is corrupt or was changed"):
+        MoETransformer.from_pretrained("automoe/tiny", cache_dir=cache)
+    assert pull("automoe/tiny", cache_dir=cache, verify=False) == pulled
+    (folder / "spm.model").write_bytes(b"not a tokenizer")
+    with pytest.raises(IntegrityError, match="spm.model is corrupt or was changed"):
+        push(folder, "automoe/tiny")
