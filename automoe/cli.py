@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 from . import __version__
+from .cli_bench import add_bench_verb
 from .cli_search import _arch_from_arg, add_search_verbs
 from .config import ConfigError, SearchSpace
 
@@ -411,6 +412,7 @@ def build_parser() -> argparse.ArgumentParser:
     pl.set_defaults(func=cmd_pull)
 
     add_search_verbs(verbs)
+    add_bench_verb(verbs)
     return parser
 
 
