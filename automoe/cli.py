@@ -64,6 +64,17 @@ def cmd_data_build(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_data_distill(args: argparse.Namespace) -> int:
+    """Write a dataset folder whose train.tgt is a teacher model's beam translations of train.src
+    (sequence-level knowledge distillation); dev/test keep their references. Resumes when interrupted."""
+    from .distill import distill_dataset
+
+    print(distill_dataset(args.data, args.teacher, args.out, engine=args.engine,
+                          quantize=None if args.quantize == "none" else args.quantize, beam=args.beam,
+                          threads=args.threads, force=args.force))
+    return 0
+
+
 def _train_config(args: argparse.Namespace):
     """The TrainConfig given by the training flags."""
     from .config import TrainConfig
@@ -330,6 +341,18 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--valid-size", default=None, help="dev pairs drawn from train: count or fraction")
     g.add_argument("--test-size", default=None, help="test pairs drawn from train: count or fraction")
     build.set_defaults(func=cmd_data_build)
+    distill = data.add_parser("distill", help="teacher translations of the training sources -> dataset folder",
+                              description=cmd_data_distill.__doc__)
+    distill.add_argument("--data", required=True, help="dataset folder to distill (from `automoe data build`)")
+    distill.add_argument("--teacher", required=True, help="teacher model folder")
+    distill.add_argument("--out", required=True, help="output dataset folder, e.g. data/bible-en-de-distill")
+    distill.add_argument("--engine", default=None, choices=["torch", "onnxruntime", "ctranslate2"],
+                         help="default: ctranslate2 for a dense teacher, onnxruntime otherwise")
+    distill.add_argument("--quantize", default="int8", choices=["int8", "none"], help="(default int8)")
+    distill.add_argument("--beam", type=int, default=4)
+    distill.add_argument("--threads", type=int, default=None)
+    distill.add_argument("--force", action="store_true", help="start over (drops an interrupted or finished run)")
+    distill.set_defaults(func=cmd_data_distill)
 
     train = verbs.add_parser("train", help="train a supernet or a model").add_subparsers(
         dest="train_verb", metavar="WHAT", required=True)
