@@ -332,7 +332,8 @@ def plot(records: list[dict], out_prefix: str | Path) -> list[Path]:
         front = pareto_front([(r["median_ms"], r["bleu"]) for r in rows])
         ax.step([p[0] for p in front], [p[1] for p in front], where="post", color="gray", ls="--",
                 label="Pareto front")
-        ax.set_xlabel(f"median latency per sentence, ms ({engine}, {threads} thread(s), batch 1, beam {rows[0]['beam']})")
+        ax.set_title(f"{engine}, {threads} thread(s)", fontsize=10)
+        ax.set_xlabel(f"median ms per sentence (batch 1, beam {rows[0]['beam']})")
         ax.set_ylabel("test BLEU")
         ax.legend(fontsize=8)
     fig.tight_layout()
