@@ -121,6 +121,14 @@ def cpu_name() -> str:
     return platform.processor() or "unknown"
 
 
+def run_environment() -> dict:
+    """Where and when a result was measured: CPU name, git commit, Python version, UTC date."""
+    from .train import git_commit
+
+    return {"cpu": cpu_name(), "git_commit": git_commit(), "python": platform.python_version(),
+            "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}
+
+
 def percentile(values: list[float], q: float) -> float:
     """The q-th percentile (0..100) by linear interpolation."""
     ordered = sorted(values)
@@ -174,7 +182,6 @@ def bench(models: list[str | Path], data: str | Path, *, engines: tuple[str, ...
     """
     from tqdm.auto import tqdm
 
-    from .train import git_commit
     from .evaluate import corpus_scores, read_split
     from .search.flops import cost
 
@@ -188,9 +195,7 @@ def bench(models: list[str | Path], data: str | Path, *, engines: tuple[str, ...
     sources, references = read_split(data, "test", sentences)
     if not sources:
         raise ConfigError(f"{data}: the test split is empty")
-    env = {"cpu": cpu_name(), "git_commit": git_commit(), "python": platform.python_version(),
-           "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-           "run_id": uuid.uuid4().hex[:12]}
+    env = {**run_environment(), "run_id": uuid.uuid4().hex[:12]}
     records = []
     for n_threads in threads:
         translators, skipped = {}, {}
@@ -250,12 +255,6 @@ def append_records(path: str | Path, records: list[dict]) -> Path:
         for record in records:
             f.write(json.dumps(record) + "\n")
     return path
-
-
-def read_records(path: str | Path) -> list[dict]:
-    """The records of a JSONL results file."""
-    text = Path(path).read_text(encoding="utf-8")
-    return [json.loads(line) for line in text.splitlines() if line.strip()]
 
 
 def last_run(records: list[dict]) -> list[dict]:

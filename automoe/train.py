@@ -476,6 +476,16 @@ def load_supernet(run_dir: str | Path) -> SuperTransformer:
     return supernet.eval()
 
 
+def training_recipe(data_dir: str | Path, init_from: str | Path | None) -> str:
+    """How a model's training started, as cards and results name it: "inherit" (fine-tuned from a
+    supernet's weights), "distill" (trained on a teacher's translations, `automoe data distill`),
+    "inherit+distill" (both) or "scratch"."""
+    manifest = Path(data_dir) / "manifest.json"
+    distilled = manifest.exists() and "distillation" in json.loads(manifest.read_text(encoding="utf-8"))
+    parts = (["inherit"] if init_from is not None else []) + (["distill"] if distilled else [])
+    return "+".join(parts) or "scratch"
+
+
 def train_model(arch: ArchConfig, cfg: TrainConfig, out_dir: str | Path, run_dir: str | Path, *,
                 init_from: str | Path | None = None, resume: bool = False, name: str = "",
                 progress: bool = True) -> LoopState:
@@ -488,11 +498,12 @@ def train_model(arch: ArchConfig, cfg: TrainConfig, out_dir: str | Path, run_dir
     if init_from is not None and not resume:
         init = extract_subnet(load_supernet(init_from), arch)
     task = ModelTask(arch, cfg, init)
+    recipe = training_recipe(cfg.data, init_from)
 
     def on_save(task, state, data):
         model = task.module
         model.save_pretrained(out_dir, tokenizer_file=data.spm_path,
-                              training=provenance(cfg, state, data, name=name,
+                              training=provenance(cfg, state, data, name=name, recipe=recipe,
                                                   init_from=str(init_from) if init_from else None))
 
     return run_training(task, cfg, run_dir, resume=resume, on_save=on_save, progress=progress)

@@ -6,6 +6,7 @@ from pathlib import Path
 import pytest
 
 from automoe import bench
+from automoe.card import read_records
 from automoe.cli import main
 from automoe.config import ConfigError, SearchSpace
 from automoe.random_model import save_random_model
@@ -76,7 +77,7 @@ def test_bench_records_table_and_plots(models, tmp_path):
         assert paths[key].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     # a second run appends; the table of the file's last run is that run only
     bench.append_records(paths["jsonl"], [dict(r, run_id="second") for r in records[:2]])
-    assert [r["run_id"] for r in bench.last_run(bench.read_records(paths["jsonl"]))] == ["second", "second"]
+    assert [r["run_id"] for r in bench.last_run(read_records(paths["jsonl"]))] == ["second", "second"]
 
 
 def test_pareto_front():

@@ -19,18 +19,6 @@ def test_readme_tables_are_generated_from_results():
     assert render(readme) == readme, "README.md is out of date: run `make report` (benchmarks/report.py)"
 
 
-def test_shipped_baseline_card_is_generated_from_results(monkeypatch):
-    """The shipped dense baseline's card is what benchmarks/ship.py writes from the results files now
-    (after a new eval or engines run: `python benchmarks/ship.py card models/dense-small-bible`)."""
-    sys.path.insert(0, str(ROOT / "benchmarks"))
-    from ship import baseline_card
-
-    monkeypatch.chdir(ROOT)  # results records name the model by its path from the repository root
-    folder = Path("models/dense-small-bible")
-    assert (folder / "README.md").read_text(encoding="utf-8") == baseline_card(folder, "dense", "small"), \
-        "models/dense-small-bible/README.md is out of date: regenerate it with benchmarks/ship.py card"
-
-
 def test_model_card_uses_the_records(tmp_path):
     arch = SearchSpace.preset("small").switch_baseline(4)
     records = tmp_path / "eval.jsonl"
