@@ -1,0 +1,135 @@
+"""What a Mixture-of-Supernets costs to train against the prefix supernet: parameters, training
+memory and the time of one supernet update, for every kind of weight sharing.
+
+Each kind's supernet of the space is built with the same seed; one update is what
+`automoe train supernet` does per update (sandwich rule on: the sampled subnet, the largest and
+the smallest; bf16 autocast like supernet v3; Adam step), on one real training batch. The kinds
+are timed round-robin, the same subnets in every round, so drift of this shared machine hits them
+alike; each record holds its median time and its median per-round ratio to prefix. Appends one
+record per kind to benchmarks/results/mos_cost.jsonl.
+
+    nice -n 19 python benchmarks/mos_cost.py --data /work/main/data/bible-en-de --space small
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import RESULTS, append_jsonl, environment, summary_ms  # noqa: E402
+
+OUT = RESULTS / "mos_cost.jsonl"
+
+
+def one_batch(data: Path, max_tokens: int, seed: int, lines: int) -> tuple[dict, int, int]:
+    """The first training batch (token budget `max_tokens`) drawn from the first `lines` pairs,
+    the padding id and the vocabulary size."""
+    from automoe import data as data_lib
+
+    sp = data_lib.load_tokenizer(data)
+    src = data_lib.encode_file(sp, data / "train.src", 200)[:lines]
+    tgt = data_lib.encode_file(sp, data / "train.tgt", 200)[:lines]
+    idx = data_lib.make_batches([len(s) for s in src], [len(t) for t in tgt], max_tokens, seed=seed, epoch=0)[0]
+    return data_lib.collate([(src[i], tgt[i]) for i in idx], sp.pad_id(), sp.bos_id()), sp.pad_id(), sp.vocab_size()
+
+
+def parameter_counts(supernet) -> dict:
+    """Parameters by role: generated weight sets, the architecture router, prefix-shared tensors."""
+    sets = sum(p.numel() for p in supernet.model.parameters() if p.dim() == 3)
+    router = sum(p.numel() for p in supernet.arch_router.parameters()) if hasattr(supernet, "arch_router") else 0
+    total = sum(p.numel() for p in supernet.parameters())
+    # fp32 weights + gradients + Adam's two moments
+    return {"params": total, "params_weight_sets": sets, "params_router": router,
+            "params_shared": total - sets - router, "train_state_bytes": 16 * total}
+
+
+def update(task, optimizer, batch: dict, pad_id: int, cfg, number: int) -> float:
+    """Seconds of one supernet update (every subnet of `task.archs(number)`, clip, Adam step)."""
+    import torch
+
+    from automoe.train import label_smoothed_nll
+
+    start = time.perf_counter()
+    optimizer.zero_grad(set_to_none=True)
+    for arch in task.archs(number):
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=cfg.bf16):
+            out = task.forward(batch["src"], batch["tgt_in"], arch)
+        loss, _, n = label_smoothed_nll(out.logits, batch["tgt_out"], cfg.label_smoothing, pad_id)
+        (loss + cfg.balance_coef * out.aux_loss * n).backward()
+    params = [p for p in task.module.parameters() if p.grad is not None]
+    torch.nn.utils.clip_grad_norm_(params, cfg.clip_norm)
+    optimizer.step()
+    return time.perf_counter() - start
+
+
+def main() -> int:
+    """Measure every kind of weight sharing and append the records."""
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data", default="data/bible-en-de", help="dataset folder (train split, tokenizer)")
+    parser.add_argument("--space", default="small", help="search space preset")
+    parser.add_argument("--kinds", default="prefix,mos-layer,mos-neuron")
+    parser.add_argument("--sets", type=int, default=None, help="MoS weight sets E (default: WeightSharing's)")
+    parser.add_argument("--hidden", type=int, default=None, help="MoS router width H (default: WeightSharing's)")
+    parser.add_argument("--max-tokens", type=int, default=3000, help="batch token budget (supernet v3's)")
+    parser.add_argument("--rounds", type=int, default=3, help="timed updates per kind (after one warm-up)")
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--seed", type=int, default=3)
+    parser.add_argument("--lines", type=int, default=3000, help="training pairs the batch is drawn from")
+    parser.add_argument("--out", default=str(OUT))
+    args = parser.parse_args()
+
+    import dataclasses
+
+    import torch
+
+    from automoe.config import SearchSpace, TrainConfig
+    from automoe.supernet import WeightSharing
+    from automoe.train import SupernetTask
+
+    torch.set_num_threads(args.threads)
+    batch, pad_id, vocab = one_batch(Path(args.data), args.max_tokens, args.seed, args.lines)
+    space = dataclasses.replace(SearchSpace.preset(args.space), vocab_size=vocab)
+    cfg = TrainConfig(data=str(args.data), max_tokens=args.max_tokens, sandwich=True, bf16=True, lr=3e-4,
+                      balance_coef=0.1, max_updates=args.rounds + 1, seed=args.seed)
+    kinds = args.kinds.split(",")
+    tasks, optimizers = {}, {}
+    for kind in kinds:
+        sharing = WeightSharing(kind) if kind == "prefix" else WeightSharing(kind, args.sets, args.hidden)
+        torch.manual_seed(args.seed)
+        tasks[kind] = SupernetTask(space, cfg, sharing)
+        tasks[kind].module.train()
+        optimizers[kind] = torch.optim.Adam(tasks[kind].module.parameters(), lr=cfg.lr, betas=cfg.betas)
+    seconds = {kind: [] for kind in kinds}
+    for number in range(1, args.rounds + 2):  # update 1 warms up (allocations, Adam state)
+        for kind in kinds:
+            t = update(tasks[kind], optimizers[kind], batch, pad_id, cfg, number)
+            if number > 1:
+                seconds[kind].append(t)
+            print(f"update {number} {kind:10s} {t:.2f} s", flush=True)
+    base = kinds[0]
+    records = []
+    for kind in kinds:
+        ratio = statistics.median(a / b for a, b in zip(seconds[kind], seconds[base]))
+        records.append({
+            "benchmark": "mos_cost", "space": space.name, "weight_sharing": tasks[kind].module.sharing.to_dict(),
+            **parameter_counts(tasks[kind].module), "update": summary_ms(seconds[kind]),
+            f"ratio_to_{base}": round(ratio, 3), "subnets_per_update": len(tasks[kind].archs(1)),
+            "batch": {"sentences": int(batch["src"].shape[0]), "src_len": int(batch["src"].shape[1]),
+                      "tgt_len": int(batch["tgt_in"].shape[1]),
+                      "target_tokens": int(batch["tgt_out"].ne(pad_id).sum())},
+            "max_tokens": args.max_tokens, "bf16": cfg.bf16, "sandwich": cfg.sandwich, "threads": args.threads,
+            "seed": args.seed, "data": str(args.data), "torch": torch.__version__, **environment()})
+    append_jsonl(Path(args.out), records)
+    for r in records:
+        print(f"{r['weight_sharing']['kind']:10s} params {r['params'] / 1e6:7.2f}M  (sets {r['params_weight_sets'] / 1e6:.2f}M, "
+              f"router {r['params_router'] / 1e6:.2f}M)  train state {r['train_state_bytes'] / 2**30:.2f} GiB  "
+              f"update {r['update']['median_ms'] / 1000:.2f} s  x{r[f'ratio_to_{base}']:.2f} vs {base}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
