@@ -6,14 +6,20 @@ Each kind's supernet of the space is built with the same seed; one update is wha
 the smallest; bf16 autocast like supernet v3; Adam step), on one real training batch. The kinds
 are timed round-robin, the same subnets in every round, so drift of this shared machine hits them
 alike; each record holds its median time and its median per-round ratio to prefix. Appends one
-record per kind to benchmarks/results/mos_cost.jsonl.
+record per kind to benchmarks/results/mos_cost.jsonl and rewrites the table of docs/mos.md
+(between `<!-- results:mos_cost -->` and `<!-- /results:mos_cost -->`) from the latest run.
 
     nice -n 19 python benchmarks/mos_cost.py --data /work/main/data/bible-en-de --space small
+    python benchmarks/mos_cost.py --render      # only rewrite the docs table from the results file
 """
 
 from __future__ import annotations
 
 import argparse
+import datetime
+import json
+import os
+import re
 import statistics
 import sys
 import time
@@ -23,6 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import RESULTS, append_jsonl, environment, summary_ms  # noqa: E402
 
 OUT = RESULTS / "mos_cost.jsonl"
+DOC = Path(__file__).resolve().parent.parent / "docs" / "mos.md"
 
 
 def one_batch(data: Path, max_tokens: int, seed: int, lines: int) -> tuple[dict, int, int]:
@@ -66,6 +73,46 @@ def update(task, optimizer, batch: dict, pad_id: int, cfg, number: int) -> float
     return time.perf_counter() - start
 
 
+def table(records: list[dict]) -> str:
+    """The markdown table of the latest run in `records`, with the setting it was measured in."""
+    run = [r for r in records if r["run"] == records[-1]["run"]]
+    base = run[0]["weight_sharing"]["kind"]
+    lines = [f"| weight sharing | E | H | parameters | of which weight sets | router | prefix-shared | "
+             f"training state (fp32 + grads + Adam) | update (median s) | x {base} |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for r in run:
+        ws = r["weight_sharing"]
+        lines.append(f"| {ws['kind']} | {ws['sets'] or ''} | {ws['hidden'] or ''} | {r['params'] / 1e6:.2f}M | "
+                     f"{r['params_weight_sets'] / 1e6:.2f}M | {r['params_router'] / 1e6:.2f}M | "
+                     f"{r['params_shared'] / 1e6:.2f}M | {r['train_state_bytes'] / 2**30:.2f} GiB | "
+                     f"{r['update']['median_ms'] / 1000:.2f} | {r[f'ratio_to_{base}']:.2f}x |")
+    r, b = run[0], run[0]["batch"]
+    lines.append("")
+    lines.append(f"`benchmarks/results/mos_cost.jsonl`, run {r['run']}: search space `{r['space']}`, one update = "
+                 f"{r['subnets_per_update']} subnets (sandwich), one batch of {b['sentences']} sentences / "
+                 f"{b['target_tokens']} target tokens (max_tokens {r['max_tokens']}), bf16 autocast, Adam; "
+                 f"{r['update']['n']} timed updates per kind after one warm-up, kinds interleaved, "
+                 f"{r['threads']} thread(s), niceness {r['niceness']}, load average {r['load_1m']} at the start, "
+                 f"{r['cpu']}; commit `{_short(r['git_commit'])}`.")
+    return "\n".join(lines)
+
+
+def _short(commit: str | None) -> str:
+    if not commit:
+        return "unknown"
+    return commit[:10] + ("-dirty" if commit.endswith("-dirty") else "")
+
+
+def render(doc: Path, results: Path) -> None:
+    """Rewrite the results block of `doc` from `results`."""
+    records = [json.loads(line) for line in results.read_text(encoding="utf-8").splitlines() if line.strip()]
+    text = doc.read_text(encoding="utf-8")
+    pattern = re.compile(r"(<!-- results:mos_cost -->\n).*?(<!-- /results:mos_cost -->)", re.S)
+    if not pattern.search(text):
+        raise SystemExit(f"{doc} has no <!-- results:mos_cost --> block")
+    doc.write_text(pattern.sub(lambda m: m.group(1) + table(records) + "\n" + m.group(2), text), encoding="utf-8")
+
+
 def main() -> int:
     """Measure every kind of weight sharing and append the records."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -80,7 +127,14 @@ def main() -> int:
     parser.add_argument("--seed", type=int, default=3)
     parser.add_argument("--lines", type=int, default=3000, help="training pairs the batch is drawn from")
     parser.add_argument("--out", default=str(OUT))
+    parser.add_argument("--doc", default=str(DOC), help="markdown file whose results block is rewritten")
+    parser.add_argument("--render", action="store_true", help="only rewrite the doc's table from --out")
     args = parser.parse_args()
+    if args.render:
+        render(Path(args.doc), Path(args.out))
+        return 0
+    started = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+    load_1m = round(os.getloadavg()[0], 2)  # the machine is shared: say how busy it was
 
     import dataclasses
 
@@ -115,19 +169,20 @@ def main() -> int:
     for kind in kinds:
         ratio = statistics.median(a / b for a, b in zip(seconds[kind], seconds[base]))
         records.append({
-            "benchmark": "mos_cost", "space": space.name, "weight_sharing": tasks[kind].module.sharing.to_dict(),
+            "benchmark": "mos_cost", "run": started, "space": space.name,
+            "weight_sharing": tasks[kind].module.sharing.to_dict(),
             **parameter_counts(tasks[kind].module), "update": summary_ms(seconds[kind]),
             f"ratio_to_{base}": round(ratio, 3), "subnets_per_update": len(tasks[kind].archs(1)),
             "batch": {"sentences": int(batch["src"].shape[0]), "src_len": int(batch["src"].shape[1]),
                       "tgt_len": int(batch["tgt_in"].shape[1]),
                       "target_tokens": int(batch["tgt_out"].ne(pad_id).sum())},
             "max_tokens": args.max_tokens, "bf16": cfg.bf16, "sandwich": cfg.sandwich, "threads": args.threads,
-            "seed": args.seed, "data": str(args.data), "torch": torch.__version__, **environment()})
+            "niceness": os.nice(0), "load_1m": load_1m, "seed": args.seed, "data": str(args.data),
+            "torch": torch.__version__, **environment()})
     append_jsonl(Path(args.out), records)
-    for r in records:
-        print(f"{r['weight_sharing']['kind']:10s} params {r['params'] / 1e6:7.2f}M  (sets {r['params_weight_sets'] / 1e6:.2f}M, "
-              f"router {r['params_router'] / 1e6:.2f}M)  train state {r['train_state_bytes'] / 2**30:.2f} GiB  "
-              f"update {r['update']['median_ms'] / 1000:.2f} s  x{r[f'ratio_to_{base}']:.2f} vs {base}")
+    if Path(args.doc).exists():
+        render(Path(args.doc), Path(args.out))
+    print(table(records))
     return 0
 
 
