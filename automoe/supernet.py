@@ -44,8 +44,8 @@ class WeightSharing(_JsonMixin):
     sets: int | None = None
     hidden: int | None = None
 
-    DEFAULT_SETS = 2  # the paper's MT setting (m = 2)
-    DEFAULT_HIDDEN = 128  # the router width of the paper's code
+    DEFAULT_SETS = 2  # the smallest mixture: the weight sets cost E x the linear weights
+    DEFAULT_HIDDEN = 128  # the router width of the MoS authors' MT pipeline script
 
     def __post_init__(self) -> None:
         if self.kind not in WEIGHT_SHARING_KINDS:

@@ -434,9 +434,9 @@ def train_supernet(space: SearchSpace, cfg: TrainConfig, run_dir: str | Path, *,
     at every checkpoint. `init_from` starts (not resumes: fresh optimizer and schedule) from the
     weights of a supernet folder of the same kind, e.g. a shipped one whose run state is gone."""
     run_dir = Path(run_dir)
-    recorded = run_dir / SHARING_FILE
-    if resume and recorded.is_file() and read_sharing(run_dir) != sharing:
-        raise ValueError(f"--resume: {recorded} records weight sharing {read_sharing(run_dir).to_dict()}, not "
+    recorded = read_sharing(run_dir) if (run_dir / SHARING_FILE).is_file() else sharing
+    if resume and recorded != sharing:
+        raise ValueError(f"--resume: {run_dir / SHARING_FILE} records weight sharing {recorded.to_dict()}, not "
                          f"{sharing.to_dict()}; resume with the same --weight-sharing/--mos-sets/--mos-hidden")
     torch.manual_seed(cfg.seed)  # the initial weights depend on the seed only
     task = SupernetTask(space, cfg, sharing)
