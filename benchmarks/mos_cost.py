@@ -4,8 +4,11 @@ memory and the time of one supernet update, for every kind of weight sharing.
 Each kind's supernet of the space is built with the same seed; one update is what
 `automoe train supernet` does per update (sandwich rule on: the sampled subnet, the largest and
 the smallest; bf16 autocast like supernet v3; Adam step), on one real training batch. The kinds
-are timed round-robin, the same subnets in every round, so drift of this shared machine hits them
-alike; each record holds its median time and its median per-round ratio to prefix. Appends one
+are timed round-robin, the same subnets in every round. An update's CPU time (process time, one
+thread) is the cost measure: on this shared machine the wall time of a niced process depends
+mostly on the other processes (the wall time of one update varied several-fold between rounds
+here), while the CPU time it needs does not. Each record holds the median CPU and wall time per update and the
+median per-round ratio of CPU times to prefix. Appends one
 record per kind to benchmarks/results/mos_cost.jsonl and rewrites the table of docs/mos.md
 (between `<!-- results:mos_cost -->` and `<!-- /results:mos_cost -->`) from the latest run.
 
@@ -54,13 +57,13 @@ def parameter_counts(supernet) -> dict:
             "params_shared": total - sets - router, "train_state_bytes": 16 * total}
 
 
-def update(task, optimizer, batch: dict, pad_id: int, cfg, number: int) -> float:
-    """Seconds of one supernet update (every subnet of `task.archs(number)`, clip, Adam step)."""
+def update(task, optimizer, batch: dict, pad_id: int, cfg, number: int) -> tuple[float, float]:
+    """(wall, CPU) seconds of one supernet update (every subnet of `task.archs(number)`, clip, Adam step)."""
     import torch
 
     from automoe.train import label_smoothed_nll
 
-    start = time.perf_counter()
+    start, cpu = time.perf_counter(), time.process_time()
     optimizer.zero_grad(set_to_none=True)
     for arch in task.archs(number):
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=cfg.bf16):
@@ -70,7 +73,7 @@ def update(task, optimizer, batch: dict, pad_id: int, cfg, number: int) -> float
     params = [p for p in task.module.parameters() if p.grad is not None]
     torch.nn.utils.clip_grad_norm_(params, cfg.clip_norm)
     optimizer.step()
-    return time.perf_counter() - start
+    return time.perf_counter() - start, time.process_time() - cpu
 
 
 def table(records: list[dict]) -> str:
@@ -78,20 +81,22 @@ def table(records: list[dict]) -> str:
     run = [r for r in records if r["run"] == records[-1]["run"]]
     base = run[0]["weight_sharing"]["kind"]
     lines = [f"| weight sharing | E | H | parameters | of which weight sets | router | prefix-shared | "
-             f"training state (fp32 + grads + Adam) | update (median s) | x {base} |",
-             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+             f"training state (fp32 + grads + Adam) | CPU s per update (median) | x {base} (CPU) | "
+             f"wall s per update (median) |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for r in run:
         ws = r["weight_sharing"]
         lines.append(f"| {ws['kind']} | {ws['sets'] or ''} | {ws['hidden'] or ''} | {r['params'] / 1e6:.2f}M | "
                      f"{r['params_weight_sets'] / 1e6:.2f}M | {r['params_router'] / 1e6:.2f}M | "
                      f"{r['params_shared'] / 1e6:.2f}M | {r['train_state_bytes'] / 2**30:.2f} GiB | "
-                     f"{r['update']['median_ms'] / 1000:.2f} | {r[f'ratio_to_{base}']:.2f}x |")
+                     f"{r['update_cpu']['median_ms'] / 1000:.2f} | {r[f'ratio_to_{base}']:.2f}x | "
+                     f"{r['update_wall']['median_ms'] / 1000:.2f} |")
     r, b = run[0], run[0]["batch"]
     lines.append("")
     lines.append(f"`benchmarks/results/mos_cost.jsonl`, run {r['run']}: search space `{r['space']}`, one update = "
                  f"{r['subnets_per_update']} subnets (sandwich), one batch of {b['sentences']} sentences / "
                  f"{b['target_tokens']} target tokens (max_tokens {r['max_tokens']}), bf16 autocast, Adam; "
-                 f"{r['update']['n']} timed updates per kind after one warm-up, kinds interleaved, "
+                 f"{r['update_cpu']['n']} timed updates per kind after one warm-up, kinds interleaved, "
                  f"{r['threads']} thread(s), niceness {r['niceness']}, load average {r['load_1m']} at the start, "
                  f"{r['cpu']}; commit `{_short(r['git_commit'])}`.")
     return "\n".join(lines)
@@ -157,21 +162,23 @@ def main() -> int:
         tasks[kind] = SupernetTask(space, cfg, sharing)
         tasks[kind].module.train()
         optimizers[kind] = torch.optim.Adam(tasks[kind].module.parameters(), lr=cfg.lr, betas=cfg.betas)
-    seconds = {kind: [] for kind in kinds}
+    wall, cpu = {kind: [] for kind in kinds}, {kind: [] for kind in kinds}
     for number in range(1, args.rounds + 2):  # update 1 warms up (allocations, Adam state)
         for kind in kinds:
-            t = update(tasks[kind], optimizers[kind], batch, pad_id, cfg, number)
+            w, c = update(tasks[kind], optimizers[kind], batch, pad_id, cfg, number)
             if number > 1:
-                seconds[kind].append(t)
-            print(f"update {number} {kind:10s} {t:.2f} s", flush=True)
+                wall[kind].append(w)
+                cpu[kind].append(c)
+            print(f"update {number} {kind:10s} {c:.2f} s CPU, {w:.2f} s wall", flush=True)
     base = kinds[0]
     records = []
     for kind in kinds:
-        ratio = statistics.median(a / b for a, b in zip(seconds[kind], seconds[base]))
+        ratio = statistics.median(a / b for a, b in zip(cpu[kind], cpu[base]))
         records.append({
             "benchmark": "mos_cost", "run": started, "space": space.name,
             "weight_sharing": tasks[kind].module.sharing.to_dict(),
-            **parameter_counts(tasks[kind].module), "update": summary_ms(seconds[kind]),
+            **parameter_counts(tasks[kind].module), "update_cpu": summary_ms(cpu[kind]),
+            "update_wall": summary_ms(wall[kind]),
             f"ratio_to_{base}": round(ratio, 3), "subnets_per_update": len(tasks[kind].archs(1)),
             "batch": {"sentences": int(batch["src"].shape[0]), "src_len": int(batch["src"].shape[1]),
                       "tgt_len": int(batch["tgt_in"].shape[1]),
