@@ -98,8 +98,10 @@ def cmd_train_supernet(args: argparse.Namespace) -> int:
 
     import torch
 
+    from .supernet import WeightSharing
     from .train import init_distributed, train_supernet
 
+    sharing = WeightSharing(args.weight_sharing, args.mos_sets, args.mos_hidden)
     if args.threads:
         torch.set_num_threads(args.threads)
     init_distributed()
@@ -109,7 +111,8 @@ def cmd_train_supernet(args: argparse.Namespace) -> int:
         logging.getLogger("automoe").info("vocabulary of %s is %d: using it instead of the space's %d",
                                           args.data, vocab, space.vocab_size)
         space = dataclasses.replace(space, vocab_size=vocab)
-    state = train_supernet(space, _train_config(args), args.run_dir, resume=args.resume, init_from=args.init_from)
+    state = train_supernet(space, _train_config(args), args.run_dir, resume=args.resume, init_from=args.init_from,
+                           sharing=sharing)
     print(json.dumps({"run_dir": str(args.run_dir), "updates": state.update, "tokens_seen": state.tokens_seen,
                       "valid": state.history[-1] if state.history else None}))
     return 0
@@ -362,6 +365,12 @@ def build_parser() -> argparse.ArgumentParser:
     sup.add_argument("--sandwich", action="store_true", help="also train the largest and smallest subnet each update")
     sup.add_argument("--init-from", default=None,
                      help="start from the weights of a supernet folder (fresh optimizer; use --resume to continue a run)")
+    sup.add_argument("--weight-sharing", default="prefix", metavar="KIND",
+                     help="prefix (slices of one weight set, HAT) | mos-layer | mos-neuron (Mixture-of-Supernets: "
+                          "weight sets mixed per matrix or per output neuron by an architecture router; docs/mos.md)")
+    sup.add_argument("--mos-sets", type=int, default=None, help="MoS: weight sets E per matrix (default 2)")
+    sup.add_argument("--mos-hidden", type=int, default=None, help="MoS: hidden units H of the architecture router "
+                                                                  "(default 128)")
     _add_train_args(sup)
     sup.set_defaults(func=cmd_train_supernet)
     mod = train.add_parser("model", help="one architecture -> a model folder", description=cmd_train_model.__doc__)
