@@ -50,8 +50,9 @@ def ship_supernet(run_dir: Path, out: Path, data: str, beam: int, limit: int | N
 
     out.mkdir(parents=True, exist_ok=True)
     save_state_dict(load_state_dict(run_dir / "supernet.safetensors"), out / "supernet.safetensors", dtype=torch.float16)
-    for name in ("space.json", "supernet_info.json"):
-        shutil.copyfile(run_dir / name, out / name)
+    for name in ("space.json", "supernet_info.json", "weight_sharing.json"):  # the last: MoS supernets only
+        if name != "weight_sharing.json" or (run_dir / name).exists():
+            shutil.copyfile(run_dir / name, out / name)
     # runs started before the tokenizer travelled with the supernet lack spm.model: take the data's
     tok = run_dir / "spm.model" if (run_dir / "spm.model").exists() else Path(data) / "spm.model"
     shutil.copyfile(tok, out / "spm.model")
