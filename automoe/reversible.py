@@ -255,7 +255,8 @@ class AttentionSublayer(nn.Module):
         self.attn = attn
         self.dropout = dropout
 
-    def forward(self, u: torch.Tensor, mask: torch.Tensor | None, memory: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(self, u: torch.Tensor, mask: torch.Tensor | None = None, memory: torch.Tensor | None = None
+                ) -> torch.Tensor:
         """u: [B, T, d]; mask broadcastable to [B, H, T, S]; memory: [B, S, d_kv] for cross-attention."""
         x = self.norm(u)
         h = self.attn(x, self.attn.project_kv(x if memory is None else memory), mask)  # [B, T, d]
@@ -271,7 +272,7 @@ class FeedForwardSublayer(nn.Module):
         self.ffn = ffn
         self.dropout = dropout
 
-    def forward(self, u: torch.Tensor, token_mask: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(self, u: torch.Tensor, token_mask: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """u: [B, T, d]; token_mask: [B, T] True for real tokens. Returns (f(u), balancing loss)."""
         h, aux, _ = self.ffn(self.norm(u), token_mask)
         return F.dropout(h, self.dropout, self.training), aux
