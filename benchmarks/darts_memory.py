@@ -30,7 +30,8 @@ encoder depth L, decoder depth choices 1..L. One thread; batches of 64 sentences
 target tokens (2048 tokens, below the search's default budget of 3000 padded tokens per batch).
 
     nice -n 19 python benchmarks/darts_memory.py            # all six configurations
-    nice -n 19 python benchmarks/darts_memory.py --layers 4 --steps 2
+    nice -n 19 python benchmarks/darts_memory.py --layers 4 --steps 2 --out /tmp/try.jsonl
+    python benchmarks/darts_memory.py --docs-only          # rebuild docs/darts.md's table
 """
 
 from __future__ import annotations
@@ -46,6 +47,7 @@ from pathlib import Path
 
 RESULTS = Path(__file__).resolve().parent / "results"
 RESULTS_FILE = RESULTS / "darts_memory.jsonl"
+DOCS = Path(__file__).resolve().parent.parent / "docs" / "darts.md"
 MALLOC_ENV = {"MALLOC_MMAP_THRESHOLD_": "65536", "MALLOC_TRIM_THRESHOLD_": "131072"}
 
 
@@ -156,7 +158,9 @@ def darts_memory_table(path: str | Path = RESULTS_FILE) -> str:
     revs = [by[(n, True)] for n in depths if (n, True) in by]
     if len(revs) >= 2:
         first, last = revs[0], revs[-1]
-        growth = lambda k: f"{100 * (last[k] / first[k] - 1):+.0f}%" if first.get(k) and last.get(k) else "n/a"  # noqa: E731
+
+        def growth(key: str) -> str:
+            return f"{100 * (last[key] / first[key] - 1):+.0f}%" if first.get(key) and last.get(key) else "n/a"
         text += (f"Reversible, {first['layers']} to {last['layers']} layers per stack: peak {growth('peak_mb')}, "
                  f"step peak (activations and temporaries) {growth('step_peak_mb')}. ")
     text += (f"DARTS supernet of d_model {r0['d_model']}, FFN widths {r0['ffn_dims']}, up to {r0['max_experts']} "
@@ -168,6 +172,18 @@ def darts_memory_table(path: str | Path = RESULTS_FILE) -> str:
     return text
 
 
+def write_docs_table(doc: str | Path = DOCS, path: str | Path = RESULTS_FILE) -> None:
+    """Rebuild the table between `<!-- results:darts_memory -->` markers of `doc` from `path`."""
+    import re
+
+    doc = Path(doc)
+    text = doc.read_text(encoding="utf-8")
+    pattern = re.compile(r"(<!-- results:darts_memory -->\n).*?(\n<!-- /results:darts_memory -->)", re.S)
+    if not pattern.search(text):
+        raise ValueError(f"{doc} has no <!-- results:darts_memory --> ... <!-- /results:darts_memory --> block")
+    doc.write_text(pattern.sub(lambda m: m.group(1) + darts_memory_table(path) + m.group(2), text), encoding="utf-8")
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--layers", type=int, nargs="+", default=[4, 8, 12])
@@ -176,6 +192,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--steps", type=int, default=2, help="measured DARTS steps (after one warm-up step)")
     p.add_argument("--splits", type=int, default=2)
     p.add_argument("--out", default=str(RESULTS_FILE))
+    p.add_argument("--docs-only", action="store_true", help="only rebuild the table in docs/darts.md from the results")
     p.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     mode = p.add_mutually_exclusive_group()
     mode.add_argument("--reversible", dest="reversible", action="store_true", default=None, help=argparse.SUPPRESS)
@@ -184,6 +201,9 @@ def main(argv: list[str] | None = None) -> int:
     setting = dict(batch=args.batch, length=args.length, steps=args.steps, splits=args.splits)
     if args.child:
         print(json.dumps(child(args.layers[0], bool(args.reversible), **setting)))
+        return 0
+    if args.docs_only:
+        write_docs_table(path=args.out)
         return 0
     sys.path.insert(0, str(Path(__file__).resolve().parent))
     from common import append_jsonl, environment
@@ -202,6 +222,8 @@ def main(argv: list[str] | None = None) -> int:
             print(json.dumps({k: record[k] for k in ("layers", "reversible", "peak_mb", "step_peak_mb", "static_mb",
                                                       "step_seconds")}), flush=True)
     print(darts_memory_table(args.out))
+    if Path(args.out) == RESULTS_FILE and DOCS.exists():
+        write_docs_table()
     return 0
 
 

@@ -15,9 +15,9 @@ from automoe.checkpoint import save_state_dict
 from automoe.config import ConfigError, SearchSpace
 from automoe.modeling import Attention, MoETransformer
 from automoe.moe import MoEFeedForward
-from automoe.search.darts import (ArchParameters, DartsConfig, DartsSearch, DartsSupernet, MixedAttention,
-                                  MixedFeedForward, discretise, expected_summary_features, predicted_latency_ms,
-                                  run_darts)
+from automoe.search.darts import (ArchParameters, DartsConfig, DartsSearch, discretise, expected_summary_features,
+                                  predicted_latency_ms, run_darts)
+from automoe.search.darts_supernet import DartsSupernet, MixedAttention, MixedFeedForward
 from automoe.search.latency import LatencyPredictor, summary_features
 from automoe.supernet import SuperTransformer
 
