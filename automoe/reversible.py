@@ -23,6 +23,8 @@ of its streams. The sublayers reuse `modeling.Attention` and `moe.MoEFeedForward
 
 With `reversible=False` the same stack runs with ordinary autograd (every activation stored), the
 same seeds and the same arithmetic: the reference that the reversible gradients are tested against.
+Reversible stacks run in full precision: the recomputation does not replay an autocast context, and
+reconstruction error grows as precision shrinks.
 """
 
 from __future__ import annotations
