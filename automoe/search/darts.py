@@ -31,6 +31,7 @@ latency term uses the fitted log-linear latency predictor (`search.latency`) on 
 values of its whole-model features under alpha, which are multilinear in the choice
 probabilities; `expected_summary_features` equals `summary_features` exactly for one-hot alpha.
 Discretisation takes the argmax of every choice and gives an `ArchConfig` of the space.
+The relaxed network itself is `darts_supernet.DartsSupernet`; docs/darts.md has the whole method.
 """
 
 from __future__ import annotations
