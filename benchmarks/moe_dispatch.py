@@ -49,14 +49,10 @@ def overhead_arguments(p: argparse.ArgumentParser) -> None:
 def overhead(p: argparse.ArgumentParser, args: argparse.Namespace) -> dict:
     """The overhead study's record."""
     h.check_replay_arguments(p, args)
-    from automoe.evaluate import read_split
     from automoe.serve import Translator
 
-    supernet, weights = h.load_weights(args)
-    width = args.width or max(supernet.space.ffn_dims)
-    models = h.build_models(supernet, width, args.experts)
+    models, weights, width, sources = h.study_models(args)
     moe, one = list(models)[1:]
-    sources, _ = read_split(args.data, "test", limit=args.sentences)
     quantize = None if args.quantize == "none" else args.quantize
     loaders, sizes = {}, {}
     with tempfile.TemporaryDirectory() as tmp:
@@ -128,17 +124,13 @@ def beam(p: argparse.ArgumentParser, args: argparse.Namespace) -> dict:
     short, long = args.lengths
     if not 2 <= short < long:
         p.error(f"--lengths needs 2 <= SHORT < LONG (the beam graph fails on one-token decodes), got {short} {long}")
-    from automoe.evaluate import read_split
     from automoe.export.onnx import default_moe_dispatch, to_onnx
     from automoe.serve import Translator
 
-    supernet, weights = h.load_weights(args)
-    if long + 1 > supernet.space.max_positions:
-        p.error(f"--lengths LONG {long} is past the model's {supernet.space.max_positions - 1} target positions")
-    width = args.width or max(supernet.space.ffn_dims)
-    models = h.build_models(supernet, width, args.experts)
+    models, weights, width, sources = h.study_models(args)
     moe, one = list(models)[1:]
-    sources, _ = read_split(args.data, "test", limit=args.sentences)
+    if long + 1 > models[moe].config.max_positions:
+        p.error(f"--lengths LONG {long} is past the model's {models[moe].config.max_positions - 1} target positions")
     quantize = None if args.quantize == "none" else args.quantize
     form = args.moe_dispatch or default_moe_dispatch(quantize)
     if args.against_form == form:
@@ -300,14 +292,10 @@ def parts(p: argparse.ArgumentParser, args: argparse.Namespace) -> dict:
     h.check_replay_arguments(p, args)
     import onnx
 
-    from automoe.evaluate import read_split
     from automoe.serve import Translator
 
-    supernet, weights = h.load_weights(args)
-    width = args.width or max(supernet.space.ffn_dims)
-    models = h.build_models(supernet, width, args.experts)
+    models, weights, width, sources = h.study_models(args)
     moe, one = list(models)[1:]
-    sources, _ = read_split(args.data, "test", limit=args.sentences)
     removed, graphs = {}, {}
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)

@@ -226,6 +226,18 @@ def load_weights(args: argparse.Namespace):
                                             "d_model": max(space.d_model), "decoder_layers": max(space.decoder_layers)}
 
 
+def study_models(args: argparse.Namespace) -> tuple[dict, dict, int, list[str]]:
+    """What a study of `add_replay_arguments` times: the models of `build_models` (FFN `--width`,
+    default the widest of the space), the record fields naming their weights (`load_weights`), the
+    width, and the first `--sentences` test sources of `--data`."""
+    from automoe.evaluate import read_split
+
+    supernet, weights = load_weights(args)
+    width = args.width or max(supernet.space.ffn_dims)
+    sources, _ = read_split(args.data, "test", limit=args.sentences)
+    return build_models(supernet, width, args.experts), weights, width, sources
+
+
 def pooled_ms(seconds: dict) -> dict:
     """Per model, `summary_ms` of every second `replay` timed for it (all rounds, turns and steps)."""
     return {name: summary_ms([t for turns in rounds for steps in turns for t in steps]) for name, rounds in seconds.items()}

@@ -133,30 +133,22 @@ def _protocol(r: dict, unit: str = "step") -> str:
             f"turn strays on this host")
 
 
-def moe_overhead_table() -> str:
-    """The latest decoder.onnx dispatch overhead with trained weights (study overhead): one row per width."""
-    run = [r for r in _run_of("moe_overhead", "supernet", hours=1) if "paired_turns" in r]
+def moe_overhead_table(random: bool = False) -> str:
+    """The latest decoder.onnx dispatch overhead (study overhead), one row per FFN width: with trained
+    weights, or with `random` the random weights of a larger preset space (`--space`)."""
+    run = _run_of("moe_overhead", "space" if random else "supernet", hours=1.5)
+    run = [r for r in run if "paired_turns" in r]  # the oldest records timed unpaired blocks
     if not run:
-        return "_Not measured yet (benchmarks/moe_dispatch.py --study overhead)._"
+        return "_Not measured yet (benchmarks/moe_dispatch.py --study overhead" + (" --space)._" if random else ")._")
     last = run[-1]
+    weights = (f"The `{last['space']}` space's largest model (d_model {last['d_model']}, {last['decoder_layers']} decoder "
+               f"layers) with random weights (seed {last['seed']}) and random routers, so its routing is not a trained "
+               f"router's, at most {last['max_length']} tokens per sentence" if random else
+               f"Weights and routers of `{last['supernet']}`")
     return (_overhead_rows(run, sizes=True) + f"\n\nDecoder step (decoder.onnx, the compact form), ONNX Runtime "
             f"{last['quantization'] or 'fp32'}, {last['threads']} thread, batch 1, beam {last['beam']}; the recorded steps "
             f"of {last['sentences']} real test sentences replayed through every model, {_protocol(last)}; ms are pooled "
-            f"medians. Weights and routers of `{last['supernet']}`, L3 cache {last.get('l3_cache')}, commit {_commits(run)}.")
-
-
-def moe_overhead_scale_table() -> str:
-    """The latest decoder.onnx dispatch overhead with random weights of a larger preset space
-    (study overhead --space): one row per FFN width."""
-    run = _run_of("moe_overhead", "space", hours=1.5)  # ~10 minutes per width
-    if not run:
-        return "_Not measured yet (benchmarks/moe_dispatch.py --study overhead --space wmt14)._"
-    last = run[-1]
-    return (_overhead_rows(run, sizes=True) + f"\n\nThe `{last['space']}` space's largest model (d_model "
-            f"{last['d_model']}, {last['decoder_layers']} decoder layers) with random weights (seed {last['seed']}) and "
-            f"random routers, so its routing is not a trained router's. Otherwise as above: the recorded steps of "
-            f"{last['sentences']} real test sentences (at most {last['max_length']} tokens each), {_protocol(last)}; "
-            f"commit {_commits(run)}.")
+            f"medians. {weights}; L3 cache {last.get('l3_cache')}, commit {_commits(run)}.")
 
 
 def _beam_runs() -> list[list[dict]]:
@@ -487,7 +479,7 @@ def predictor_table() -> str:
 
 TABLES = {"models": models_table, "search": search_table, "predictor": predictor_table, "engines": engines_table,
           "load_demo": load_demo_table, "moe_summary": moe_summary_table, "moe_overhead": moe_overhead_table,
-          "moe_overhead_scale": moe_overhead_scale_table, "moe_overhead_beam": moe_overhead_beam_table,
+          "moe_overhead_scale": lambda: moe_overhead_table(random=True), "moe_overhead_beam": moe_overhead_beam_table,
           "moe_forms": moe_forms_table, "moe_dispatch_parts": moe_dispatch_parts_table,
           "moe_dispatch_parts_scale": lambda: moe_dispatch_parts_table(random=True), "moe_bleu": moe_bleu_table,
           "moe_deleted_forms": moe_deleted_forms_table}
@@ -496,8 +488,8 @@ TABLES = {"models": models_table, "search": search_table, "predictor": predictor
 def render(text: str) -> str:
     """A document's text with every results block rebuilt."""
     for name, make in TABLES.items():
-        pattern = re.compile(rf"(<!-- results:{name} -->\n).*?(\n<!-- /results:{name} -->)", re.S)
-        text = pattern.sub(lambda m: m.group(1) + make() + m.group(2), text)
+        pattern = re.compile(rf"(<!-- results:{name} -->\n).*?(<!-- /results:{name} -->)", re.S)
+        text = pattern.sub(lambda m: m.group(1) + make() + "\n" + m.group(2), text)
     return text
 
 

@@ -26,7 +26,7 @@ def test_result_tables_are_generated_from_results(tmp_path, monkeypatch, capsys)
         assert report.render(text) == text, f"{path.name} is out of date: run `make report` (benchmarks/report.py)"
     assert report.main(["--check"]) == 0
     stale = tmp_path / "moe_dispatch.md"
-    stale.write_text("<!-- results:moe_bleu -->\nold\n<!-- /results:moe_bleu -->\n", encoding="utf-8")
+    stale.write_text("<!-- results:moe_bleu -->\n<!-- /results:moe_bleu -->\n", encoding="utf-8")  # a new, empty block
     monkeypatch.setattr(report, "DOCUMENTS", (report.DOCUMENTS[0], stale))
     assert report.main(["--check"]) == 1 and "out of date: moe_dispatch.md (run" in capsys.readouterr().out
     assert report.main([]) == 0 and report.main(["--check"]) == 0 and "onnxruntime-int8-kernel" in stale.read_text()
@@ -198,11 +198,12 @@ def test_moe_overhead_tables_keep_trained_and_random_weights_apart(monkeypatch):
     random = _overhead_record(supernet=None, space="wmt14", seed=0, d_model=640, decoder_layers=6, width=3072,
                               date="2026-12-03T00:30:00+00:00")
     monkeypatch.setattr(report, "_read", lambda name: [trained, random] if name == "moe_overhead" else [])
-    table, scale = report.moe_overhead_table(), report.moe_overhead_scale_table()
+    table, scale = report.moe_overhead_table(), report.moe_overhead_table(random=True)
     assert "| 768 |" in table and "3072" not in table and "models/trained" in table
     assert "| 3072 |" in scale and "| 768 |" not in scale and "d_model 640, 6 decoder layers" in scale
+    assert "at most 32 tokens per sentence" in scale
     monkeypatch.setattr(report, "_read", lambda name: [trained] if name == "moe_overhead" else [])
-    assert report.moe_overhead_scale_table().startswith("_Not measured yet")
+    assert report.moe_overhead_table(random=True).startswith("_Not measured yet")
 
 
 def test_moe_overhead_weights_come_from_exactly_one_source():
