@@ -221,19 +221,13 @@ def moe_summary_table() -> str:
     if not runs:
         return "_Not measured yet (benchmarks/moe_dispatch.py --study beam)._"
     run = list({r["width"]: r for r in runs[0]}.values())
-    lines = ["| FFN width | dense step ms | 4 experts: step ms (overhead) | all tokens to expert 0 (fixed dispatch cost) |",
-             "|---:|---:|---:|---:|"]
-    for r in sorted(run, key=lambda r: -r["width"]):
-        lines.append(f"| {r['width']} | {r['dense_step']['median_ms']:.3f} | {_step_cell(r, 'moe_step', 'overhead')} | "
-                     f"{_step_cell(r, 'moe_one_expert_step', 'dispatch_overhead')} |")
     r = run[-1]
     bleu = _read("moe_bleu")
     change = (bleu[-1]["scores"].get(f"onnxruntime-int8-{_form(r)}") or {}).get("bleu_change") if bleu else None
-    return ("\n".join(lines) + f"\n\nDecoder step of a model with {r['experts']} top-1 experts per layer against the "
+    return (_overhead_rows(run, sizes=False) + f"\n\nDecoder step of a model with {r['experts']} top-1 experts per layer against the "
             f"same model with one dense FFN, inside the exported beam graph (what `Translator` runs for one sentence), "
             f"ONNX Runtime {r['quantization'] or 'fp32'} with the `{_form(r)}` MoE form, {r['threads']} thread, beam "
-            f"{r['beam']}; weights and routers of `{r['supernet']}`; after the semicolon, the ratio of per-sentence "
-            f"minima; commit {_commits(run)}."
+            f"{r['beam']}; weights and routers of `{r['supernet']}`; {_protocol(r, 'sentence')}; commit {_commits(run)}."
             + ("" if change is None else f" BLEU of this form against PyTorch fp32: {change:+.2f}.")
             + " Protocol, the other forms and the other studies: [docs/moe_dispatch.md](docs/moe_dispatch.md).")
 

@@ -148,6 +148,18 @@ def read_config(folder: str | Path) -> ArchConfig:
     return ArchConfig.from_dict(data["arch"])
 
 
+def is_current(folder: str | Path, quantize: str | None) -> bool:
+    """Whether `folder` holds a CTranslate2 export as this automoe writes it for `quantize` (its
+    config.json holds the architecture): an export cache re-exports a folder that is not, e.g. one
+    whose architecture an older automoe kept in export_info.json."""
+    try:
+        info = json.loads((Path(folder) / "export_info.json").read_text(encoding="utf-8"))
+        read_config(folder)
+    except (OSError, ValueError, TypeError):
+        return False
+    return info.get("target") == "ctranslate2" and info.get("quantization") == quantize
+
+
 def to_ctranslate2(model_dir: str | Path, out_dir: str | Path, *, quantize: str | None = None,
                    force: bool = False) -> Path:
     """Convert a dense model folder to a CTranslate2 folder that plain `ctranslate2.Translator`

@@ -296,13 +296,19 @@ def check_int8_translations(model_dir: Path, out: Path) -> None:
 
 
 def test_export_folders_run_without_automoe_or_torch(moe_dir, onnx_dir, dense_dir, tmp_path):
-    from automoe.export.ctranslate2 import to_ctranslate2
+    from automoe.checkpoint import read_model_config
+    from automoe.export.ctranslate2 import is_current, read_config, to_ctranslate2
 
     expected = Translator.from_pretrained(moe_dir).translate(["Jesus wept."], beam=4, max_length=11)[0]
     out = subprocess.run([sys.executable, "-c", ORT_SCRIPT, str(onnx_dir)], capture_output=True, text=True)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == expected.strip()
     ct2 = to_ctranslate2(dense_dir, tmp_path / "ct2")
+    # config.json holds CTranslate2's settings and the model's config, the one home of the architecture
+    config = json.loads((ct2 / "config.json").read_text())
+    assert config["decoder_start_token"] == "<s>" and read_config(ct2) == read_model_config(dense_dir)[0]
+    assert "arch" not in json.loads((ct2 / "export_info.json").read_text())
+    assert is_current(ct2, None) and not is_current(ct2, "int8")
     expected = Translator.from_pretrained(dense_dir).translate(["Jesus wept."], beam=4, max_length=11)[0]
     out = subprocess.run([sys.executable, "-c", CT2_SCRIPT, str(ct2)], capture_output=True, text=True)
     assert out.returncode == 0, out.stderr
