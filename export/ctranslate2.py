@@ -143,8 +143,9 @@ def read_config(folder: str | Path) -> ArchConfig:
     path = Path(folder) / "config.json"
     data = json.loads(path.read_text(encoding="utf-8"))
     if "arch" not in data:
-        raise ValueError(f"{path} has no automoe architecture (\"arch\"): export the model folder again "
-                         "with this automoe (automoe export MODEL --to ct2 --force)")
+        raise ValueError(f"{path} has no automoe architecture (\"arch\"; an older automoe kept it in export_info.json): "
+                         "export the model folder again (automoe export MODEL --to ct2 --force), or delete this "
+                         "folder if it is in the export cache")
     return ArchConfig.from_dict(data["arch"])
 
 
