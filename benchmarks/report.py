@@ -400,7 +400,7 @@ def models_table() -> str:
         if r.get("split") == "test" and (ROOT / r["model"]).is_dir():
             latest[(r["model"], r.get("arch_name"))] = r
     if not latest:
-        return "_No shipped model has been evaluated yet (benchmarks/ship.py)._"
+        return "_No shipped model has been evaluated yet (tools/ship.py)._"
     lines = ["| model | subnet | parameters | BLEU | chrF | training (same data, 2-core CPU) |",
              "|---|---|---:|---:|---:|---|"]
     for (model, name), r in sorted(latest.items(), key=lambda kv: (kv[0][0], str(kv[0][1]))):
@@ -471,7 +471,27 @@ def predictor_table() -> str:
     return text
 
 
-TABLES = {"models": models_table, "search": search_table, "predictor": predictor_table, "engines": engines_table,
+def comparison_table() -> str:
+    """The proof table: the last full `automoe bench` run over the shipped models (results/bench.jsonl)."""
+    from automoe.bench import last_run, markdown_table
+
+    run = last_run(_read("bench"))
+    if not run:
+        return ("_No `automoe bench` run over the shipped models is committed yet: the Switch, HAT-style and "
+                "AutoMoE models are in training (issue #25)._")
+    plots = "".join(f"\n\n![{kind}](benchmarks/results/bench-{kind}.png)" for kind in ("latency", "gflops")
+                    if (RESULTS / f"bench-{kind}.png").exists())
+    return markdown_table(run) + plots
+
+
+def darts_memory() -> str:
+    """Peak training memory of the DARTS supernet, reversible vs stored activations (darts_memory.jsonl)."""
+    from darts_memory import darts_memory_table
+
+    return darts_memory_table()
+
+
+TABLES = {"comparison": comparison_table, "darts_memory": darts_memory, "models": models_table, "search": search_table, "predictor": predictor_table, "engines": engines_table,
           "load_demo": load_demo_table, "moe_summary": moe_summary_table, "moe_overhead": moe_overhead_table,
           "moe_overhead_scale": lambda: moe_overhead_table(random=True), "moe_overhead_beam": moe_overhead_beam_table,
           "moe_forms": moe_forms_table, "moe_dispatch_parts": moe_dispatch_parts_table,
