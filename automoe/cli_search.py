@@ -125,7 +125,7 @@ def cmd_extract(args: argparse.Namespace) -> int:
 
 def add_search_verbs(verbs) -> None:
     """Add the `search` and `extract` verbs to the main parser's subparsers `verbs`."""
-    se = verbs.add_parser("search", help="latency tables, predictor, evolutionary search").add_subparsers(
+    se = verbs.add_parser("search", help="latency tables, predictor, evolutionary or differentiable (DARTS) search").add_subparsers(
         dest="search_verb", metavar="ACTION", required=True)
     lt = se.add_parser("latency-table", help="measure random architectures on an engine",
                        description=cmd_search_latency_table.__doc__)
