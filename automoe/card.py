@@ -45,6 +45,16 @@ def _arch_table(arch: ArchConfig) -> str:
     return "\n".join(rows)
 
 
+RECIPES = {
+    "scratch": "Recipe: trained from scratch. ",
+    "inherit": "Recipe: fine-tuned from the supernet's inherited weights (extracted subnet). ",
+    "distill": "Recipe: sequence-level knowledge distillation: trained from scratch on the dense baseline's beam-4 "
+               "translations of the training sources (`automoe data distill`); dev/test keep human references. ",
+    "inherit+distill": "Recipe: fine-tuned from the supernet's inherited weights on the dense baseline's beam-4 "
+                       "translations of the training sources (`automoe data distill`). ",
+}
+
+
 def _training(training: dict) -> str:
     if not training:
         return "No training provenance recorded."
@@ -58,7 +68,8 @@ def _training(training: dict) -> str:
                    f"{total['updates']} updates, {total['tokens_seen']:,} target tokens processed, "
                    f"{total['wall_seconds'] / 3600:.2f} h.")
     epochs = training.get("epochs")
-    return (f"Trained on `{training.get('data')}` (manifest sha256 `{str(training.get('data_manifest_sha256'))[:12]}`) "
+    recipe = RECIPES.get(training.get("recipe"), "")
+    return (f"{recipe}Trained on `{training.get('data')}` (manifest sha256 `{str(training.get('data_manifest_sha256'))[:12]}`) "
             f"for {training.get('updates')} updates, {training.get('tokens_seen'):,} target tokens processed"
             f"{' (summed over the subnets of each update)' if tc.get('sandwich') else ''}, {epochs} epoch{'' if epochs == 1 else 's'}, {hours:.2f} h wall time on "
             f"{training.get('world_size', 1)} process(es) of a 2-core CPU machine, seed {training.get('seed')}, "
@@ -83,19 +94,41 @@ def _eval_table(records: list[dict]) -> str:
     return "\n".join(rows) + f"\n\nsacrebleu signatures: `{records[-1]['bleu_signature']}`, `{records[-1]['chrf_signature']}`."
 
 
+def _bench_section(records: list[dict]) -> str:
+    """The card's speed section from the model's records of the last `automoe bench` run."""
+    if not records:
+        return ""
+    run = [r for r in records if r.get("run_id") == records[-1].get("run_id")]
+    rows = ["| engine | threads | median ms / sentence | p90 ms | speedup vs dense | BLEU | chrF |",
+            "|---|---:|---:|---:|---:|---:|---:|"]
+    for r in run:
+        if "skipped" in r:
+            rows.append(f"| {r['engine']} | {r['threads']} | skipped: {r['skipped']} | | | | |")
+        else:
+            rows.append(f"| {r['engine']} | {r['threads']} | {r['median_ms']:.1f} | {r['p90_ms']:.1f} | "
+                        f"{r['speedup']:.2f}x | {r['bleu']:.2f} | {r['chrf']:.2f} |")
+    r0 = run[0]
+    return (f"\n## Speed (`automoe bench`)\n\n{r0['cpu']}, batch 1, beam {r0['beam']}, {r0['sentences']} test sentences, "
+            f"every shipped model interleaved in one run; speedup = `{r0['baseline']}`'s median latency / this "
+            f"model's, same engine and threads (benchmarks/results/bench.jsonl, commit "
+            f"`{str(r0.get('git_commit'))[:10]}`).\n\n" + "\n".join(rows) + "\n")
+
+
 def model_card(title: str, summary: str, arch: ArchConfig, training: dict, eval_records: list[dict],
-               latency_records: list[dict] = (), usage: str = "", limitations: str = "") -> str:
-    """The README.md text of a model folder. `eval_records` and `latency_records` may hold every run
-    of results/eval.jsonl and results/engines.jsonl for the model: the card shows the newest."""
+               latency_records: list[dict] = (), usage: str = "", limitations: str = "",
+               bench_records: list[dict] = ()) -> str:
+    """The README.md text of a model folder. `eval_records`, `latency_records` and `bench_records`
+    may hold every run of results/eval.jsonl, engines.jsonl and bench.jsonl for the model: the card
+    shows the newest."""
     c = cost(arch)
-    latency = ""
+    latency = _bench_section(list(bench_records))
     if latency_records:  # a results file keeps every run: show the last (its records share its start time)
         latency_records = [r for r in latency_records if r.get("date") == latency_records[-1].get("date")]
         rows = ["| engine | median ms / sentence | speedup vs torch fp32 |", "|---|---:|---:|"]
         rows += [f"| {r['engine']} | {r['median_ms']:.1f} | {r.get('speedup_vs_torch_fp32') or 0:.2f}x |"
                  for r in latency_records]
         r0 = latency_records[0]
-        latency = (f"\n## Latency\n\n{r0['cpu']}, {r0['threads']} thread, batch 1, beam {r0['beam']}, "
+        latency += (f"\n## Latency\n\n{r0['cpu']}, {r0['threads']} thread, batch 1, beam {r0['beam']}, "
                    f"{r0['latency_sentences']} test sentences (benchmarks/results/engines.jsonl).\n\n" + "\n".join(rows) + "\n")
     return f"""---
 language: [en, de]

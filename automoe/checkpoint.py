@@ -145,14 +145,20 @@ def read_export_folder(folder: Path) -> Source:
         raise CheckpointError(str(e)) from None
     if info["target"] == "onnxruntime":  # ONNX exports carry the model's own config.json
         arch, meta = read_model_config(folder)
-    else:  # CTranslate2 owns config.json in its folders; the ArchConfig travels in export_info.json
-        try:
-            arch = ArchConfig.from_dict(info.get("arch"))
-        except (ConfigError, TypeError, ValueError, AttributeError) as e:
-            raise CheckpointError(f"{info_path}: \"arch\" is not a valid architecture ({e})") from None
-        meta = {"tokenizer": info.get("tokenizer") or {}, "training": info.get("training") or {}}
-        if not isinstance(meta["tokenizer"], dict):
-            raise CheckpointError(f"{info_path}: \"tokenizer\" must be a JSON object")
+        return Source("export", folder, arch, meta, info)
+    # CTranslate2 owns config.json in its folders: the model's config joins its settings there (an
+    # older automoe kept the architecture in export_info.json instead)
+    config_path = folder / CONFIG_NAME
+    config = read_json_file(config_path, "CTranslate2's settings and the model's config")
+    holder, path = (config, config_path) if "arch" in config else (info, info_path)
+    try:
+        arch = ArchConfig.from_dict(holder.get("arch"))
+    except (ConfigError, TypeError, ValueError, AttributeError) as e:
+        raise CheckpointError(f"{path}: \"arch\" is not a valid architecture ({e})") from None
+    meta = {"tokenizer": holder.get("tokenizer") or info.get("tokenizer") or {},
+            "training": holder.get("training") or {}}
+    if not isinstance(meta["tokenizer"], dict):
+        raise CheckpointError(f"{path}: \"tokenizer\" must be a JSON object")
     return Source("export", folder, arch, meta, info)
 
 

@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 from . import __version__
+from .cli_bench import add_bench_verb
 from .cli_search import _arch_from_arg, add_search_verbs
 from .config import ConfigError, SearchSpace
 
@@ -64,6 +65,17 @@ def cmd_data_build(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_data_distill(args: argparse.Namespace) -> int:
+    """Write a dataset folder whose train.tgt is a teacher model's beam translations of train.src
+    (sequence-level knowledge distillation); dev/test keep their references. Resumes when interrupted."""
+    from .distill import distill_dataset
+
+    print(distill_dataset(args.data, args.teacher, args.out, engine=args.engine,
+                          quantize=None if args.quantize == "none" else args.quantize, beam=args.beam,
+                          threads=args.threads, force=args.force))
+    return 0
+
+
 def _train_config(args: argparse.Namespace):
     """The TrainConfig given by the training flags."""
     from .config import TrainConfig
@@ -87,8 +99,10 @@ def cmd_train_supernet(args: argparse.Namespace) -> int:
 
     import torch
 
+    from .supernet import WeightSharing
     from .train import init_distributed, train_supernet
 
+    sharing = WeightSharing(args.weight_sharing, args.mos_sets, args.mos_hidden)
     if args.threads:
         torch.set_num_threads(args.threads)
     init_distributed()
@@ -98,7 +112,8 @@ def cmd_train_supernet(args: argparse.Namespace) -> int:
         logging.getLogger("automoe").info("vocabulary of %s is %d: using it instead of the space's %d",
                                           args.data, vocab, space.vocab_size)
         space = dataclasses.replace(space, vocab_size=vocab)
-    state = train_supernet(space, _train_config(args), args.run_dir, resume=args.resume, init_from=args.init_from)
+    state = train_supernet(space, _train_config(args), args.run_dir, resume=args.resume, init_from=args.init_from,
+                           sharing=sharing)
     print(json.dumps({"run_dir": str(args.run_dir), "updates": state.update, "tokens_seen": state.tokens_seen,
                       "valid": state.history[-1] if state.history else None}))
     return 0
@@ -335,6 +350,18 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--valid-size", default=None, help="dev pairs drawn from train: count or fraction")
     g.add_argument("--test-size", default=None, help="test pairs drawn from train: count or fraction")
     build.set_defaults(func=cmd_data_build)
+    distill = data.add_parser("distill", help="teacher translations of the training sources -> dataset folder",
+                              description=cmd_data_distill.__doc__)
+    distill.add_argument("--data", required=True, help="dataset folder to distill (from `automoe data build`)")
+    distill.add_argument("--teacher", required=True, help="teacher model folder")
+    distill.add_argument("--out", required=True, help="output dataset folder, e.g. data/bible-en-de-distill")
+    distill.add_argument("--engine", default=None, choices=["torch", "onnxruntime", "ctranslate2"],
+                         help="default: ctranslate2 for a dense teacher, onnxruntime otherwise")
+    distill.add_argument("--quantize", default="int8", choices=["int8", "none"], help="(default int8)")
+    distill.add_argument("--beam", type=int, default=4)
+    distill.add_argument("--threads", type=int, default=None)
+    distill.add_argument("--force", action="store_true", help="start over (drops an interrupted or finished run)")
+    distill.set_defaults(func=cmd_data_distill)
 
     train = verbs.add_parser("train", help="train a supernet or a model").add_subparsers(
         dest="train_verb", metavar="WHAT", required=True)
@@ -344,6 +371,12 @@ def build_parser() -> argparse.ArgumentParser:
     sup.add_argument("--sandwich", action="store_true", help="also train the largest and smallest subnet each update")
     sup.add_argument("--init-from", default=None,
                      help="start from the weights of a supernet folder (fresh optimizer; use --resume to continue a run)")
+    sup.add_argument("--weight-sharing", default="prefix", metavar="KIND",
+                     help="prefix (slices of one weight set, HAT) | mos-layer | mos-neuron (Mixture-of-Supernets: "
+                          "weight sets mixed per matrix or per output neuron by an architecture router; docs/mos.md)")
+    sup.add_argument("--mos-sets", type=int, default=None, help="MoS: weight sets E per matrix (default 2)")
+    sup.add_argument("--mos-hidden", type=int, default=None, help="MoS: hidden units H of the architecture router "
+                                                                  "(default 128)")
     _add_train_args(sup)
     sup.set_defaults(func=cmd_train_supernet)
     mod = train.add_parser("model", help="one architecture -> a model folder", description=cmd_train_model.__doc__)
@@ -426,6 +459,7 @@ def build_parser() -> argparse.ArgumentParser:
     pl.set_defaults(func=cmd_pull)
 
     add_search_verbs(verbs)
+    add_bench_verb(verbs)
     return parser
 
 

@@ -62,9 +62,36 @@ def cmd_search_fit_predictor(args: argparse.Namespace) -> int:
     return 0
 
 
+# DartsConfig fields settable from `search run --method darts` (d_model: the supernet width)
+DARTS_FLAGS = {"steps": int, "max_tokens": int, "warmup": int, "arch_start": int, "splits": int, "d_model": int,
+               "lr": float, "arch_lr": float, "latency_weight": float, "minutes": float}
+
+
+def cmd_search_darts(args: argparse.Namespace) -> int:
+    """Differentiable (DARTS) search on multi-split reversible layers; trains its own relaxed supernet."""
+    from .search.darts import DartsConfig, run_darts
+
+    refused = [flag for flag, value in (("--gflops", args.gflops), ("--resume", args.resume)) if value]
+    if refused:
+        raise ConfigError(f"{', '.join(refused)}: not available with --method darts")
+    space_arg = args.space or (str(Path(args.supernet) / "space.json") if args.supernet else "small")
+    given = {flag: getattr(args, flag) for flag in DARTS_FLAGS if getattr(args, flag) is not None}
+    cfg = DartsConfig(**given, reversible=not args.no_reversible, seed=args.seed)
+    best = run_darts(_space_arg(space_arg), args.data, args.out, cfg, latency_ms=args.latency_ms,
+                     predictor=args.predictor, dense_only=args.dense_only)
+    print(best.to_json())
+    return 0
+
+
 def cmd_search_run(args: argparse.Namespace) -> int:
-    """Evolutionary search on a trained supernet under a latency and/or GFLOPs budget."""
+    """Evolutionary search on a trained supernet under a latency and/or GFLOPs budget (or, with
+    --method darts, a differentiable search that trains its own relaxed supernet)."""
     from .search.evolution import EvolutionConfig
+
+    if args.method == "darts":
+        return cmd_search_darts(args)
+    if args.supernet is None:
+        raise ConfigError("--supernet is required by the evolutionary search (--method evolution)")
     from .search.run import run_search
 
     cfg = EvolutionConfig(population=args.population, parents=args.parents, mutations=args.mutations,
@@ -99,7 +126,7 @@ def cmd_extract(args: argparse.Namespace) -> int:
 
 def add_search_verbs(verbs) -> None:
     """Add the `search` and `extract` verbs to the main parser's subparsers `verbs`."""
-    se = verbs.add_parser("search", help="latency tables, predictor, evolutionary search").add_subparsers(
+    se = verbs.add_parser("search", help="latency tables, predictor, evolutionary or differentiable (DARTS) search").add_subparsers(
         dest="search_verb", metavar="ACTION", required=True)
     lt = se.add_parser("latency-table", help="measure random architectures on an engine",
                        description=cmd_search_latency_table.__doc__)
@@ -131,8 +158,11 @@ def add_search_verbs(verbs) -> None:
                     help="ridge regression of log-latency on whole-model sums (measured best here) or an MLP ensemble")
     fp.add_argument("--members", type=int, default=5, help="MLPs in an mlp ensemble")
     fp.set_defaults(func=cmd_search_fit_predictor)
-    rn = se.add_parser("run", help="evolutionary search on a supernet", description=cmd_search_run.__doc__)
-    rn.add_argument("--supernet", required=True, help="supernet folder (supernet.safetensors + space.json)")
+    rn = se.add_parser("run", help="evolutionary (or DARTS) search", description=cmd_search_run.__doc__)
+    rn.add_argument("--method", default="evolution", choices=["evolution", "darts"],
+                    help="evolution on a trained supernet, or DARTS (docs/darts.md)")
+    rn.add_argument("--supernet", default=None, help="supernet folder (supernet.safetensors + space.json); "
+                    "required by evolution, gives DARTS its space")
     rn.add_argument("--data", required=True, help="dataset folder (dev split for the fitness)")
     rn.add_argument("--out", required=True, help="search folder (search.jsonl, best.json, state)")
     rn.add_argument("--latency-ms", type=float, default=None, help="predicted latency budget")
@@ -149,6 +179,12 @@ def add_search_verbs(verbs) -> None:
     for flag in ("population", "parents", "mutations", "crossovers", "iterations", "max_tries", "seed"):
         rn.add_argument(f"--{flag.replace('_', '-')}", type=int, default=getattr(e, flag))
     rn.add_argument("--mutation-prob", type=float, default=e.mutation_prob)
+    # defaults stay in DartsConfig (flags left out keep them); importing it here would load torch on every command
+    dg = rn.add_argument_group("DARTS (--method darts; unset flags keep the DartsConfig defaults, docs/darts.md)")
+    dg.add_argument("--space", default=None, help="preset or space.json (default: the supernet's space, else small)")
+    for flag, kind in DARTS_FLAGS.items():
+        dg.add_argument(f"--{flag.replace('_', '-')}", type=kind, default=None)
+    dg.add_argument("--no-reversible", action="store_true", help="store activations instead of reconstructing them")
     rn.set_defaults(func=cmd_search_run)
 
     xt = verbs.add_parser("extract", help="extract a supernet subnet into a model folder", description=cmd_extract.__doc__)

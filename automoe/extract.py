@@ -11,9 +11,11 @@ from .supernet import SuperTransformer
 
 @torch.no_grad()
 def extract_subnet(supernet: SuperTransformer, arch: ArchConfig) -> MoETransformer:
-    """Copy the prefix-sliced supernet weights of `arch` into a new `MoETransformer(arch)`.
+    """Copy the weights that `supernet` makes for `arch` into a new `MoETransformer(arch)`.
 
-    The result owns its (small) weights; it shares no storage with the supernet and computes
+    Prefix supernet: the prefix slices. Mixture-of-Supernets (`automoe.mos`): the weights its
+    architecture router generates, collapsed once, so the model carries no router and no weight
+    sets. The result owns its (small) weights; it shares no storage with the supernet and computes
     exactly what `supernet(src, tgt, arch)` computes.
     """
     weights = supernet.subnet_weights(arch)

@@ -9,6 +9,8 @@ dropped at inference (no capacity factor).
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
+
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -66,6 +68,33 @@ def _tracing() -> bool:
     return torch.jit.is_tracing() or torch.compiler.is_compiling()
 
 
+def top1_moe(x: torch.Tensor, router_weight: torch.Tensor, experts: Sequence[Callable[[torch.Tensor], torch.Tensor]],
+             router_scale: bool = True) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The top-1 MoE layer (Switch Transformers eq. 2, arXiv 2101.03961): every token x goes to the
+    expert e = argmax_i p_i(x) of its router distribution p(x) = softmax(x R^T) (fp32, the first
+    maximum on ties) and its output is p_e(x) * E_e(x), or E_e(x) without `router_scale`.
+
+    This is the reference every form of the layer is held to: `MoEFeedForward` runs it, and the
+    exported forms (automoe.export.onnx_moe: the exact ONNX graph, automoe's int8 operator, whose
+    PyTorch model `automoe.export.kernel.reference_top1_moe` passes int8 experts) are tested against it.
+
+    x: [N, d] tokens; router_weight: [E, d]; experts: E callables [n, d] -> [n, d]. Returns
+    (output [N, d], router probabilities [N, E], chosen expert [N]).
+    """
+    with torch.autocast(device_type=x.device.type, enabled=False):
+        probs = F.linear(x.float(), router_weight).softmax(dim=-1)  # [N, E]
+    gate, choice = probs.max(dim=-1)  # [N], [N]
+    out = torch.zeros_like(x)  # [N, d]
+    for e, expert in enumerate(experts):
+        rows = (choice == e).nonzero().view(-1)  # [n_e] tokens routed to e
+        if rows.numel() == 0 and not _tracing():
+            continue  # a data-dependent skip must not be baked into a traced graph
+        out[rows] = expert(x[rows]).to(x.dtype)  # [n_e, d]
+    if router_scale:
+        out = out * gate.unsqueeze(-1).to(x.dtype)
+    return out, probs, choice
+
+
 class Expert(nn.Module):
     """One feed-forward expert: fc2(dropout(relu(fc1(x)))) with its own hidden width."""
 
@@ -107,12 +136,11 @@ class MoEFeedForward(nn.Module):
             zeros = torch.zeros(B, T, dtype=torch.long, device=x.device)
             return self.experts[0](x), x.new_zeros(()).float(), zeros
         flat = x.flatten(0, 1)  # [N, d]
-        probs = router_probabilities(flat, self.router)  # [N, n]
-        if self.top_k == 1:  # max instead of topk: fewer graph nodes, same result
-            gate, choice = probs.max(dim=-1)  # [N], [N]
+        if self.top_k == 1:
+            out, probs, choice = top1_moe(flat, self.router.weight, self.experts, self.router_scale)
             chosen = choice.unsqueeze(-1)  # [N, 1]
-            out = self._dispatch_top1(flat, gate if self.router_scale else torch.ones_like(gate), choice)
         else:
+            probs = router_probabilities(flat, self.router)  # [N, n]
             gates, chosen = top_k_route(probs, self.top_k)  # [N, k], [N, k]
             if not self.router_scale:
                 gates = torch.ones_like(gates)
@@ -126,22 +154,3 @@ class MoEFeedForward(nn.Module):
         flat_mask = None if mask is None else mask.reshape(B * T)
         loss = load_balancing_loss(probs, chosen, flat_mask)
         return out.view_as(x), loss, chosen[:, 0].view(B, T)
-
-    def _dispatch_top1(self, flat: torch.Tensor, gate: torch.Tensor, choice: torch.Tensor) -> torch.Tensor:
-        """Top-1 dispatch with few graph nodes: each expert gathers its tokens, the outputs are
-        concatenated and put back in token order with one inverse permutation, and the gate is
-        applied once. At decode time (a handful of tokens per step) the per-expert fixed cost of
-        an exported graph dominates, so this keeps 5 glue ops per expert instead of ~30.
-
-        flat [N, d], gate [N], choice [N] -> [N, d].
-        """
-        outputs, order = [], []
-        for e, expert in enumerate(self.experts):
-            token = (choice == e).nonzero().view(-1)  # [n_e] tokens routed to e
-            if token.numel() == 0 and not _tracing():
-                continue  # a data-dependent skip must not be baked into an exported graph
-            outputs.append(expert(flat.index_select(0, token)))  # [n_e, d]
-            order.append(token)
-        by_expert = torch.cat(outputs).to(flat.dtype)  # [N, d], grouped by expert
-        back = torch.cat(order).argsort()  # position of each token in `by_expert`
-        return by_expert.index_select(0, back) * gate.unsqueeze(-1).to(flat.dtype)

@@ -36,7 +36,7 @@ from .artifacts import git_commit, sha256_file
 from .checkpoint import load_state_dict, save_state_dict
 from .config import ArchConfig, SearchSpace, TrainConfig
 from .modeling import MoETransformer
-from .supernet import SuperTransformer
+from .supernet import SuperTransformer, WeightSharing, build_supernet
 
 logger = logging.getLogger(__name__)
 CHECKPOINT = "checkpoint.safetensors"
@@ -91,11 +91,12 @@ class Task:
 
 
 class SupernetTask(Task):
-    """Weight-sharing supernet training: one random subnet per update (+ sandwich)."""
+    """Weight-sharing supernet training: one random subnet per update (+ sandwich); `sharing`
+    picks the supernet (prefix slicing or Mixture-of-Supernets)."""
 
-    def __init__(self, space: SearchSpace, cfg: TrainConfig):
+    def __init__(self, space: SearchSpace, cfg: TrainConfig, sharing: WeightSharing = WeightSharing()):
         self.space, self.cfg = space, cfg
-        self.module = SuperTransformer(space)
+        self.module = build_supernet(space, sharing)
 
     def _arch(self, arch: ArchConfig) -> ArchConfig:
         return arch.replace(dropout=self.cfg.dropout)
@@ -405,27 +406,35 @@ def provenance(cfg: TrainConfig, state: LoopState, data: Dataset, **extra) -> di
 
 
 def train_supernet(space: SearchSpace, cfg: TrainConfig, run_dir: str | Path, *, resume: bool = False,
-                   init_from: str | Path | None = None, progress: bool = True) -> LoopState:
-    """Train the weight-sharing supernet of `space`; writes `run_dir/supernet.safetensors` and
-    `run_dir/space.json` at every checkpoint. `init_from` starts (not resumes: fresh optimizer and
-    schedule) from the weights of a supernet folder, e.g. a shipped one whose run state is gone."""
+                   init_from: str | Path | None = None, sharing: WeightSharing = WeightSharing(),
+                   progress: bool = True) -> LoopState:
+    """Train the weight-sharing supernet of `space` (`sharing`: prefix slicing or a
+    Mixture-of-Supernets kind); writes the supernet folder files (`save_supernet`) into `run_dir`
+    at every checkpoint. `init_from` starts (not resumes: fresh optimizer and schedule) from the
+    weights of a supernet folder of the same kind, e.g. a shipped one whose run state is gone."""
     run_dir = Path(run_dir)
+    recorded = read_sharing(run_dir) if (run_dir / SHARING_FILE).is_file() else sharing
+    if resume and recorded != sharing:
+        raise ValueError(f"--resume: {run_dir / SHARING_FILE} records weight sharing {recorded.to_dict()}, not "
+                         f"{sharing.to_dict()}; resume with the same --weight-sharing/--mos-sets/--mos-hidden")
     torch.manual_seed(cfg.seed)  # the initial weights depend on the seed only
-    task = SupernetTask(space, cfg)
-    extra = {}
+    task = SupernetTask(space, cfg, sharing)
+    extra = {"weight_sharing": sharing.to_dict()}
     if init_from is not None:
         # the earlier training travels on, so a card can state the whole budget
-        extra = {"init_from": str(init_from), "previous": _previous_training(Path(init_from) / "supernet_info.json")}
+        extra |= {"init_from": str(init_from), "previous": _previous_training(Path(init_from) / "supernet_info.json")}
     if init_from is not None and not resume:
         start = load_supernet(init_from)
         if start.space != space:
             raise ValueError(f"{init_from} is a supernet of another space ({start.space.name}); use --space "
                              f"{Path(init_from) / 'space.json'}")
-        task.module.model.load_state_dict(start.model.state_dict(), strict=True)
+        if start.sharing != sharing:
+            raise ValueError(f"{init_from} is a supernet with weight sharing {start.sharing.to_dict()}, not "
+                             f"{sharing.to_dict()}: pass the same --weight-sharing/--mos-sets/--mos-hidden")
+        task.module.load_state_dict(start.state_dict(), strict=True)
 
     def on_save(task, state, data):
-        save_state_dict(task.module.model.state_dict(), run_dir / "supernet.safetensors")
-        space.save(run_dir / "space.json")
+        save_supernet(task.module, run_dir)
         shutil.copyfile(data.spm_path, run_dir / "spm.model")  # the tokenizer travels with the supernet
         info = provenance(cfg, state, data, **extra)
         (run_dir / "supernet_info.json").write_text(json.dumps(info, indent=2) + "\n")
@@ -442,17 +451,58 @@ def _previous_training(info_file: Path) -> dict | None:
     return {k: info.get(k) for k in keys}
 
 
+SHARING_FILE = "weight_sharing.json"
+
+
+def save_supernet(supernet: SuperTransformer, run_dir: str | Path) -> None:
+    """Write a supernet folder's weights and description: `supernet.safetensors`, `space.json`
+    and `weight_sharing.json` (its kind, and E and H for a Mixture-of-Supernets)."""
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    save_state_dict(supernet.weights(), run_dir / "supernet.safetensors")
+    supernet.space.save(run_dir / "space.json")
+    supernet.sharing.save(run_dir / SHARING_FILE)
+
+
+def read_sharing(run_dir: str | Path) -> WeightSharing:
+    """The weight sharing recorded in a supernet folder; prefix for folders written before it was."""
+    from .config import ConfigError
+
+    path = Path(run_dir) / SHARING_FILE
+    if not path.is_file():
+        return WeightSharing()
+    try:
+        return WeightSharing.load(path)
+    except (ConfigError, TypeError) as e:
+        raise ConfigError(f"{path}: {e}") from e
+
+
 def load_supernet(run_dir: str | Path) -> SuperTransformer:
-    """Load `supernet.safetensors` + `space.json` written by `train_supernet` (strict)."""
-    from .checkpoint import check_state_dict
+    """Load a supernet folder written by `save_supernet` (strict): the class and its size come
+    from `weight_sharing.json`, the space from `space.json`."""
+    from .checkpoint import CheckpointError
 
     run_dir = Path(run_dir)
     space = SearchSpace.load(run_dir / "space.json")
-    supernet = SuperTransformer(space)
-    state = load_state_dict(run_dir / "supernet.safetensors")
-    check_state_dict(supernet.model.state_dict(), state, str(run_dir / "supernet.safetensors"))
-    supernet.model.load_state_dict({k: v.float() for k, v in state.items()}, strict=True)
+    sharing = read_sharing(run_dir)
+    supernet = build_supernet(space, sharing)
+    weights = run_dir / "supernet.safetensors"
+    state = load_state_dict(weights)
+    if sharing.kind == "prefix" and any(k.startswith("arch_router.") for k in state):
+        raise CheckpointError(f"{weights} holds a Mixture-of-Supernets (arch_router tensors) but "
+                              f"{run_dir / SHARING_FILE} is missing: copy it from the training run folder")
+    supernet.load_weights(state, str(weights))
     return supernet.eval()
+
+
+def training_recipe(data_dir: str | Path, init_from: str | Path | None) -> str:
+    """How a model's training started, as cards and results name it: "inherit" (fine-tuned from a
+    supernet's weights), "distill" (trained on a teacher's translations, `automoe data distill`),
+    "inherit+distill" (both) or "scratch"."""
+    manifest = Path(data_dir) / "manifest.json"
+    distilled = manifest.exists() and "distillation" in json.loads(manifest.read_text(encoding="utf-8"))
+    parts = (["inherit"] if init_from is not None else []) + (["distill"] if distilled else [])
+    return "+".join(parts) or "scratch"
 
 
 def train_model(arch: ArchConfig, cfg: TrainConfig, out_dir: str | Path, run_dir: str | Path, *,
@@ -467,11 +517,12 @@ def train_model(arch: ArchConfig, cfg: TrainConfig, out_dir: str | Path, run_dir
     if init_from is not None and not resume:
         init = extract_subnet(load_supernet(init_from), arch)
     task = ModelTask(arch, cfg, init)
+    recipe = training_recipe(cfg.data, init_from)
 
     def on_save(task, state, data):
         model = task.module
         model.save_pretrained(out_dir, tokenizer_file=data.spm_path,
-                              training=provenance(cfg, state, data, name=name,
+                              training=provenance(cfg, state, data, name=name, recipe=recipe,
                                                   init_from=str(init_from) if init_from else None))
 
     return run_training(task, cfg, run_dir, resume=resume, on_save=on_save, progress=progress)

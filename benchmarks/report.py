@@ -1,10 +1,10 @@
-"""Write the README's result tables from the committed results files (never by hand).
+"""Write the result tables of README.md and docs/*.md from the committed results files (never by hand).
 
-Each table sits between `<!-- results:NAME -->` and `<!-- /results:NAME -->` in README.md and is
-rebuilt from benchmarks/results/*.jsonl (the latest run of each benchmark). `--check` exits 1 if
-the README is out of date.
+Each table sits between `<!-- results:NAME -->` and `<!-- /results:NAME -->` in one of DOCUMENTS and
+is rebuilt from benchmarks/results/*.jsonl (the latest run of each benchmark). `--check` exits 1 if
+a document is out of date.
 
-    python benchmarks/report.py            # rewrite README.md
+    python benchmarks/report.py            # rewrite them
     python benchmarks/report.py --check
 """
 
@@ -19,6 +19,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "benchmarks" / "results"
+DOCUMENTS = (ROOT / "README.md", ROOT / "docs" / "moe_dispatch.md")
+FORMS = ("kernel", "compact")  # the MoE forms automoe exports (int8 default first); records of others stay as data
 
 
 def _read(name: str) -> list[dict]:
@@ -80,146 +82,109 @@ def _form(r: dict) -> str:
     return r.get("moe_dispatch") or "compact"
 
 
+def _pct(value: float) -> str:
+    return f"{100 * value:+.1f}%"
+
+
 def _overhead_cell(value: float, least: float | None) -> str:
     """An overhead and, after a semicolon, its ratio of per-step minima (when measured)."""
-    return f"{100 * value:+.1f}%" + ("" if least is None else f"; {100 * least:+.1f}%")
+    return _pct(value) + ("" if least is None else f"; {_pct(least)}")
 
 
 def _step_cell(r: dict, key: str, over: str) -> str:
-    """A moe_overhead record's pooled median step ms of `key` and its overhead `over` (; per-step minima)."""
-    if key not in r:
-        return ""
-    least = r.get(f"{over}_min")
-    return f"{r[key]['median_ms']:.3f} ({100 * r[over]:+.1f}%" + (f"; {100 * least:+.1f}%)" if least is not None else ")")
+    """A timing record's pooled median step ms of `key` and its overhead `over` (; per-step minima)."""
+    return f"{r[key]['median_ms']:.3f} ({_overhead_cell(r[over], r.get(f'{over}_min'))})"
 
 
 def _control_cell(r: dict) -> str:
-    """A moe_overhead record's A/A control: median (quartiles); per-step minima."""
+    """A timing record's A/A control: median (quartiles); per-step minima."""
     q1, q3 = r["control_overhead_quartiles"]
-    return f"{100 * r['control_overhead']:+.1f}% ({100 * q1:+.0f}% .. {100 * q3:+.0f}%); {100 * r['control_overhead_min']:+.1f}%"
+    return f"{_pct(r['control_overhead'])} ({100 * q1:+.0f}% .. {100 * q3:+.0f}%); {_pct(r['control_overhead_min'])}"
 
 
 def _opening(r: dict) -> str:
-    """How a timing record's sessions were opened (moe_overhead.open_interleaved, or all of a model's together)."""
+    """How a timing record's sessions were opened (moe_harness.open_interleaved, or all of a model's together)."""
     return "opened in rotation" if r.get("opening") == "interleaved" else "each model's opened together"
 
 
-def moe_overhead_table() -> str:
-    """The latest MoE dispatch overhead measurement with trained weights: one row per FFN width (and
-    per turn length, when the run timed several) measured in it."""
-    run = _run_of("moe_overhead", "supernet", hours=1)  # ~5 minutes per width and turn length
-    if not run:
-        return "_Not measured yet (benchmarks/moe_overhead.py)._"
-    last = run[-1]
-    latest = {(r["width"], r.get("turn")): r for r in run}  # the last record of each width and turn length
-    protocols = {r.get("turn"): r for r in latest.values()}  # turn length -> one of its records
-    several = len(protocols) > 1
-    paired = "paired_turns" in last
-
-    head = ("| FFN width |" + (" turn (sentences) |" if several else "") + " dense step ms | 4 experts: step ms "
-            "(overhead) | all tokens to expert 0 (fixed dispatch cost) | PyTorch's traced dispatch |"
-            + (" dense against itself (A/A control) |" if paired else "") + " int8 decoder MiB dense / MoE |")
-    lines = [head, "|---:|" + ("---:|" if several else "") + "---:|---:|---:|---:|" + ("---:|" if paired else "") + "---:|"]
-    for (width, turn), r in sorted(latest.items(), key=lambda kv: (-kv[0][0], kv[0][1] or 0)):
-        mib = r.get("decoder_mib") or {}
-        lines.append(f"| {width} |" + (f" {turn} |" if several else "") + f" {r['dense_step']['median_ms']:.3f} | "
-                     f"{_step_cell(r, 'moe_step', 'overhead')} | {_step_cell(r, 'moe_one_expert_step', 'dispatch_overhead')} | "
-                     f"{_step_cell(r, 'moe_traced_step', 'traced_overhead')} |" + (f" {_control_cell(r)} |" if paired else "")
-                     + f" {mib.get('dense', '')} / {mib.get('moe', '')} |")
-    if paired:
-        turns = " or ".join(f"{t} sentences per model (the first {r['warmup']} untimed; {r.get('paired_turns')} turns, "
-                            f"{r.get('timed_steps', '?')} timed steps per model and pass)"
-                            for t, r in sorted(protocols.items(), key=lambda kv: kv[0] or 0))
-        instances = last.get("instances", 1)
-        sessions = (f", each model running as {instances} sessions (memory layouts, {_opening(last)}), one per turn "
-                    f"in rotation" if instances > 1 else "")
-        protocol = (f"{last['rounds']} passes in turns of {turns}, the order rotating per turn{sessions}. Overhead: the median "
-                    f"over turns of the ratio to the same turn of the dense model; after the semicolon, the ratio of "
-                    f"per-step minima over passes (the least-contended cost); the control's quartiles show how far "
-                    f"one paired turn strays on this host")
-    else:
-        protocol = (f"in blocks of {last.get('block', 1)} sentences, the first untimed "
-                    f"({last.get('timed_steps', '?')} timed steps per model and pass)")
-    return ("\n".join(lines) + f"\n\nDecoder step, ONNX Runtime {last['quantization'] or 'fp32'}, "
-            f"{last['threads']} thread, batch 1, beam {last['beam']}; the recorded steps of {last['sentences']} real "
-            f"test sentences replayed through every model, {protocol}; ms are pooled medians. Weights and routers of "
-            f"`{last['supernet']}`, L3 cache {last.get('l3_cache')}, commit {_commits(run)}.")
-
-
-def _split_overhead_rows(run: list[dict], traced: bool, forms: bool = False) -> str:
-    """The table of a run's last record per FFN width, widest first: dense step, the MoE model, all
-    tokens to expert 0, the other experts on top, (with `traced` PyTorch's traced dispatch,) the A/A
-    control (and with `traced` the decoder sizes, which the same script records). With `forms`, `run`
-    may hold runs of several MoE export forms: a first column names each row's, forms in order of
-    appearance."""
-    extra = ("PyTorch's traced dispatch | ", " int8 decoder MiB dense / MoE |") if traced else ("", "")
+def _overhead_rows(run: list[dict], sizes: bool, forms: bool = False) -> str:
+    """The table of a run's last record per FFN width (and MoE form, with `forms`: a first column,
+    forms in FORMS order), widest first: dense step, the MoE model, all tokens to expert 0, the
+    other experts on top, the A/A control (and with `sizes` the decoder.onnx sizes)."""
     lines = [("| MoE form " if forms else "") + "| FFN width | dense step ms | 4 experts: step ms (overhead) | all tokens "
-             "to expert 0 (fixed dispatch cost) | other experts (the beams' extra distinct experts) | "
-             f"{extra[0]}dense against itself (A/A control) |{extra[1]}",
-             ("|---" if forms else "") + "|---:|---:|---:|---:|---:|" + "---:|" * (3 if traced else 1)]
+             "to expert 0 (fixed dispatch cost) | other experts (the beams' extra distinct experts) | dense against "
+             "itself (A/A control) |" + (" int8 decoder MiB dense / MoE |" if sizes else ""),
+             ("|---" if forms else "") + "|---:|---:|---:|---:|---:|---:|" + ("---:|" if sizes else "")]
     latest = {(_form(r), r["width"]): r for r in run}
-    order = list(dict.fromkeys(_form(r) for r in run))
-    for (form, width), r in sorted(latest.items(), key=lambda item: (order.index(item[0][0]), -item[0][1])):
+    for (form, width), r in sorted(latest.items(), key=lambda item: (FORMS.index(item[0][0]), -item[0][1])):
         lines.append((f"| {form} " if forms else "") + f"| {width} | {r['dense_step']['median_ms']:.3f} | "
-                     f"{_step_cell(r, 'moe_step', 'overhead')} | "
-                     f"{_step_cell(r, 'moe_one_expert_step', 'dispatch_overhead')} | "
-                     f"{_overhead_cell(r['expert_overhead'], r.get('expert_overhead_min'))} | "
-                     + (f"{_step_cell(r, 'moe_traced_step', 'traced_overhead')} | " if traced else "") + f"{_control_cell(r)} |"
-                     + (f" {r['decoder_mib']['dense']} / {r['decoder_mib']['moe']} |" if traced else ""))
+                     f"{_step_cell(r, 'moe_step', 'overhead')} | {_step_cell(r, 'moe_one_expert_step', 'dispatch_overhead')} | "
+                     f"{_overhead_cell(r['expert_overhead'], r.get('expert_overhead_min'))} | {_control_cell(r)} |"
+                     + (f" {r['decoder_mib']['dense']} / {r['decoder_mib']['moe']} |" if sizes else ""))
     return "\n".join(lines)
 
 
-def moe_overhead_scale_table() -> str:
-    """The latest MoE dispatch overhead measurement with random weights of a larger preset space
-    (`moe_overhead.py --space`): one row per FFN width."""
-    run = _run_of("moe_overhead", "space", hours=1.5)  # ~10 minutes per width
+def _protocol(r: dict, unit: str = "step") -> str:
+    """The replay protocol of a timing record, in words."""
+    return (f"{r['rounds']} passes in turns of {r['turn']} sentences (the first {r['warmup']} untimed; "
+            f"{r['paired_turns']} paired turns), {r.get('instances', 1)} sessions per model ({_opening(r)}) in "
+            f"rotation; overhead: the median over turns of the ratio to the same turn of the dense model; after the "
+            f"semicolon, the ratio of per-{unit} minima over passes; the control's quartiles show how far one paired "
+            f"turn strays on this host")
+
+
+def moe_overhead_table(random: bool = False) -> str:
+    """The latest decoder.onnx dispatch overhead (study overhead), one row per FFN width: with trained
+    weights, or with `random` the random weights of a larger preset space (`--space`)."""
+    run = _run_of("moe_overhead", "space" if random else "supernet", hours=1.5)
+    run = [r for r in run if "paired_turns" in r]  # the oldest records timed unpaired blocks
     if not run:
-        return "_Not measured yet (benchmarks/moe_overhead.py --space wmt14)._"
+        return "_Not measured yet (benchmarks/moe_dispatch.py --study overhead" + (" --space)._" if random else ")._")
     last = run[-1]
-    return (_split_overhead_rows(run, traced=True) + f"\n\nThe `{last['space']}` space's largest model (d_model {last['d_model']}, "
-            f"{last['decoder_layers']} decoder layers) with random weights (seed {last['seed']}) and random routers, "
-            f"so its routing is not a trained router's. Otherwise as above: ONNX Runtime {last['quantization'] or 'fp32'}, "
-            f"{last['threads']} thread, batch 1, beam {last['beam']}; the recorded steps of {last['sentences']} real "
-            f"test sentences (at most {last['max_length']} tokens each) replayed through every model, {last['rounds']} "
-            f"passes in turns of {last['turn']} sentences (the first {last['warmup']} untimed; {last['paired_turns']} "
-            f"turns), {last['instances']} sessions per model ({_opening(last)}) in rotation; after the semicolon, "
-            f"the ratio of per-step minima over passes; commit {_commits(run)}.")
+    weights = (f"The `{last['space']}` space's largest model (d_model {last['d_model']}, {last['decoder_layers']} decoder "
+               f"layers) with random weights (seed {last['seed']}) and random routers, so its routing is not a trained "
+               f"router's, at most {last['max_length']} tokens per sentence" if random else
+               f"Weights and routers of `{last['supernet']}`")
+    return (_overhead_rows(run, sizes=True) + f"\n\nDecoder step (decoder.onnx, the compact form), ONNX Runtime "
+            f"{last['quantization'] or 'fp32'}, {last['threads']} thread, batch 1, beam {last['beam']}; the recorded steps "
+            f"of {last['sentences']} real test sentences replayed through every model, {_protocol(last)}; ms are pooled "
+            f"medians. {weights}; L3 cache {last.get('l3_cache')}, commit {_commits(run)}.")
+
+
+def _beam_runs() -> list[list[dict]]:
+    """Per MoE form (FORMS order), the last run of the beam study with trained weights."""
+    return [run for form in FORMS if (run := _run_of("moe_overhead_beam", "supernet", hours=1.5, form=form))]
 
 
 def moe_overhead_beam_table() -> str:
-    """The latest MoE decode-step overhead timed inside the exported beam graph (moe_overhead_beam.py,
-    trained weights): one row per MoE export form (the int8 default, automoe's kernel, first; then
-    QMoE, then compact) and FFN width."""
-    runs = [run for form in ("kernel", "qmoe", "compact")
-            if (run := _run_of("moe_overhead_beam", "supernet", hours=1.5, form=form))]
+    """The latest decode-step overhead inside the exported beam graph (study beam, trained weights):
+    one row per MoE form automoe exports and FFN width."""
+    runs = _beam_runs()
     if not runs:
-        return "_Not measured yet (benchmarks/moe_overhead_beam.py)._"
+        return "_Not measured yet (benchmarks/moe_dispatch.py --study beam)._"
     repeats = _repeated_runs(runs)
     runs = [list({r["width"]: r for r in form_run}.values()) for form_run in runs]  # the records shown
     run = [r for form_run in runs for r in form_run]
     last = max(run, key=lambda r: r["date"])
     short, long = last["lengths"]
     dates = "; ".join(f"{_form(r[-1])} {r[-1]['date'][:10]}, commit {_commits(r)}" for r in runs)
-    return (_split_overhead_rows(run, traced=False, forms=True) + f"\n\nDecoder step inside the exported beam graph (`com.microsoft.BeamSearch`, what "
-            f"`Translator` runs at batch 1), ONNX Runtime {last['quantization'] or 'fp32'}, {last['threads']} thread, "
-            f"beam {last['beam']}: each of {last['sentences']} real test sentences decoded to {short} and to {long} tokens "
-            f"(end token suppressed), step = (time at {long} - time at {short}) / {long - short}; {last['rounds']} passes "
-            f"in turns of {last['turn']} sentences (the first {last['warmup']} untimed; {last['paired_turns']} turns), "
-            f"{last['instances']} sessions per model ({_opening(last)}) in rotation. Overhead: the median over turns of "
-            f"the ratio to the same turn of the dense model; after the semicolon, the ratio of per-sentence minima over "
-            f"passes. Weights and routers of `{last['supernet']}`, L3 cache {last.get('l3_cache')}. MoE form: how the "
-            f"export writes the MoE layers (`kernel`: automoe's own int8 operator, export/csrc/automoe_ops.cc, the int8 "
-            f"default; `qmoe`: ONNX Runtime's fused QMoE operator, the default where no C++ compiler builds automoe's; "
-            f"`compact`: the exact sort / split / scatter graph); the last run of each: {dates}." + _form_ratios(run) + repeats)
+    return (_overhead_rows(run, sizes=False, forms=True) + f"\n\nDecoder step inside the exported beam graph "
+            f"(`com.microsoft.BeamSearch`, what `Translator` runs at batch 1), ONNX Runtime "
+            f"{last['quantization'] or 'fp32'}, {last['threads']} thread, beam {last['beam']}: each of "
+            f"{last['sentences']} real test sentences decoded to {short} and to {long} tokens (end token suppressed), "
+            f"step = (time at {long} - time at {short}) / {long - short}; {_protocol(last, 'sentence')}. Weights and "
+            f"routers of `{last['supernet']}`, L3 cache {last.get('l3_cache')}. MoE form: `kernel`, automoe's int8 "
+            f"operator (the int8 default); `compact`, the exact graph (the default without a C++ compiler); the last "
+            f"run of each: {dates}." + _form_ratios(run) + repeats)
 
 
 def _repeated_runs(runs: list[list[dict]]) -> str:
-    """A sentence per MoE form whose shown run timed a width more than once (the same script run
-    again within the run's hours): every overhead measured, oldest first, so a table row that is
-    only the last of several is not read as the only one (empty when no width was repeated)."""
+    """A sentence per MoE form whose shown run timed a width more than once (the study run again
+    within the run's hours): every overhead measured, oldest first, so a table row that is only the
+    last of several is not read as the only one (empty when no width was repeated)."""
     def cell(r: dict) -> str:
         least = r.get("overhead_min")
-        return f"{100 * r['overhead']:+.1f}%" + ("" if least is None else f" [{100 * least:+.1f}%]")
+        return _pct(r["overhead"]) + ("" if least is None else f" [{_pct(least)}]")
 
     out = ""
     for form_run in runs:
@@ -236,10 +201,10 @@ def _repeated_runs(runs: list[list[dict]]) -> str:
 
 
 def _form_ratios(run: list[dict]) -> str:
-    """Sentences on the records timed with `--against-form`, one per pair of forms: the MoE step in
-    the record's form over the same model in the other form, paired turn by turn in one run (empty
-    when there are none)."""
-    paired = sorted((r for r in run if r.get("form_ratio") is not None), key=lambda r: -r["width"])
+    """Sentences on the records timed with `--against-form` (another form automoe exports), one per
+    pair of forms: the MoE step in the record's form over the other, paired turn by turn in one run."""
+    paired = sorted((r for r in run if r.get("form_ratio") is not None and r["against_form"] in FORMS),
+                    key=lambda r: -r["width"])
     out = ""
     for form, against in dict.fromkeys((_form(r), r["against_form"]) for r in paired):
         cells = ", ".join(f"{r['width']}: {_overhead_cell(r['form_ratio'], r.get('form_ratio_min'))}"
@@ -249,33 +214,48 @@ def _form_ratios(run: list[dict]) -> str:
     return out
 
 
+def moe_summary_table() -> str:
+    """The README's summary: the step of the 4-expert model against dense as users decode (the beam
+    graph, int8, the default form), and what the int8 form costs in BLEU."""
+    runs = _beam_runs()
+    if not runs:
+        return "_Not measured yet (benchmarks/moe_dispatch.py --study beam)._"
+    run = list({r["width"]: r for r in runs[0]}.values())
+    r = run[-1]
+    bleu = _read("moe_bleu")
+    change = (bleu[-1]["scores"].get(f"onnxruntime-int8-{_form(r)}") or {}).get("bleu_change") if bleu else None
+    return (_overhead_rows(run, sizes=False) + f"\n\nDecoder step of a model with {r['experts']} top-1 experts per layer against the "
+            f"same model with one dense FFN, inside the exported beam graph (what `Translator` runs for one sentence), "
+            f"ONNX Runtime {r['quantization'] or 'fp32'} with the `{_form(r)}` MoE form, {r['threads']} thread, beam "
+            f"{r['beam']}; weights and routers of `{r['supernet']}`; {_protocol(r, 'sentence')}; commit {_commits(run)}."
+            + ("" if change is None else f" BLEU of this form against PyTorch fp32: {change:+.2f}.")
+            + " Protocol, the other forms and the other studies: [docs/moe_dispatch.md](docs/moe_dispatch.md).")
+
+
 def moe_forms_table() -> str:
-    """The latest comparison of the MoE forms graph by graph (moe_forms.py): one row per FFN width,
-    one column per graph timed (the encoder, then decoder.onnx by batch size)."""
-    run = list({r["width"]: r for r in _run_of("moe_forms", "supernet", hours=1.5)}.values())
+    """The latest comparison of the compact and kernel forms graph by graph (study forms): one row per
+    FFN width, one column per graph timed (the encoder, then decoder.onnx by batch size)."""
+    records = [r for r in _read("moe_forms") if all("kernel" in g.get("ratios", {}) for g in r["graphs"].values())]
+    run = list({r["width"]: r for r in _last_run([r for r in records if r.get("supernet")], "supernet",
+                                                  hours=1.5)}.values())
     if not run:
-        return "_Not measured yet (benchmarks/moe_forms.py)._"
+        return "_Not measured yet (benchmarks/moe_dispatch.py --study forms)._"
     order = lambda g: (0, 0) if g == "encoder" else (1, int(g.split("@")[1]))  # noqa: E731  (decoder@B by B)
     graphs = sorted({g for r in run for g in r["graphs"]}, key=order)
-    label = lambda g, r: ("encoder (one source)" if g == "encoder" else  # noqa: E731
-                          f"decoder.onnx, batch {g.split('@')[1]} ({r['graphs'][g]['rows_per_call']} rows per step)")
     last = max(run, key=lambda r: r["date"])
-    fused = list(_fused_ratios(next(iter(last["graphs"].values()))))
-    lines = ["| FFN width | " + " | ".join(label(g, last) for g in graphs) + " |", "|---:|" + "---:|" * len(graphs)]
+    label = lambda g: ("encoder (one source)" if g == "encoder" else  # noqa: E731
+                       f"decoder.onnx, batch {g.split('@')[1]} ({last['graphs'][g]['rows_per_call']} rows per step)")
+    lines = ["| FFN width | " + " | ".join(label(g) for g in graphs) + " |", "|---:|" + "---:|" * len(graphs)]
     for r in sorted(run, key=lambda r: -r["width"]):
         cells = []
         for g in graphs:
             c = r["graphs"].get(g)
-            if c is None:
-                cells.append("")
-                continue
-            ratios = _fused_ratios(c)
-            cells.append(" / ".join(f"{c[f'{form}_call']['median_ms']:.3f}" for form in ["compact", *ratios])
-                         + " (" + ", ".join(_overhead_cell(*pair) for pair in ratios.values()) + ")")
+            kernel = c and c["ratios"]["kernel"]
+            cells.append("" if c is None else f"{c['compact_call']['median_ms']:.3f} / {c['kernel_call']['median_ms']:.3f} "
+                                              f"({_overhead_cell(kernel['ratio'], kernel['min'])})")
         lines.append(f"| {r['width']} | " + " | ".join(cells) + " |")
-    names = " / ".join(f"`{form}`" for form in ["compact", *fused])
-    return ("\n".join(lines) + f"\n\nms per call, {names}, and in brackets {' and '.join(fused)} over compact (negative: "
-            f"faster than compact): the median over turns of the ratio of the two forms' times in the same turn; after "
+    return ("\n".join(lines) + "\n\nms per call, `compact` / `kernel`, and in brackets kernel over compact (negative: "
+            "faster than compact): the median over turns of the ratio of the two forms' times in the same turn; after "
             f"the semicolon, the ratio of per-item minima over passes. One model with {last['experts']} top-1 experts "
             f"per layer (weights and routers of `{last['supernet']}`), exported int8 in each form, ONNX Runtime, "
             f"{last['threads']} thread, beam {last['beam']}; the encoder runs {last['sentences']} real test sources "
@@ -283,21 +263,13 @@ def moe_forms_table() -> str:
             f"{last['rounds']} passes; commit {_commits(run)}, {last['date'][:10]}.")
 
 
-def _fused_ratios(graph: dict) -> dict[str, tuple[float, float | None]]:
-    """{fused form: (ratio over compact, ratio of minima)} of one graph of a moe_forms record; records
-    written before `ratios` timed qmoe alone, in the fields `ratio` and `ratio_min`."""
-    if "ratios" in graph:
-        return {form: (v["ratio"], v["min"]) for form, v in graph["ratios"].items()}
-    return {"qmoe": (graph["ratio"], graph["ratio_min"])}
-
-
 def moe_dispatch_parts_table(random: bool = False) -> str:
-    """The latest in-place breakdown of the fixed dispatch cost: one row per FFN width, each column
-    cutting more of the all-tokens-to-expert-0 graph's dispatch. With `random`, the latest run on
-    random weights of a preset space (`--space`) instead of a trained supernet's."""
+    """The latest in-place breakdown of the fixed dispatch cost (study parts): one row per FFN width,
+    each column cutting more of the all-tokens-to-expert-0 graph's dispatch. With `random`, the
+    latest run on random weights of a preset space (`--space`) instead of a trained supernet's."""
     run = _run_of("moe_dispatch_parts", "space" if random else "supernet", hours=1.5 if random else 1)
     if not run:
-        return "_Not measured yet (benchmarks/moe_dispatch_parts.py" + (" --space)._" if random else ")._")
+        return "_Not measured yet (benchmarks/moe_dispatch.py --study parts" + (" --space)._" if random else ")._")
     latest = {r["width"]: r for r in run}
     last = run[-1]
     cuts = ("no-empty", "no-split", "router-only")
@@ -328,33 +300,70 @@ def moe_dispatch_parts_table(random: bool = False) -> str:
                                             if random else f"Weights of `{last['supernet']}`") + f", commit {_commits(run)}.")
 
 
-def moe_instructions_table() -> str:
-    """The latest counted (cachegrind) MoE decoder step, one row per width and MoE model."""
-    run = _last_run(_read("moe_instructions"), "supernet", hours=1.5)  # ~10 minutes per width
-    if not run:
-        return "_Not measured yet (benchmarks/moe_instructions.py)._"
-    latest = {r["width"]: r for r in run}
-    sizes = list(run[-1]["per_step"])
-    lli = "lli_misses" in run[-1]["per_step"][sizes[0]]["dense"]  # instruction fetches missing the LL (newer records)
-    misses = ["lld_misses"] + (["lli_misses"] if lli else [])
-    lines = ["| FFN width | model | instructions | I1 misses | D1 misses | " + " | ".join(f"LL misses ({s})" for s in sizes)
-             + "".join(f" | LL instruction misses ({s})" for s in sizes if lli) + " | mispredicted branches |",
-             "|---:|---|---:|---:|---:|" + "---:|" * len(sizes) * len(misses) + "---:|"]
-    for width, r in sorted(latest.items(), reverse=True):
-        dense = r["per_step"][sizes[0]]["dense"]
-        lines.append(f"| {width} | dense | {dense['instructions'] / 1e6:.2f}M | {dense['i1_misses']:,} | "
-                     f"{dense['d1_misses']:,} | " + " | ".join(f"{r['per_step'][s]['dense'][key]:,}" for key in misses
-                                                              for s in sizes) + f" | {dense['mispredicts']:,} |")
-        for name in r["vs_dense"][sizes[0]]:
-            pct = lambda s, key: f"{100 * r['vs_dense'][s][name][key]:+.1f}%"  # noqa: E731
-            lines.append(f"| {width} | {name} | {pct(sizes[0], 'instructions')} | {pct(sizes[0], 'i1_misses')} | "
-                         f"{pct(sizes[0], 'd1_misses')} | " + " | ".join(pct(s, key) for key in misses for s in sizes)
-                         + f" | {pct(sizes[0], 'mispredicts')} |")
-    last = run[-1]
-    return ("\n".join(lines) + f"\n\nOne decoder step (ONNX Runtime int8, beam 4), counted by cachegrind over "
-            f"{last['steps']} recorded steps of {last['sentences']} real test sentences: dense rows per step, MoE rows "
-            f"relative to dense; simulated last-level caches {', '.join(sizes)} ({last['ll_ways']}-way). Weights and "
-            f"routers of `{last['supernet']}`, commit {_commits(run)}.")
+def moe_bleu_table() -> str:
+    """The latest BLEU of a trained MoE model's int8 MoE forms at batch 1 (study bleu): one row per
+    engine and form automoe exports, PyTorch fp32 first."""
+    records = _read("moe_bleu")
+    if not records:
+        return "_Not measured yet (benchmarks/moe_dispatch.py --study bleu)._"
+    r = records[-1]
+    lines = ["| engine | BLEU | change vs torch fp32 | chrF |", "|---|---:|---:|---:|"]
+    for name, s in r["scores"].items():
+        if name == "torch-fp32" or name.rsplit("-", 1)[-1] in FORMS:
+            lines.append(f"| {name} | {s['bleu']:.2f} | {s['bleu_change']:+.2f} | {s['chrf']:.2f} |")
+    return ("\n".join(lines) + f"\n\nThe model with {r['experts']} top-1 experts of width {r['width']} in every layer "
+            f"(weights and routers of `{r['supernet']}`), {r['sentences']} test sentences, beam {r['beam']}; the ONNX "
+            f"Runtime exports translate one sentence at a time (the beam graph, where the int8 MoE forms differ), "
+            f"PyTorch in batches; BLEU `{r['bleu_signature']}`; commit {_commits([r])}, {r['date'][:10]}.")
+
+
+def _spread(values: list[float]) -> str:
+    """A list of ratios as its range (or its one value)."""
+    lo, hi = min(values), max(values)
+    return _pct(lo) if lo == hi else f"{_pct(lo)} .. {_pct(hi)}"
+
+
+def moe_deleted_forms_table() -> str:
+    """The measurements that decided which MoE forms automoe stopped exporting (issue #29): PyTorch's
+    traced dispatch and ONNX Runtime's QMoE operator, each against the forms kept, from the records
+    the studies wrote while those forms existed."""
+    rows = []
+    traced = [r for r in _read("moe_overhead") if r.get("traced_overhead") is not None and "paired_turns" in r]
+    for field in ("supernet", "space"):
+        records = [r for r in traced if r.get(field)]
+        run = list({r["width"]: r for r in _last_run(records, field, hours=1.5)}.values())
+        if run:
+            cells = ", ".join(f"{r['width']}: {_pct(r['traced_overhead'])} vs {_pct(r['overhead'])}"
+                              for r in sorted(run, key=lambda r: -r["width"]))
+            weights = f"`{run[-1]['supernet']}`" if field == "supernet" else f"random `{run[-1]['space']}` weights"
+            slower = sum(r["traced_overhead"] > r["overhead"] for r in records)
+            rows.append(f"| traced | decoder.onnx step over dense, traced vs compact, {weights} (moe_overhead, last run; "
+                        f"traced slower in {slower} of all {len(records)} such records) | {cells} |")
+    beam = [r for r in _read("moe_overhead_beam") if r.get("form_ratio") is not None]
+    for form, against in (("qmoe", "compact"), ("kernel", "qmoe")):
+        paired = [r for r in beam if (_form(r), r["against_form"]) == (form, against)]
+        by_width = {}
+        for r in paired:
+            by_width.setdefault(r["width"], []).append(r["form_ratio"])
+        if by_width:
+            cells = ", ".join(f"{w}: {_spread(v)}" for w, v in sorted(by_width.items(), key=lambda kv: -kv[0]))
+            rows.append(f"| qmoe | beam-graph step, {form} over {against}, paired (moe_overhead_beam, {len(paired)} runs) "
+                        f"| {cells} |")
+    forms = [r for r in _read("moe_forms") if all("qmoe" in g.get("ratios", {}) for g in r["graphs"].values())]
+    if forms:
+        last = list({r["width"]: r for r in forms}.values())
+        for graph in sorted(last[-1]["graphs"], key=lambda g: (g != "encoder", g)):
+            cells = ", ".join(f"{r['width']}: {_pct(r['graphs'][graph]['ratios']['qmoe']['ratio'])} "
+                              f"(kernel {_pct(r['graphs'][graph]['ratios']['kernel']['ratio'])})"
+                              for r in sorted(last, key=lambda r: -r["width"]) if graph in r["graphs"])
+            rows.append(f"| qmoe | {graph}, qmoe over compact (kernel over compact), paired (moe_forms) | {cells} |")
+    bleu = _read("moe_bleu")
+    if bleu and "onnxruntime-int8-qmoe" in bleu[-1]["scores"]:
+        cells = ", ".join(f"{name.rsplit('-', 1)[-1]} {s['bleu']:.2f}" for name, s in bleu[-1]["scores"].items())
+        rows.append(f"| qmoe | BLEU, one sentence at a time (moe_bleu, width {bleu[-1]['width']}) | {cells} |")
+    if not rows:
+        return "_No records of the deleted forms._"
+    return "| deleted form | measured | by FFN width |\n|---|---|---|\n" + "\n".join(rows)
 
 
 def load_demo_table() -> str:
@@ -391,7 +400,7 @@ def models_table() -> str:
         if r.get("split") == "test" and (ROOT / r["model"]).is_dir():
             latest[(r["model"], r.get("arch_name"))] = r
     if not latest:
-        return "_No shipped model has been evaluated yet (benchmarks/ship.py)._"
+        return "_No shipped model has been evaluated yet (tools/ship.py)._"
     lines = ["| model | subnet | parameters | BLEU | chrF | training (same data, 2-core CPU) |",
              "|---|---|---:|---:|---:|---|"]
     for (model, name), r in sorted(latest.items(), key=lambda kv: (kv[0][0], str(kv[0][1]))):
@@ -462,49 +471,57 @@ def predictor_table() -> str:
     return text
 
 
-def moe_bleu_table() -> str:
-    """The latest BLEU of a trained MoE model's int8 MoE forms at batch 1 (moe_bleu.py): one row per
-    engine and form, PyTorch fp32 first."""
-    records = _read("moe_bleu")
-    if not records:
-        return "_Not measured yet (benchmarks/moe_bleu.py)._"
-    r = records[-1]
-    lines = ["| engine | BLEU | change vs torch fp32 | chrF |", "|---|---:|---:|---:|"]
-    for name, s in r["scores"].items():
-        lines.append(f"| {name} | {s['bleu']:.2f} | {s['bleu_change']:+.2f} | {s['chrf']:.2f} |")
-    return ("\n".join(lines) + f"\n\nThe model with {r['experts']} top-1 experts of width {r['width']} in every layer "
-            f"(weights and routers of `{r['supernet']}`), {r['sentences']} test sentences, beam {r['beam']}; the ONNX "
-            f"Runtime exports translate one sentence at a time (the beam graph, where the int8 MoE forms differ), "
-            f"PyTorch in batches; BLEU `{r['bleu_signature']}`; commit {_commits([r])}, {r['date'][:10]}.")
+def comparison_table() -> str:
+    """The proof table: the last full `automoe bench` run over the shipped models (results/bench.jsonl)."""
+    from automoe.bench import last_run, markdown_table
+
+    run = last_run(_read("bench"))
+    if not run:
+        return ("_No `automoe bench` run over the shipped models is committed yet: the Switch, HAT-style and "
+                "AutoMoE models are in training (issue #25)._")
+    plots = "".join(f"\n\n![{kind}](benchmarks/results/bench-{kind}.png)" for kind in ("latency", "gflops")
+                    if (RESULTS / f"bench-{kind}.png").exists())
+    return markdown_table(run) + plots
 
 
-TABLES = {"models": models_table, "search": search_table, "predictor": predictor_table, "engines": engines_table,
-          "moe_overhead": moe_overhead_table,
-          "moe_overhead_scale": moe_overhead_scale_table, "moe_overhead_beam": moe_overhead_beam_table,
+def darts_memory() -> str:
+    """Peak training memory of the DARTS supernet, reversible vs stored activations (darts_memory.jsonl)."""
+    from darts_memory import darts_memory_table
+
+    return darts_memory_table()
+
+
+TABLES = {"comparison": comparison_table, "darts_memory": darts_memory, "models": models_table, "search": search_table, "predictor": predictor_table, "engines": engines_table,
+          "load_demo": load_demo_table, "moe_summary": moe_summary_table, "moe_overhead": moe_overhead_table,
+          "moe_overhead_scale": lambda: moe_overhead_table(random=True), "moe_overhead_beam": moe_overhead_beam_table,
           "moe_forms": moe_forms_table, "moe_dispatch_parts": moe_dispatch_parts_table,
-          "moe_dispatch_parts_scale": lambda: moe_dispatch_parts_table(random=True),
-          "moe_instructions": moe_instructions_table, "load_demo": load_demo_table, "moe_bleu": moe_bleu_table}
+          "moe_dispatch_parts_scale": lambda: moe_dispatch_parts_table(random=True), "moe_bleu": moe_bleu_table,
+          "moe_deleted_forms": moe_deleted_forms_table}
 
 
-def render(readme: str) -> str:
-    """README text with every results block rebuilt."""
+def render(text: str) -> str:
+    """A document's text with every results block rebuilt."""
     for name, make in TABLES.items():
-        pattern = re.compile(rf"(<!-- results:{name} -->\n).*?(\n<!-- /results:{name} -->)", re.S)
-        readme = pattern.sub(lambda m: m.group(1) + make() + m.group(2), readme)
-    return readme
+        pattern = re.compile(rf"(<!-- results:{name} -->\n).*?(<!-- /results:{name} -->)", re.S)
+        text = pattern.sub(lambda m: m.group(1) + make() + "\n" + m.group(2), text)
+    return text
 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--check", action="store_true", help="exit 1 if README.md is not up to date")
-    p.add_argument("--readme", default=str(ROOT / "README.md"))
+    p.add_argument("--check", action="store_true", help="exit 1 if a document is not up to date (and name it)")
     args = p.parse_args(argv)
-    path = Path(args.readme)
-    old = path.read_text(encoding="utf-8")
-    new = render(old)
-    if args.check:
-        return 0 if new == old else 1
-    path.write_text(new, encoding="utf-8")
+    stale = []
+    for path in DOCUMENTS:
+        old = path.read_text(encoding="utf-8")
+        new = render(old)
+        if new != old:
+            stale.append(path)
+            if not args.check:
+                path.write_text(new, encoding="utf-8")
+    if args.check and stale:
+        print("out of date: " + ", ".join(path.name for path in stale) + " (run benchmarks/report.py)")
+        return 1
     return 0
 
 

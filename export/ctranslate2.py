@@ -1,8 +1,9 @@
 """Export dense subnets to CTranslate2 (its TransformerSpec: post-norm, ReLU, sinusoidal positions).
 
-The folder is a plain CTranslate2 model (model.bin, CTranslate2's config.json,
-shared_vocabulary.json) plus the SentencePiece model and export_info.json, which holds the
-automoe ArchConfig, tokenizer and provenance (config.json is CTranslate2's here).
+The folder is a plain CTranslate2 model (model.bin, config.json, shared_vocabulary.json) plus the
+SentencePiece model and export_info.json (provenance: source checksum, tool versions). Its
+config.json holds CTranslate2's settings and, beside them, the model's config (`read_config`:
+the architecture is read from there only); CTranslate2 ignores keys it does not know.
 
 `convert(config, state_dict, pieces)` is a pure function built from one small helper per
 sublayer, like CTranslate2's own converters; `to_ctranslate2` does the I/O. Each layer keeps its
@@ -138,6 +139,30 @@ def convert(config: ArchConfig, state_dict: dict, pieces: list[str]):
     return spec
 
 
+def read_config(folder: str | Path) -> ArchConfig:
+    """The architecture of a CTranslate2 export folder (the "arch" its config.json holds beside
+    CTranslate2's own settings)."""
+    path = Path(folder) / "config.json"
+    data = json.loads(path.read_text(encoding="utf-8"))
+    if "arch" not in data:
+        raise ValueError(f"{path} has no automoe architecture (\"arch\"; an older automoe kept it in export_info.json): "
+                         "export the model folder again (automoe export MODEL --to ct2 --force), or delete this "
+                         "folder if it is in the export cache")
+    return ArchConfig.from_dict(data["arch"])
+
+
+def is_current(folder: str | Path, quantize: str | None) -> bool:
+    """Whether `folder` holds a CTranslate2 export as this automoe writes it for `quantize` (its
+    config.json holds the architecture): an export cache re-exports a folder that is not, e.g. one
+    whose architecture an older automoe kept in export_info.json."""
+    try:
+        info = json.loads((Path(folder) / "export_info.json").read_text(encoding="utf-8"))
+        read_config(folder)
+    except (OSError, ValueError, TypeError):
+        return False
+    return info.get("target") == "ctranslate2" and info.get("quantization") == quantize
+
+
 def to_ctranslate2(model_dir: str | Path, out_dir: str | Path, *, quantize: str | None = None,
                    force: bool = False, verify: bool = True) -> Path:
     """Convert a dense model folder to a CTranslate2 folder that plain `ctranslate2.Translator`
@@ -166,14 +191,16 @@ def to_ctranslate2(model_dir: str | Path, out_dir: str | Path, *, quantize: str 
     try:
         spec.validate()
         spec.optimize(quantization=quantize)
-        # CTranslate2 writes its own config.json, which plain ctranslate2 needs; the automoe
-        # ArchConfig goes to export_info.json instead
         spec.save(str(tmp))  # model.bin, config.json (CTranslate2's own), shared_vocabulary.json
+        # the model's config joins CTranslate2's settings (no key in common), the one home of the architecture
+        ct2_config = json.loads((tmp / "config.json").read_text(encoding="utf-8"))
+        model_config = json.loads((model_dir / "config.json").read_text(encoding="utf-8"))
+        (tmp / "config.json").write_text(json.dumps({**ct2_config, **model_config}, indent=2) + "\n", encoding="utf-8")
         shutil.copyfile(model_dir / tok, tmp / tok)
         info = {"format": "automoe-ct2", "target": "ctranslate2", "quantization": quantize,
                 "source": str(model_dir), "source_sha256": sha256_file(model_dir / WEIGHTS_NAME),
-                "arch": arch.to_dict(), "tokenizer": meta.get("tokenizer"), "training": meta.get("training"),
-                "versions": tool_versions("automoe", "torch", "ctranslate2"), "sha256": folder_hashes(tmp)}
+                "tokenizer": meta.get("tokenizer"), "versions": tool_versions("automoe", "torch", "ctranslate2"),
+                "sha256": folder_hashes(tmp)}
         (tmp / EXPORT_INFO_NAME).write_text(json.dumps(info, indent=2) + "\n", encoding="utf-8")
         finish_out_dir(tmp, out_dir)
     except BaseException:

@@ -6,7 +6,8 @@ top-1 MoE feed-forward layer (see that file for why and for its arithmetic). Thi
                   compiler, into ~/.cache/automoe/kernels (`AUTOMOE_KERNEL_CACHE` overrides);
                   `available()` says whether that works here
   packs weights   `quantize_columns` and `pack_weights` write a layer's experts as the op reads them
-  states it       `reference_top1_moe` computes in PyTorch what the kernel computes (tests compare)
+  states it       `reference_top1_moe`: the reference top-1 layer (automoe.moe.top1_moe) with
+                  experts that compute as the kernel does (tests compare)
 An export that uses the operator copies the library into its folder and names it in
 export_info.json ("custom_ops_library"); any ONNX Runtime session then loads it with
 `SessionOptions.register_custom_ops_library(path)`: nothing of automoe is needed to run it.
@@ -54,7 +55,7 @@ def build_library() -> Path:
     cxx = compiler()
     if cxx is None:
         raise KernelUnavailable("no C++ compiler found (set CXX or install g++) to build automoe's int8 MoE "
-                                "operator; or export with moe_dispatch='qmoe'")
+                                "operator; or export with moe_dispatch='compact'")
     try:
         version = subprocess.run([cxx, "--version"], capture_output=True, text=True, timeout=60).stdout
     except (OSError, subprocess.SubprocessError) as e:
@@ -171,24 +172,22 @@ def _int8_linear(x: torch.Tensor, codes: torch.Tensor, scale: torch.Tensor, sums
 
 def reference_top1_moe(x: torch.Tensor, router_weight: torch.Tensor, inputs: list[torch.Tensor],
                        router_scale: bool = True) -> torch.Tensor:
-    """What `automoe.Top1MoE` computes, in PyTorch: x [..., d], the router's weight [E, d] (as
-    torch.nn.Linear holds it), `inputs` the operator's inputs 2..10 (`layer_inputs`) -> [..., d].
-    Equal to the kernel's output up to fp32 rounding (of the router logits too: a row whose two
-    best logits tie to the last bit may pick the other expert)."""
+    """What `automoe.Top1MoE` computes, in PyTorch: the reference top-1 layer `automoe.moe.top1_moe`
+    with experts that compute as the kernel does (`_int8_linear`). x [..., d], the router's weight
+    [E, d] (as torch.nn.Linear holds it), `inputs` the operator's inputs 2..10 (`layer_inputs`) ->
+    [..., d]. Equal to the kernel's output up to fp32 rounding (of the router logits too: a row whose
+    two best logits tie to the last bit may pick the other expert)."""
+    from automoe.moe import top1_moe
+
     w1, s1, c1, b1, w2, s2, c2, b2, widths = inputs
     d = x.shape[-1]
-    flat = x.reshape(-1, d).float()
-    gate, choice = (flat @ router_weight.float().t()).softmax(-1).max(-1)
-    out = torch.zeros_like(flat)
-    col = off1 = off2 = 0
+    experts, col, off1, off2 = [], 0, 0, 0
     for e, width in enumerate(widths.tolist()):
         size1, size2 = packed_size(d, width), packed_size(width, d)
-        a = unpack_weights(w1[off1: off1 + size1], d, width)
-        b = unpack_weights(w2[off2: off2 + size2], width, d)
-        rows = (choice == e).nonzero().view(-1)
-        if len(rows):
-            h = _int8_linear(flat[rows], a, s1[col: col + width], c1[col: col + width], b1[col: col + width]).relu()
-            y = _int8_linear(h, b, s2[e * d: (e + 1) * d], c2[e * d: (e + 1) * d], b2[e * d: (e + 1) * d])
-            out[rows] = y * gate[rows, None] if router_scale else y
+        fc1 = (unpack_weights(w1[off1: off1 + size1], d, width), s1[col: col + width], c1[col: col + width],
+               b1[col: col + width])
+        fc2 = (unpack_weights(w2[off2: off2 + size2], width, d), s2[e * d: (e + 1) * d], c2[e * d: (e + 1) * d],
+               b2[e * d: (e + 1) * d])
+        experts.append(lambda rows, fc1=fc1, fc2=fc2: _int8_linear(_int8_linear(rows, *fc1).relu(), *fc2))
         col, off1, off2 = col + width, off1 + size1, off2 + size2
-    return out.view_as(x)
+    return top1_moe(x.reshape(-1, d).float(), router_weight.float(), experts, router_scale)[0].view_as(x)

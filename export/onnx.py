@@ -8,20 +8,23 @@ An export folder holds
                     past self K/V, cross K/V -> logits, present self K/V
   beam_search.onnx  both wrapped in ONNX Runtime's com.microsoft.BeamSearch operator (T5 layout):
                     a whole translation in one `session.run`, usable with onnxruntime alone
-  config.json, spm.model, export_info.json
-Batch, source and cache lengths are dynamic. Top-1 MoE layers export in the compact form of
+  weights.onnx.data every weight of the three graphs, each stored once (ONNX external data:
+                    the graphs share the decoder's and the encoder's tensors)
+  config.json       the model's config (the architecture: engines read it from here only)
+  spm.model, export_info.json (provenance: source checksum, tool versions, MoE forms, layout)
+Batch, source and cache lengths are dynamic. Top-1 MoE layers export in the exact compact form of
 `onnx_moe` (tokens sorted by expert, split into one block per expert, scattered back); routers
 stay fp32 under int8 quantization. In int8 exports the decoder inside beam_search.onnx, which
 translates one sentence at a time, writes its MoE layers as automoe's own int8 operator
 (`kernel`; the folder then holds its library, libautomoe_ops.so, which sessions register with
-`SessionOptions.register_custom_ops_library`) or, where no C++ compiler can build that, its
-equal-width ones as ONNX Runtime's fused QMoE operator (`export_graphs`); export_info.json records
-each graph's form ("moe_graphs") and the library ("custom_ops_library").
+`SessionOptions.register_custom_ops_library`), or stays compact where no C++ compiler can build
+that; export_info.json records each graph's form ("moe_graphs") and the library
+("custom_ops_library"). Why these forms and no others: docs/moe_dispatch.md.
 """
 
 from __future__ import annotations
 
-import contextlib
+import hashlib
 import json
 import logging
 import os
@@ -38,7 +41,7 @@ from automoe.checkpoint import CONFIG_NAME, WEIGHTS_NAME, read_model_config
 from automoe.modeling import DecoderState, MoETransformer
 
 from . import kernel
-from .onnx_moe import compact_moe_dispatch, qmoe_layer_block
+from .onnx_moe import moe_form
 
 logger = logging.getLogger(__name__)
 
@@ -46,10 +49,10 @@ ENCODER_FILE, DECODER_FILE, BEAM_FILE = "encoder.onnx", "decoder.onnx", "beam_se
 BEAM_DECODER_FILE = "beam_decoder.onnx"  # written only while exporting: beam_search.onnx holds it
 OPSET = 17
 QUANTIZATIONS = (None, "int8")
-MOE_DISPATCHES = ("compact", "qmoe", "kernel", "traced")
-FUSED_FORMS = ("qmoe", "kernel")  # int8 only: they store 8-bit expert weights
-CUSTOM_OPSETS = {"com.microsoft": 1, kernel.DOMAIN: 1}  # QMoE, automoe.Top1MoE
-FORM_OPSETS = {"qmoe": {"com.microsoft": 1}, "kernel": {kernel.DOMAIN: 1}}  # what each form's graphs import
+WEIGHTS_FILE = "weights.onnx.data"
+LAYOUT = 2  # export_info.json "layout": 2 = weights stored once in WEIGHTS_FILE (absent: each graph held its own)
+MOE_DISPATCHES = ("compact", "kernel")
+CUSTOM_OPSETS = {kernel.DOMAIN: 1}  # automoe.Top1MoE (the kernel form)
 
 
 def _require(module: str, extra: str = "onnx"):
@@ -113,18 +116,13 @@ def _example(model: MoETransformer):
 
 
 def moe_graphs(arch, moe_dispatch: str) -> dict[str, str]:
-    """The MoE form each graph of an export gets from `moe_dispatch` (see `export_graphs`): "traced"
-    everywhere, or "compact" everywhere except the decoder inside beam_search.onnx, which gets
-    "qmoe" when one of `arch`'s decoder layers can take the QMoE operator
-    (`onnx_moe.qmoe_layer_block`), and "kernel" when one of them is a top-1 layer with experts."""
+    """The MoE form each graph of an export gets from `moe_dispatch` (see `export_graphs`): "compact"
+    everywhere, except that with "kernel" the decoder inside beam_search.onnx gets "kernel" when
+    one of `arch`'s decoder layers is a top-1 layer with experts."""
     if moe_dispatch not in MOE_DISPATCHES:
         raise ValueError(f"moe_dispatch={moe_dispatch!r} must be one of {list(MOE_DISPATCHES)}")
-    base = "traced" if moe_dispatch == "traced" else "compact"
-    if moe_dispatch == "qmoe":
-        fused = any(qmoe_layer_block(arch.decoder_embed_dim, widths, arch.top_k) for widths in arch.decoder_ffn)
-    else:
-        fused = moe_dispatch == "kernel" and arch.top_k == 1 and any(len(w) > 1 for w in arch.decoder_ffn)
-    return {"encoder": base, "decoder": base, "beam_search": moe_dispatch if fused else base}
+    fused = moe_dispatch == "kernel" and arch.top_k == 1 and any(len(w) > 1 for w in arch.decoder_ffn)
+    return {"encoder": "compact", "decoder": "compact", "beam_search": "kernel" if fused else "compact"}
 
 
 def export_graphs(model: MoETransformer, out_dir: Path, moe_dispatch: str = "compact",
@@ -133,21 +131,17 @@ def export_graphs(model: MoETransformer, out_dir: Path, moe_dispatch: str = "com
     decoder graph for beam_search.onnx; returns their paths as {"encoder", "decoder", "beam_decoder"}.
 
     moe_dispatch: "compact" exports top-1 MoE layers as `onnx_moe.Top1MoE` (few graph nodes, exact);
-    "traced" exports PyTorch's own gather / scatter dispatch (kept to measure against); "kernel" and
-    "qmoe" (int8 exports) are "compact" except in the beam graph's decoder, which writes its top-1
-    MoE layers as automoe's operator (`onnx_moe.Top1KernelMoE`, any widths) or, with "qmoe", the
-    layers whose experts share a width as ONNX Runtime's fused QMoE operator (`onnx_moe.Top1QMoE`),
-    both with 8-bit expert weights. The beam graph decodes one sentence, so its steps route `beam`
-    rows, where one fused kernel is faster than a dozen small ones; the encoder (whole sources) and
-    decoder.onnx (batches of sentences) keep the compact form, whose experts run as ONNX Runtime's
-    multi-threaded int8 matrix products (the operator runs on one thread). The
-    beam_decoder file is decoder.onnx itself unless its form differs (then `to_onnx` deletes it once
-    the beam graph holds it). `forms` overrides `moe_graphs(model.config, moe_dispatch)`, for
-    benchmarks that time a form in a graph where the exporter does not use it.
+    "kernel" (int8 exports) is "compact" except in the beam graph's decoder, which writes its top-1
+    MoE layers as automoe's operator (`onnx_moe.Top1KernelMoE`, any widths, 8-bit expert weights).
+    The beam graph decodes one sentence, so its steps route `beam` rows, where one fused kernel is
+    faster than a dozen small ones; the encoder (whole sources) and decoder.onnx (batches of
+    sentences) keep the compact form, whose experts run as ONNX Runtime's multi-threaded int8
+    matrix products (the operator runs on one thread). The beam_decoder file is decoder.onnx
+    itself unless its form differs (then `to_onnx` deletes it once the beam graph holds it).
+    `forms` overrides `moe_graphs(model.config, moe_dispatch)`, for benchmarks that time a form in
+    a graph where the exporter does not use it.
     """
     forms = forms or moe_graphs(model.config, moe_dispatch)
-    dispatch = lambda form, one_token: (contextlib.nullcontext() if form == "traced"  # noqa: E731
-                                        else compact_moe_dispatch(model, one_token, form=form))
     n = len(model.decoder_layers)
     model = model.float().eval()
     src, mask, start = _example(model)
@@ -163,10 +157,10 @@ def export_graphs(model: MoETransformer, out_dir: Path, moe_dispatch: str = "com
     paths = {"encoder": out_dir / ENCODER_FILE, "decoder": out_dir / DECODER_FILE}
     with torch.no_grad(), warnings.catch_warnings():
         warnings.simplefilter("ignore")  # tracer warnings about Python ints from shapes are expected
-        with dispatch(forms["encoder"], one_token=False):  # encoder layers see whole sources
+        with moe_form(model, forms["encoder"]):  # encoder layers see whole sources
             torch.onnx.export(encoder_init, (src, mask, start), str(paths["encoder"]), input_names=enc_in,
                               output_names=enc_out, dynamic_axes=dyn, opset_version=OPSET, dynamo=False,
-                              custom_opsets=FORM_OPSETS.get(forms["encoder"], {}))
+                              custom_opsets=CUSTOM_OPSETS if forms["encoder"] == "kernel" else {})
         past = list(encoder_init(src, mask, start)[2:])
         step = DecoderStep(model)
         tokens = torch.full((2, 1), 5 % model.config.vocab_size, dtype=torch.int32)
@@ -183,28 +177,27 @@ def export_graphs(model: MoETransformer, out_dir: Path, moe_dispatch: str = "com
         if forms["beam_search"] != forms["decoder"]:
             paths["beam_decoder"], decoders["beam_decoder"] = out_dir / BEAM_DECODER_FILE, forms["beam_search"]
         for name, form in decoders.items():
-            with dispatch(form, one_token=True):  # input_ids is [batch, 1]: one token per row
+            with moe_form(model, form, one_token=True):  # input_ids is [batch, 1]: one token per row
                 torch.onnx.export(step, (tokens, mask, *past), str(paths[name]), input_names=dec_in,
                                   output_names=dec_out, dynamic_axes=dyn, opset_version=OPSET, dynamo=False,
-                                  custom_opsets=FORM_OPSETS.get(form, {}))
+                                  custom_opsets=CUSTOM_OPSETS if form == "kernel" else {})
     paths.setdefault("beam_decoder", paths["decoder"])
     return paths
 
 
 def fix_custom_op_shapes(path: Path) -> None:
-    """Correct the shapes recorded for QMoE / Top1MoE nodes' outputs, in place (after quantization,
-    which infers shapes again). The exporter names their dynamic dims afresh, so ONNX Runtime could
-    not tell that a MoE layer's output has its input's shape and would not fuse the residual Add
-    and LayerNorm after it. QMoE outputs lose theirs (ONNX Runtime infers them from the operator's
-    schema); Top1MoE outputs, whose operator has no schema there, get their input's."""
+    """Give the outputs of a graph's Top1MoE nodes their input's shape, in place (after quantization,
+    which infers shapes again). The exporter names their dynamic dims afresh and the operator has
+    no schema in ONNX Runtime, so it could not tell that a MoE layer's output has its input's shape
+    and would not fuse the residual Add and LayerNorm after it."""
     onnx = _require("onnx")
     model = onnx.load(str(path))
     graph = model.graph
     known = {info.name: info for info in list(graph.value_info) + list(graph.input)}
-    outputs = {node.output[0]: node for node in graph.node if node.domain in CUSTOM_OPSETS}
+    outputs = {node.output[0]: node for node in graph.node if node.op_type == kernel.OP_TYPE}
     kept = [info for info in graph.value_info if info.name not in outputs]
     for name, node in outputs.items():
-        if node.op_type == kernel.OP_TYPE and node.input[0] in known:
+        if node.input[0] in known:
             info = onnx.ValueInfoProto()
             info.CopyFrom(known[node.input[0]])
             info.name = name
@@ -284,14 +277,64 @@ def copy_model_files(model_dir: Path, tmp: Path, meta: dict) -> None:
         shutil.copyfile(model_dir / tok, tmp / tok)
 
 
+def _tensors(graph):
+    """Every tensor a graph holds: its initializers and node attributes, subgraphs included."""
+    onnx = _require("onnx")
+    yield from graph.initializer
+    for node in graph.node:
+        for attr in node.attribute:
+            if attr.type == onnx.AttributeProto.TENSOR:
+                yield attr.t
+            elif attr.type == onnx.AttributeProto.GRAPH:
+                yield from _tensors(attr.g)
+
+
+def store_weights_once(paths: list[Path], data_file: Path, min_bytes: int = 1024) -> None:
+    """Move every tensor of at least `min_bytes` of the graphs at `paths` (in place) into
+    `data_file`, one copy per distinct content (ONNX external data, which ONNX Runtime reads for
+    initializers and constants of subgraphs too). The encoder graph, decoder.onnx and the two graphs
+    inside beam_search.onnx hold the same decoder (and encoder) weights, so each is stored once;
+    smaller tensors (shapes, scales) stay inside the graphs."""
+    onnx = _require("onnx")
+    from onnx.external_data_helper import set_external_data
+
+    offsets: dict[tuple, int] = {}
+    with open(data_file, "wb") as data:
+        for path in paths:
+            model = onnx.load(str(path))
+            for tensor in _tensors(model.graph):
+                size = len(tensor.raw_data)
+                if size < min_bytes:
+                    continue
+                key = (tensor.data_type, tuple(tensor.dims), hashlib.sha256(tensor.raw_data).digest())
+                if key not in offsets:
+                    offsets[key] = data.seek(-(-data.tell() // 64) * 64)  # 64-byte aligned, as SIMD loads like
+                    data.write(tensor.raw_data)
+                set_external_data(tensor, data_file.name, offset=offsets[key], length=size)
+                tensor.ClearField("raw_data")
+            onnx.save(model, str(path))
+
+
 def default_moe_dispatch(quantize: str | None) -> str:
     """How `to_onnx` exports MoE layers unless told: in int8 exports "kernel" (automoe's operator in
-    the beam graph's decoder: the least decode-step overhead at batch 1, measured by
-    benchmarks/moe_overhead_beam.py), or "qmoe" (ONNX Runtime's fused QMoE operator) where no C++
-    compiler can build that operator; the exact compact form everywhere in fp32 ones."""
-    if quantize != "int8":
-        return "compact"
-    return "kernel" if kernel.available() else "qmoe"
+    the beam graph's decoder: the least decode-step overhead at batch 1, docs/moe_dispatch.md)
+    where a C++ compiler builds it; the exact compact form everywhere else."""
+    return "kernel" if quantize == "int8" and kernel.available() else "compact"
+
+
+def is_current(folder: str | Path, quantize: str | None) -> bool:
+    """Whether `folder` holds an ONNX export as this automoe writes it for `quantize` by default (the
+    layout of the module docstring, the default MoE form of every graph): an export cache
+    re-exports a folder that is not, e.g. one that an older automoe wrote with a copy of the weights
+    in every graph, or one without automoe's operator where it builds now."""
+    folder = Path(folder)
+    try:
+        info = json.loads((folder / "export_info.json").read_text(encoding="utf-8"))
+        arch, _ = read_model_config(folder)
+    except (OSError, ValueError):
+        return False
+    return (info.get("target") == "onnxruntime" and info.get("quantization") == quantize
+            and info.get("layout") == LAYOUT and info.get("moe_graphs") == moe_graphs(arch, default_moe_dispatch(quantize)))
 
 
 def to_onnx(model_dir: str | Path, out_dir: str | Path, *, quantize: str | None = None, force: bool = False,
@@ -305,8 +348,8 @@ def to_onnx(model_dir: str | Path, out_dir: str | Path, *, quantize: str | None 
     if quantize not in QUANTIZATIONS:
         raise ValueError(f"quantize={quantize!r} must be one of {list(QUANTIZATIONS)}")
     moe_dispatch = moe_dispatch or default_moe_dispatch(quantize)
-    if moe_dispatch in FUSED_FORMS and quantize != "int8":
-        raise ValueError(f"moe_dispatch={moe_dispatch!r} stores 8-bit expert weights: use it with quantize='int8' "
+    if moe_dispatch == "kernel" and quantize != "int8":
+        raise ValueError("moe_dispatch='kernel' stores 8-bit expert weights: use it with quantize='int8' "
                          "(an fp32 export keeps the exact 'compact' dispatch)")
     _require("onnxruntime")
     _require("onnx")
@@ -324,20 +367,22 @@ def to_onnx(model_dir: str | Path, out_dir: str | Path, *, quantize: str | None 
         if quantize == "int8":
             for path in dict.fromkeys(graphs.values()):  # beam_decoder may be decoder.onnx itself
                 quantize_int8(path)
-        if forms["beam_search"] in FUSED_FORMS:
+        if forms["beam_search"] == "kernel":
             fix_custom_op_shapes(graphs["beam_decoder"])
         build_beam_search(graphs["encoder"], graphs["beam_decoder"], tmp / BEAM_FILE, arch)
         if graphs["beam_decoder"] != graphs["decoder"]:
             graphs["beam_decoder"].unlink()
+        store_weights_once([graphs["encoder"], graphs["decoder"], tmp / BEAM_FILE], tmp / WEIGHTS_FILE)
         copy_model_files(model_dir, tmp, meta)
-        info = {"format": "automoe-onnx", "target": "onnxruntime", "quantization": quantize, "opset": OPSET,
-                "moe_dispatch": moe_dispatch, "moe_graphs": forms,
+        info = {"format": "automoe-onnx", "target": "onnxruntime", "layout": LAYOUT, "quantization": quantize,
+                "opset": OPSET, "moe_dispatch": moe_dispatch, "moe_graphs": forms,
                 "custom_ops_library": library and kernel.LIBRARY_FILE,
                 "kernel_isa": library and kernel.isa(library),
-                "files": {"encoder": ENCODER_FILE, "decoder": DECODER_FILE, "beam_search": BEAM_FILE},
+                "files": {"encoder": ENCODER_FILE, "decoder": DECODER_FILE, "beam_search": BEAM_FILE,
+                          "weights": WEIGHTS_FILE},
                 "source": str(model_dir), "source_sha256": sha256_file(model_dir / WEIGHTS_NAME),
-                "arch": arch.to_dict(), "tokenizer": meta.get("tokenizer"),
-                "versions": tool_versions("automoe", "torch", "onnx", "onnxruntime"), "sha256": folder_hashes(tmp)}
+                "tokenizer": meta.get("tokenizer"), "versions": tool_versions("automoe", "torch", "onnx", "onnxruntime"),
+                "sha256": folder_hashes(tmp)}
         (tmp / EXPORT_INFO_NAME).write_text(json.dumps(info, indent=2) + "\n", encoding="utf-8")
         finish_out_dir(tmp, out_dir)
     except BaseException:

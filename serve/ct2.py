@@ -24,10 +24,11 @@ class CTranslate2Engine:
             import ctranslate2
         except ImportError as e:
             raise ImportError("engine='ctranslate2' needs ctranslate2: pip install 'automoe[ct2]'") from e
+        from automoe.export.ctranslate2 import read_config
         self.folder = Path(folder)
         self.info = info if info is not None else json.loads((self.folder / EXPORT_INFO_NAME).read_text(
             encoding="utf-8"))
-        self.config = config if config is not None else ArchConfig.from_dict(self.info["arch"])
+        self.config = config if config is not None else read_config(self.folder)
         self.translator = ctranslate2.Translator(str(self.folder), device="cpu",
                                                  intra_threads=check_threads(threads) or 0, inter_threads=1)
         vocab = json.loads((self.folder / "shared_vocabulary.json").read_text(encoding="utf-8"))

@@ -112,10 +112,11 @@ def _read_cached(folder: Path, source: Source, engine: str, quantize: str | None
     except (ArtifactError, ConfigError) as e:
         return None, str(e)
     if engine == "onnxruntime":
-        from automoe.export.onnx import default_moe_dispatch, moe_graphs
-
-        if cached.info.get("moe_graphs") != moe_graphs(source.arch, default_moe_dispatch(quantize)):
-            return None, "its MoE forms are not what the exporter now writes"
+        from automoe.export.onnx import is_current
+    else:
+        from automoe.export.ctranslate2 import is_current
+    if not is_current(folder, quantize):
+        return None, "it is not what the exporter now writes (an older layout or MoE form)"
     return cached, ""
 
 

@@ -56,13 +56,10 @@ def test_onnx_tokens_equal_torch_batched_and_single(moe_dir, onnx_dir, beam):
     assert len(set(expected)) > 5  # the sentences really differ
 
 
-@pytest.mark.parametrize("dispatch", ["compact", "traced"])
-def test_onnx_decoder_step_logprobs_match(moe_dir, onnx_dir, dispatch, tmp_path):
-    from automoe.export.onnx import DecoderStep, EncoderInit, to_onnx
+def test_onnx_decoder_step_logprobs_match(moe_dir, onnx_dir):
+    from automoe.export.onnx import DecoderStep, EncoderInit
     from automoe.serve.engines import OnnxEngine
 
-    if dispatch == "traced":  # PyTorch's own dispatch, kept as the reference the compact form is timed against
-        onnx_dir = to_onnx(moe_dir, tmp_path / "traced", moe_dispatch="traced")
     model = MoETransformer.from_pretrained(moe_dir)
     engine = OnnxEngine(onnx_dir)
     g = torch.Generator().manual_seed(0)
@@ -88,12 +85,15 @@ def test_onnx_decoder_step_logprobs_match(moe_dir, onnx_dir, dispatch, tmp_path)
 
 
 def test_onnx_folder_is_self_describing_and_refuses_overwrite(moe_dir, onnx_dir):
-    from automoe.export.onnx import to_onnx
+    from automoe.checkpoint import read_model_config
+    from automoe.export.onnx import is_current, to_onnx
 
     info = json.loads((onnx_dir / "export_info.json").read_text())
     assert info["target"] == "onnxruntime" and info["quantization"] is None and len(info["source_sha256"]) == 64
-    assert {"encoder.onnx", "decoder.onnx", "beam_search.onnx", "config.json", "spm.model"} <= {
+    assert "arch" not in info and read_model_config(onnx_dir) == read_model_config(moe_dir)  # config.json only
+    assert {"encoder.onnx", "decoder.onnx", "beam_search.onnx", "weights.onnx.data", "config.json", "spm.model"} <= {
         p.name for p in onnx_dir.iterdir()}
+    assert is_current(onnx_dir, None) and not is_current(onnx_dir, "int8")
     with pytest.raises(FileExistsError, match="pass force=True"):
         to_onnx(moe_dir, onnx_dir)
     # force replaces an earlier export only: a model folder given as the output by mistake survives
@@ -142,7 +142,8 @@ def _optimized_ops(onnx_file: Path, tmp_path: Path, library: Path | None = None)
         options.register_custom_ops_library(str(library))
     options.optimized_model_filepath = str(tmp_path / f"{onnx_file.parent.name}-optimized.onnx")
     ort.InferenceSession(str(onnx_file), options, providers=["CPUExecutionProvider"])
-    return [node.op_type for node in onnx.load(options.optimized_model_filepath).graph.node]
+    # op types only: its weights stay where the export keeps them (external data beside the export)
+    return [node.op_type for node in onnx.load(options.optimized_model_filepath, load_external_data=False).graph.node]
 
 
 def test_onnx_moe_output_keeps_residual_layer_norm_fusion(moe_dir, tmp_path):
@@ -202,6 +203,44 @@ def test_model_folder_exports_on_the_fly(dense_dir, tmp_path, monkeypatch):
     assert len(list((tmp_path / "exports").iterdir())) == 2
 
 
+def test_exports_store_each_weight_once_and_know_older_layouts(moe_dir, tmp_path):
+    """An int8 export stores every weight once: encoder.onnx, decoder.onnx and the two graphs inside
+    beam_search.onnx refer to one copy in weights.onnx.data (the decoder's weights are in three of
+    them), and no graph holds a tensor of 1 KiB or more itself. A folder of the older layout (a copy
+    of the weights in every graph, no "layout" in export_info.json) is not current: a cache
+    exports it again."""
+    import collections
+    import hashlib
+
+    import onnx
+
+    from automoe.export.onnx import WEIGHTS_FILE, _tensors, is_current, to_onnx
+
+    out = to_onnx(moe_dir, tmp_path / "q", quantize="int8")
+    data = (out / WEIGHTS_FILE).read_bytes()
+    places, uses, inline = {}, collections.Counter(), 0  # per distinct content: where it is stored, how often used
+    for name in ("encoder.onnx", "decoder.onnx", "beam_search.onnx"):
+        for tensor in _tensors(onnx.load(str(out / name), load_external_data=False).graph):
+            if tensor.data_location != onnx.TensorProto.EXTERNAL:
+                inline = max(inline, len(tensor.raw_data))
+                continue
+            where = {e.key: e.value for e in tensor.external_data}
+            offset, length = int(where["offset"]), int(where["length"])
+            content = hashlib.sha256(data[offset: offset + length]).digest()
+            places.setdefault(content, set()).add((offset, length))
+            uses[content] += 1
+    assert inline < 1024 and all(len(stored) == 1 for stored in places.values())  # one copy of each content
+    stored = sum(length for (_, length), in places.values())
+    assert stored <= len(data) < stored + 64 * len(places)  # nothing else in the file but alignment
+    assert max(uses.values()) == 4  # a decoder weight: encoder.onnx, decoder.onnx, both graphs of beam_search.onnx
+    info_path = out / "export_info.json"
+    assert is_current(out, "int8")
+    old = json.loads(info_path.read_text())
+    del old["layout"]
+    info_path.write_text(json.dumps(old))
+    assert not is_current(out, "int8")
+
+
 BLOCK = """
 import sys, importlib.abc
 class Block(importlib.abc.MetaPathFinder):
@@ -257,13 +296,19 @@ def check_int8_translations(model_dir: Path, out: Path) -> None:
 
 
 def test_export_folders_run_without_automoe_or_torch(moe_dir, onnx_dir, dense_dir, tmp_path):
-    from automoe.export.ctranslate2 import to_ctranslate2
+    from automoe.checkpoint import read_model_config
+    from automoe.export.ctranslate2 import is_current, read_config, to_ctranslate2
 
     expected = Translator.from_pretrained(moe_dir).translate(["Jesus wept."], beam=4, max_length=11)[0]
     out = subprocess.run([sys.executable, "-c", ORT_SCRIPT, str(onnx_dir)], capture_output=True, text=True)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == expected.strip()
     ct2 = to_ctranslate2(dense_dir, tmp_path / "ct2")
+    # config.json holds CTranslate2's settings and the model's config, the one home of the architecture
+    config = json.loads((ct2 / "config.json").read_text())
+    assert config["decoder_start_token"] == "<s>" and read_config(ct2) == read_model_config(dense_dir)[0]
+    assert "arch" not in json.loads((ct2 / "export_info.json").read_text())
+    assert is_current(ct2, None) and not is_current(ct2, "int8")
     expected = Translator.from_pretrained(dense_dir).translate(["Jesus wept."], beam=4, max_length=11)[0]
     out = subprocess.run([sys.executable, "-c", CT2_SCRIPT, str(ct2)], capture_output=True, text=True)
     assert out.returncode == 0, out.stderr
@@ -305,37 +350,32 @@ class _LayerOutput(torch.nn.Module):
         return self.layer(x)[0]
 
 
-def test_qmoe_layer_is_the_top1_layer_with_8bit_experts(tmp_path):
-    """The fused QMoE form of int8 exports computes the top-1 layer: ONNX Runtime's operator agrees
-    with the eager Top1QMoE (dequantized weights) and with the fp32 layer up to 8-bit quantization,
-    on whole sources and on one-token rows; a wrong weight layout, expert order or gate would be off
-    by the size of the output."""
-    import onnx
+def test_compact_layer_computes_the_reference_top1_moe(tmp_path):
+    """The exact form of a top-1 MoE layer (fp32 exports, and every graph but the int8 beam graph's
+    decoder) computes `automoe.moe.top1_moe` in ONNX Runtime, on whole sources and one-token rows,
+    with and without the router scale; every expert gets rows."""
     import onnxruntime as ort
 
-    from automoe.export.onnx import CUSTOM_OPSETS
-    from automoe.export.onnx_moe import compact_moe_dispatch
-    from automoe.moe import MoEFeedForward
+    from automoe.export.onnx_moe import moe_form
+    from automoe.moe import MoEFeedForward, top1_moe
 
     torch.manual_seed(0)
-    layer = _LayerOutput(MoEFeedForward(32, (48, 48, 48)).eval())
-    x = torch.randn(3, 5, 32)
-    path = tmp_path / "layer.onnx"
-    with torch.no_grad(), compact_moe_dispatch(layer, form="qmoe"):
-        torch.onnx.export(layer, (x,), str(path), input_names=["x"], dynamic_axes={"x": {0: "b", 1: "t"}},
-                          opset_version=17, dynamo=False, custom_opsets=CUSTOM_OPSETS)
-        eager_q = layer(x)
-    ops = [node.op_type for node in onnx.load(str(path)).graph.node]
-    assert ops.count("QMoE") == 1 and "ScatterND" not in ops
-    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    with torch.no_grad():
-        fp32 = layer(x)
-    scale = fp32.abs().max()
-    got = torch.from_numpy(session.run(None, {"x": x.numpy()})[0])
-    errors = [(eager_q - fp32).abs().max() / scale, (got - eager_q).abs().max() / scale]
-    one_token = torch.from_numpy(session.run(None, {"x": x[:, :1].contiguous().numpy()})[0])
-    errors.append((one_token - fp32[:, :1]).abs().max() / scale)
-    assert max(errors) < 0.03
+    for router_scale in (True, False):
+        layer = _LayerOutput(MoEFeedForward(37, (48, 21, 40), router_scale=router_scale).eval())
+        for one_token, shape in ((False, (3, 5)), (True, (6, 1))):
+            path = tmp_path / f"layer-{router_scale}-{one_token}.onnx"
+            with torch.no_grad(), moe_form(layer, "compact", one_token=one_token):
+                torch.onnx.export(layer, (torch.randn(*shape, 37),), str(path), input_names=["x"],
+                                  dynamic_axes={"x": {0: "b"} if one_token else {0: "b", 1: "t"}}, opset_version=17,
+                                  dynamo=False)
+            session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+            x = torch.randn(40, *shape[1:], 37) * 3
+            m = layer.layer
+            with torch.no_grad():
+                reference, _, choice = top1_moe(x.reshape(-1, 37), m.router.weight, list(m.experts), router_scale)
+            got = torch.from_numpy(session.run(None, {"x": x.numpy()})[0]).reshape(-1, 37)
+            assert set(choice.tolist()) == {0, 1, 2}
+            torch.testing.assert_close(got, reference, rtol=1e-5, atol=1e-5)
 
 
 def _beam_decoder(folder: Path, tmp_path: Path) -> Path:
@@ -350,43 +390,49 @@ def _beam_decoder(folder: Path, tmp_path: Path) -> Path:
     return path
 
 
-def test_onnx_int8_qmoe_export_fuses_equal_width_layers_of_the_beam_graph_only(tmp_path):
-    """int8 exports write the decoder of the beam graph (one sentence: `beam` rows per step) with the
-    fused QMoE operator where a layer's experts share a width; the encoder and decoder.onnx (whole
-    sources, batches of sentences: many rows, where the operator's row-by-row kernels are slower)
-    keep the compact form."""
-    import onnx
+GOLDEN = DATA.parent / "export_golden.json"
 
-    from automoe.export.onnx import router_matmuls, to_onnx
 
-    arch = TINY.largest().replace(vocab_size=1000, max_positions=96, decoder_embed_dim=16,
-                                  decoder_ffn=((32, 32, 32), (40,), (24, 8)))
-    model_dir = _save(arch, tmp_path / "moe")
-    with pytest.raises(ValueError, match="use it with quantize='int8'"):
-        to_onnx(model_dir, tmp_path / "fp32", moe_dispatch="qmoe")
-    out = to_onnx(model_dir, tmp_path / "q", quantize="int8", moe_dispatch="qmoe")  # the default without a compiler
-    info = json.loads((out / "export_info.json").read_text())
-    assert info["moe_dispatch"] == "qmoe" and info["custom_ops_library"] is None
-    assert info["moe_graphs"] == {"encoder": "compact", "decoder": "compact", "beam_search": "qmoe"}
-    assert sorted(p.name for p in out.iterdir() if p.suffix == ".onnx") == ["beam_search.onnx", "decoder.onnx",
-                                                                            "encoder.onnx"]
-    for name in ("encoder.onnx", "decoder.onnx"):
-        ops = [node.op_type for node in onnx.load(str(out / name)).graph.node]
-        assert "QMoE" not in ops and ops.count("ScatterND") >= 2
-    beam_decoder = _beam_decoder(out, tmp_path)
-    graph = onnx.load(str(beam_decoder)).graph
-    ops = [node.op_type for node in graph.node]
-    # layer 0 (three experts of width 32) is one QMoE node; layer 2 (widths 24 and 8) stays compact
-    assert ops.count("QMoE") == 1 and ops.count("ScatterND") == 1
-    assert len(router_matmuls(graph)) == 2  # both routers stay fp32 MatMuls
-    constants = {t.name: t.data_type for t in graph.initializer}  # ONNX Runtime packs constant weights once
-    constants.update({node.output[0]: node.attribute[0].t.data_type for node in graph.node if node.op_type == "Constant"})
-    qmoe = next(node for node in graph.node if node.op_type == "QMoE")
-    assert constants[qmoe.input[2]] == constants[qmoe.input[5]] == onnx.TensorProto.UINT8
-    dense = _save(arch.replace(decoder_ffn=tuple((w[0],) for w in arch.decoder_ffn)), tmp_path / "dense")
-    dense_out = to_onnx(dense, tmp_path / "dense-q", quantize="int8")
-    assert json.loads((dense_out / "export_info.json").read_text())["moe_graphs"]["beam_search"] == "compact"
-    fused = [_optimized_ops(path, tmp_path).count("SkipLayerNormalization")
-             for path in (beam_decoder, dense_out / "decoder.onnx")]
-    assert fused[0] == fused[1] >= arch.decoder_layers  # the residual Add + LayerNorm still fuse after QMoE
-    check_int8_translations(model_dir, out)  # the fused operator is part of plain onnxruntime
+def export_tokens(root: Path) -> dict:
+    """Token ids that a tiny dense and a tiny MoE model translate SOURCES to (beam 4, at most 16
+    tokens) through their fp32 and int8 ONNX exports, in one batch (decoder.onnx) and one sentence at
+    a time (the beam graph): {model: {export: {"batched": [...], "single": [...]}}}."""
+    from automoe.export.onnx import to_onnx
+
+    moe = TINY.largest().replace(vocab_size=1000, max_positions=96, decoder_embed_dim=16,
+                                 encoder_ffn=((40, 8), (24,), (8, 24, 40)), decoder_ffn=((24, 40, 8), (40,), (8, 8)),
+                                 decoder_cross_last_k=(2, 1, 2), decoder_heads=(2, 4, 2))
+    dense = moe.replace(encoder_ffn=((40,), (8,), (24,)), decoder_ffn=((8,), (40,), (24,)))
+    out = {}
+    for name, arch in (("moe", moe), ("dense", dense)):
+        model_dir = _save(arch, root / name)
+        out[name] = {}
+        for quantize in (None, "int8"):
+            backend = Translator.from_pretrained(to_onnx(model_dir, root / f"{name}-{quantize}", quantize=quantize)).backend
+            ids = [s for s in Translator.from_pretrained(model_dir)._encode(SOURCES) if s]
+            out[name][quantize or "fp32"] = {
+                "batched": backend.translate_ids(ids, beam=4, max_length=16).tokens,
+                "single": [backend.translate_ids([s], beam=4, max_length=16).tokens[0] for s in ids]}
+    return out
+
+
+def test_exports_translate_to_the_pinned_tokens(tmp_path):
+    """fp32 and int8 exports of a tiny dense and a tiny MoE model translate to the token ids recorded
+    in tests/data/export_golden.json (by `python tests/test_export.py`, before issue #29 changed how
+    exports store their weights and which MoE forms exist): a change to the export must not change a
+    translation. The int8 MoE beam graph runs automoe's operator where it builds (else the compact
+    form, whose int8 tokens may differ: the pin is skipped there)."""
+    from automoe.export import kernel
+
+    golden = json.loads(GOLDEN.read_text())
+    got = export_tokens(tmp_path)
+    if not kernel.available():
+        got["moe"]["int8"]["single"] = golden["moe"]["int8"]["single"]
+    assert got == golden
+
+
+if __name__ == "__main__":  # write the pinned tokens (only when an intended change alters translations)
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as tmp:
+        GOLDEN.write_text(json.dumps(export_tokens(Path(tmp))) + "\n")

@@ -32,12 +32,12 @@ def _session(path):
 def layer_graph(tmp_path_factory):
     """A MoE layer of experts of three odd widths over an odd d_model, exported in the kernel form."""
     from automoe.export.onnx import CUSTOM_OPSETS
-    from automoe.export.onnx_moe import compact_moe_dispatch
+    from automoe.export.onnx_moe import moe_form
 
     torch.manual_seed(0)
     layer = _LayerOutput(MoEFeedForward(37, (48, 21, 40)).eval())
     path = tmp_path_factory.mktemp("layer") / "layer.onnx"
-    with torch.no_grad(), compact_moe_dispatch(layer, form="kernel"):
+    with torch.no_grad(), moe_form(layer, "kernel"):
         torch.onnx.export(layer, (torch.randn(3, 5, 37),), str(path), input_names=["x"],
                           dynamic_axes={"x": {0: "b", 1: "t"}}, opset_version=17, dynamo=False,
                           custom_opsets=CUSTOM_OPSETS)
@@ -45,12 +45,13 @@ def layer_graph(tmp_path_factory):
 
 
 def test_kernel_layer_equals_its_reference_and_the_fp32_layer_up_to_int8(layer_graph):
-    """The operator's output equals the eager reference (the same int8 arithmetic in PyTorch) up to
-    fp32 rounding, and the fp32 layer up to 8-bit quantization, for 1..15 rows (whole sources and
-    one-token rows, all four-row blocks and their remainders); every expert gets rows."""
+    """The operator's output equals the eager reference (the reference top-1 layer with experts
+    that compute in int8 as the kernel does) up to fp32 rounding, and the fp32 layer
+    (`automoe.moe.top1_moe`) up to 8-bit quantization, for 1..15 rows (whole sources and one-token
+    rows, all four-row blocks and their remainders); every expert gets rows."""
     import onnx
 
-    from automoe.export.onnx_moe import compact_moe_dispatch
+    from automoe.export.onnx_moe import moe_form
 
     layer, path = layer_graph
     ops = [node.op_type for node in onnx.load(str(path)).graph.node if node.op_type != "Constant"]
@@ -63,7 +64,7 @@ def test_kernel_layer_equals_its_reference_and_the_fp32_layer_up_to_int8(layer_g
         got = torch.from_numpy(session.run(None, {"x": x.numpy()})[0])
         with torch.no_grad():
             fp32, _, choice = layer.layer(x)
-            with compact_moe_dispatch(layer, form="kernel"):
+            with moe_form(layer, "kernel"):
                 reference = layer(x)
         seen |= set(choice.flatten().tolist())
         scale = fp32.abs().max()
@@ -156,7 +157,7 @@ def test_int8_export_runs_every_moe_layer_of_the_beam_graph_in_the_kernel(tmp_pa
     beam_decoder = _beam_decoder(out, tmp_path)
     graph = onnx.load(str(beam_decoder)).graph
     ops = [node.op_type for node in graph.node]
-    assert ops.count("Top1MoE") == 2 and "ScatterND" not in ops and "QMoE" not in ops
+    assert ops.count("Top1MoE") == 2 and "ScatterND" not in ops
     assert not router_matmuls(graph)  # the routers are inside the operator, their weights fp32 inputs
     routers = {node.input[1] for node in graph.node if node.op_type == "Top1MoE"}
     initializers = {t.name: t.data_type for t in graph.initializer}
@@ -175,7 +176,7 @@ def test_int8_export_runs_every_moe_layer_of_the_beam_graph_in_the_kernel(tmp_pa
     check_int8_translations(model_dir, out)
 
 
-def test_without_a_compiler_the_kernel_says_so_and_exports_fall_back_to_qmoe(monkeypatch, tmp_path):
+def test_without_a_compiler_the_kernel_says_so_and_exports_fall_back_to_compact(monkeypatch, tmp_path):
     from automoe.export import onnx as onnx_export
 
     monkeypatch.setenv("CXX", str(tmp_path / "no-such-compiler"))
@@ -183,4 +184,4 @@ def test_without_a_compiler_the_kernel_says_so_and_exports_fall_back_to_qmoe(mon
     with pytest.raises(kernel.KernelUnavailable, match="does not run"):
         kernel.build_library()
     monkeypatch.setattr(kernel, "available", lambda: False)
-    assert onnx_export.default_moe_dispatch("int8") == "qmoe"
+    assert onnx_export.default_moe_dispatch("int8") == "compact"

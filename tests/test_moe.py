@@ -4,7 +4,7 @@ import math
 
 import torch
 
-from automoe.moe import MoEFeedForward, load_balancing_loss, router_probabilities, top_k_route
+from automoe.moe import MoEFeedForward, load_balancing_loss, router_probabilities, top1_moe, top_k_route
 
 P_HI = 1 / (1 + math.exp(-1))  # softmax([1, 0])[0] = 0.7310585786...
 P_LO = 1 - P_HI
@@ -77,3 +77,18 @@ def test_dense_layer_has_no_router():
     out, loss, routing = layer(x)
     torch.testing.assert_close(out, layer.experts[0](x))
     assert loss.item() == 0.0 and routing.eq(0).all()
+
+
+def test_top1_moe_is_the_reference_layer():
+    """`top1_moe`, which the layer and every exported form compute: the golden values above, the
+    router probabilities and choices it routed by, and an expert no token chose is never called."""
+    layer = _layer()
+    called = []
+    experts = [lambda x, e=e: called.append(e) or layer.experts[e](x) for e in range(2)]
+    out, probs, choice = top1_moe(X, layer.router.weight, experts)
+    torch.testing.assert_close(out, torch.tensor([[1.0, 2.0], [0.0, 1.0], [3.0, 6.0]]) * P_HI)
+    torch.testing.assert_close(probs, router_probabilities(X, layer.router))
+    assert choice.tolist() == [0, 1, 0] and called == [0, 1]
+    out, _, _ = top1_moe(X[[0, 2]], layer.router.weight, experts, router_scale=False)
+    torch.testing.assert_close(out, torch.tensor([[1.0, 2.0], [3.0, 6.0]]))
+    assert called == [0, 1, 0]  # expert 1 got no token: not run

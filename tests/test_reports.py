@@ -1,6 +1,5 @@
 """README tables and model cards come from results files, never from hand-typed numbers."""
 
-import sys
 from pathlib import Path
 
 import pytest
@@ -11,24 +10,26 @@ from automoe.config import SearchSpace
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def test_readme_tables_are_generated_from_results():
-    sys.path.insert(0, str(ROOT / "benchmarks"))
-    from report import render
-
-    readme = (ROOT / "README.md").read_text(encoding="utf-8")
-    assert render(readme) == readme, "README.md is out of date: run `make report` (benchmarks/report.py)"
+@pytest.fixture(autouse=True)
+def benchmarks_importable(monkeypatch):
+    """The benchmark scripts import as their folder's modules (as when run: python benchmarks/x.py)."""
+    monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))
 
 
-def test_shipped_baseline_card_is_generated_from_results(monkeypatch):
-    """The shipped dense baseline's card is what benchmarks/ship.py writes from the results files now
-    (after a new eval or engines run: `python benchmarks/ship.py card models/dense-small-bible`)."""
-    sys.path.insert(0, str(ROOT / "benchmarks"))
-    from ship import baseline_card
+def test_result_tables_are_generated_from_results(tmp_path, monkeypatch, capsys):
+    """README.md and docs/moe_dispatch.md are what report.py renders now; `--check` says which
+    document is stale (exit 1) and passes on fresh ones."""
+    import report
 
-    monkeypatch.chdir(ROOT)  # results records name the model by its path from the repository root
-    folder = Path("models/dense-small-bible")
-    assert (folder / "README.md").read_text(encoding="utf-8") == baseline_card(folder, "dense", "small"), \
-        "models/dense-small-bible/README.md is out of date: regenerate it with benchmarks/ship.py card"
+    for path in report.DOCUMENTS:
+        text = path.read_text(encoding="utf-8")
+        assert report.render(text) == text, f"{path.name} is out of date: run `make report` (benchmarks/report.py)"
+    assert report.main(["--check"]) == 0
+    stale = tmp_path / "moe_dispatch.md"
+    stale.write_text("<!-- results:moe_bleu -->\n<!-- /results:moe_bleu -->\n", encoding="utf-8")  # a new, empty block
+    monkeypatch.setattr(report, "DOCUMENTS", (report.DOCUMENTS[0], stale))
+    assert report.main(["--check"]) == 1 and "out of date: moe_dispatch.md (run" in capsys.readouterr().out
+    assert report.main([]) == 0 and report.main(["--check"]) == 0 and "onnxruntime-int8-kernel" in stale.read_text()
 
 
 def test_model_card_uses_the_records(tmp_path):
@@ -81,8 +82,7 @@ class _FakeSession:
 
 
 def test_moe_overhead_replay_times_the_same_steps_for_every_model_with_warmup_untimed():
-    sys.path.insert(0, str(ROOT / "benchmarks"))
-    from moe_overhead import replay
+    from moe_harness import replay
 
     log = []
     sessions = {n: _FakeSession(n, log) for n in ("dense", "moe")}
@@ -107,8 +107,7 @@ def test_moe_overhead_replay_times_the_same_steps_for_every_model_with_warmup_un
 
 
 def test_moe_overhead_ratio_stats_pair_turns():
-    sys.path.insert(0, str(ROOT / "benchmarks"))
-    from moe_overhead import ratio_stats
+    from moe_harness import ratio_stats
 
     # 2 rounds x 3 turns; round 1 was contended for both models; the last turn times nothing
     seconds = {"dense": [[[1.0, 1.0], [1.0, 1.0], []], [[2.0, 2.0], [2.0, 2.0], []]],
@@ -120,27 +119,8 @@ def test_moe_overhead_ratio_stats_pair_turns():
     assert ratio_stats({k: v[1:] for k, v in seconds.items()}, "moe", "dense")["overhead_min"] is None
 
 
-def test_moe_instructions_reads_cachegrind_totals():
-    sys.path.insert(0, str(ROOT / "benchmarks"))
-    from moe_instructions import parse_cachegrind
-
-    text = """==5230== I   refs:      2,318,361,238
-==5230== I1  misses:       20,525,925
-==5230== LLi misses:          101,304
-==5230== D   refs:      1,350,341,738  (855,888,328 rd   + 494,453,410 wr)
-==5230== D1  misses:       31,299,432  ( 24,014,840 rd   +   7,284,592 wr)
-==5230== LLd misses:        3,403,335  (    531,784 rd   +   2,871,551 wr)
-==5230== Mispredicts:      25,636,013  ( 15,743,141 cond +   9,892,872 ind)"""
-    assert parse_cachegrind(text) == {"instructions": 2318361238, "i1_misses": 20525925, "lli_misses": 101304,
-                                      "d1_misses": 31299432, "lld_misses": 3403335, "mispredicts": 25636013}
-    import pytest
-
-    with pytest.raises(RuntimeError, match="Mispredicts"):
-        parse_cachegrind(text.rsplit("\n", 1)[0])
-
-
 def test_moe_dispatch_parts_cuts_are_exact_only_while_every_token_takes_expert_0(tmp_path):
-    """Each cut of benchmarks/moe_dispatch_parts.py leaves a decoder graph that computes what the
+    """Each cut of the parts study (benchmarks/moe_dispatch.py) leaves a decoder graph that computes what the
     all-tokens-to-expert-0 graph computes, and removes the nodes it names; with a real router the
     check refuses the cut graph."""
     import onnx
@@ -150,9 +130,8 @@ def test_moe_dispatch_parts_cuts_are_exact_only_while_every_token_takes_expert_0
     from automoe.modeling import MoETransformer
     from automoe.serve import Translator
 
-    sys.path.insert(0, str(ROOT / "benchmarks"))
-    from moe_dispatch_parts import VARIANTS, check_equal, cut_dispatch, optimized_graph, plain_session
-    from moe_overhead import export_model, record_steps
+    from moe_dispatch import VARIANTS, check_equal, cut_dispatch, optimized_graph, plain_session
+    from moe_harness import export_model, record_steps
 
     data = ROOT / "tests" / "data" / "bible-en-de"
     base = SearchSpace.preset("tiny").largest()
@@ -169,10 +148,12 @@ def test_moe_dispatch_parts_cuts_are_exact_only_while_every_token_takes_expert_0
         exported = export_model(model, tmp_path / name, data / "spm.model", "int8")
         translator = Translator.from_pretrained(exported, threads=1)
         steps = [feed for sentence in record_steps(translator, sources, beam=4, max_length=6) for feed in sentence]
-        graph = optimized_graph(exported / "decoder.onnx", tmp_path / f"{name}.onnx", threads=1)
-        sessions = {"whole": plain_session(graph, 1)}
+        optimized = optimized_graph(exported / "decoder.onnx", tmp_path / f"{name}.onnx", threads=1)
+        onnx.save(optimized, str(tmp_path / f"{name}.onnx"))
+        sessions = {"whole": plain_session(tmp_path / f"{name}.onnx", 1)}
         for variant in VARIANTS:
-            model_proto = onnx.load(str(graph))
+            model_proto = onnx.ModelProto()
+            model_proto.CopyFrom(optimized)
             layers, removed = cut_dispatch(model_proto.graph, variant)
             onnx.save(model_proto, str(tmp_path / f"{name}-{variant}.onnx"))
             sessions[variant] = plain_session(tmp_path / f"{name}-{variant}.onnx", 1)
@@ -190,28 +171,28 @@ def test_moe_dispatch_parts_cuts_are_exact_only_while_every_token_takes_expert_0
 
 def _overhead_record(**fields) -> dict:
     step = {"median_ms": 1.0}
-    stats = {k: 0.1 for k in ("overhead", "dispatch_overhead", "expert_overhead", "traced_overhead", "control_overhead")}
+    stats = {k: 0.1 for k in ("overhead", "dispatch_overhead", "expert_overhead", "control_overhead")}
     return {"benchmark": "moe_overhead", "experts": 4, "width": 384, "quantization": "int8", "threads": 1, "beam": 4,
             "sentences": 60, "max_length": 32, "rounds": 4, "turn": 20, "warmup": 4, "instances": 3, "paired_turns": 12,
-            "timed_steps": 100, "dense_step": step, "moe_step": step, "moe_one_expert_step": step, "moe_traced_step": step,
+            "timed_steps": 100, "dense_step": step, "moe_step": step, "moe_one_expert_step": step,
             **stats, **{f"{k}_min": 0.1 for k in stats}, "control_overhead_quartiles": [0.0, 0.1],
             "decoder_mib": {"dense": 1.0, "moe": 2.0}, "git_commit": "abc", "date": "2026-12-03T00:00:00+00:00", **fields}
 
 
 def test_moe_overhead_tables_keep_trained_and_random_weights_apart(monkeypatch):
     """A run on random weights (--space) fills its own table and does not replace the trained run's."""
-    sys.path.insert(0, str(ROOT / "benchmarks"))
     import report
 
     trained = _overhead_record(supernet="models/trained", width=768)
     random = _overhead_record(supernet=None, space="wmt14", seed=0, d_model=640, decoder_layers=6, width=3072,
                               date="2026-12-03T00:30:00+00:00")
     monkeypatch.setattr(report, "_read", lambda name: [trained, random] if name == "moe_overhead" else [])
-    table, scale = report.moe_overhead_table(), report.moe_overhead_scale_table()
+    table, scale = report.moe_overhead_table(), report.moe_overhead_table(random=True)
     assert "| 768 |" in table and "3072" not in table and "models/trained" in table
     assert "| 3072 |" in scale and "| 768 |" not in scale and "d_model 640, 6 decoder layers" in scale
+    assert "at most 32 tokens per sentence" in scale
     monkeypatch.setattr(report, "_read", lambda name: [trained] if name == "moe_overhead" else [])
-    assert report.moe_overhead_scale_table().startswith("_Not measured yet")
+    assert report.moe_overhead_table(random=True).startswith("_Not measured yet")
 
 
 def test_moe_overhead_weights_come_from_exactly_one_source():
@@ -220,8 +201,7 @@ def test_moe_overhead_weights_come_from_exactly_one_source():
 
     from automoe.data import load_tokenizer
 
-    sys.path.insert(0, str(ROOT / "benchmarks"))
-    from moe_overhead import add_replay_arguments, check_replay_arguments, load_weights
+    from moe_harness import add_replay_arguments, check_replay_arguments, load_weights
 
     data = ROOT / "tests" / "data" / "bible-en-de"
     p = argparse.ArgumentParser()
@@ -240,7 +220,6 @@ def test_moe_overhead_weights_come_from_exactly_one_source():
 
 def test_moe_dispatch_parts_tables_keep_trained_and_random_weights_apart(monkeypatch):
     """The in-place breakdown on random weights (--space) has its own table, as in moe_overhead."""
-    sys.path.insert(0, str(ROOT / "benchmarks"))
     import report
 
     part = {"overhead": 0.1, "overhead_min": 0.1, "turns": 12}
@@ -258,7 +237,7 @@ def test_moe_dispatch_parts_tables_keep_trained_and_random_weights_apart(monkeyp
 
 
 def test_moe_overhead_beam_decodes_to_fixed_lengths_and_differences_them(tmp_path):
-    """benchmarks/moe_overhead_beam.py: the feeds make the exported beam graph decode a real source to
+    """The beam study (benchmarks/moe_dispatch.py): the feeds make the exported beam graph decode a real source to
     exactly the asked number of tokens (end token suppressed), so a long and a short decode differ by
     a known number of steps; step_costs turns [short, long] seconds per sentence into seconds per step."""
     import numpy as np
@@ -268,9 +247,8 @@ def test_moe_overhead_beam_decodes_to_fixed_lengths_and_differences_them(tmp_pat
     from automoe.modeling import MoETransformer
     from automoe.serve import Translator
 
-    sys.path.insert(0, str(ROOT / "benchmarks"))
-    from moe_overhead import export_model
-    from moe_overhead_beam import fixed_length_feeds, step_costs
+    from moe_dispatch import fixed_length_feeds, step_costs
+    from moe_harness import export_model
 
     data = ROOT / "tests" / "data" / "bible-en-de"
     base = SearchSpace.preset("tiny").largest()
@@ -298,7 +276,6 @@ def test_moe_overhead_beam_decodes_to_fixed_lengths_and_differences_them(tmp_pat
 
 def test_moe_overhead_beam_table_reads_the_last_trained_run(monkeypatch):
     """The beam-graph table shows the last run's widths and says how a step was obtained."""
-    sys.path.insert(0, str(ROOT / "benchmarks"))
     import report
 
     records = [_overhead_record(benchmark="moe_overhead_beam", supernet="models/trained", width=w, lengths=[8, 40])
@@ -312,9 +289,9 @@ def test_moe_overhead_beam_table_reads_the_last_trained_run(monkeypatch):
 
 
 def test_moe_overhead_beam_table_shows_the_last_run_of_each_moe_form(monkeypatch):
-    """Kernel rows (the int8 default) come first, then QMoE, then the last compact run; records older
-    than the moe_dispatch field timed the compact form; a newer run of one form does not hide another."""
-    sys.path.insert(0, str(ROOT / "benchmarks"))
+    """Kernel rows (the int8 default) come first, then the last compact run; records older than the
+    moe_dispatch field timed the compact form; a newer run of one form does not hide another, and
+    records of a form automoe no longer exports (qmoe) are not shown, nor their paired ratios."""
     import report
 
     beam = {"benchmark": "moe_overhead_beam", "supernet": "models/trained", "lengths": [8, 40]}
@@ -322,51 +299,53 @@ def test_moe_overhead_beam_table_shows_the_last_run_of_each_moe_form(monkeypatch
                _overhead_record(**beam, width=384, moe_dispatch="qmoe", dense_step={"median_ms": 2.5},
                                 git_commit="def", date="2026-12-04T00:00:00+00:00"),
                _overhead_record(**beam, width=384, moe_dispatch="kernel", dense_step={"median_ms": 3.5},
-                                git_commit="fed", date="2026-12-05T00:00:00+00:00")]
+                                against_form="qmoe", form_ratio=-0.3, git_commit="fed", date="2026-12-05T00:00:00+00:00")]
     monkeypatch.setattr(report, "_read", lambda name: records if name == "moe_overhead_beam" else [])
-    rows = [line for line in report.moe_overhead_beam_table().splitlines() if line.startswith("| ")]
-    assert rows[0].startswith("| MoE form | FFN width |")
-    assert rows[1].startswith("| kernel | 384 | 3.500 |") and rows[2].startswith("| qmoe | 384 | 2.500 |")
-    assert rows[3].startswith("| compact | 384 | 1.500 |")
-    assert ("kernel 2026-12-05, commit `fed`; qmoe 2026-12-04, commit `def`; compact 2026-12-03, commit `abc`"
-            in report.moe_overhead_beam_table())
+    table = report.moe_overhead_beam_table()
+    rows = [line for line in table.splitlines() if line.startswith("| ")]
+    assert rows[0].startswith("| MoE form | FFN width |") and len(rows) == 3
+    assert rows[1].startswith("| kernel | 384 | 3.500 |") and rows[2].startswith("| compact | 384 | 1.500 |")
+    assert "kernel 2026-12-05, commit `fed`; compact 2026-12-03, commit `abc`" in table
+    assert "qmoe" not in table
 
 
 def test_moe_overhead_beam_table_reports_the_paired_form_ratio(monkeypatch):
     """Records timed with --against-form add one sentence: each width's ratio of the two forms."""
-    sys.path.insert(0, str(ROOT / "benchmarks"))
     import report
 
-    beam = {"benchmark": "moe_overhead_beam", "supernet": "models/trained", "lengths": [8, 40], "moe_dispatch": "qmoe",
+    beam = {"benchmark": "moe_overhead_beam", "supernet": "models/trained", "lengths": [8, 40], "moe_dispatch": "kernel",
             "against_form": "compact"}
     records = [_overhead_record(**beam, width=w, form_ratio=r, form_ratio_min=m) for w, r, m in ((384, -0.1, -0.05),
                                                                                              (768, -0.2, -0.15))]
-    records.append(_overhead_record(**{**beam, "moe_dispatch": "kernel", "against_form": "qmoe"}, width=384,
-                                    form_ratio=-0.3, form_ratio_min=-0.25))
     monkeypatch.setattr(report, "_read", lambda name: records if name == "moe_overhead_beam" else [])
-    table = report.moe_overhead_beam_table()
-    assert "qmoe over compact, by FFN width: 768: -20.0%; -15.0%, 384: -10.0%; -5.0%." in table
-    assert "kernel over qmoe, by FFN width: 384: -30.0%; -25.0%." in table
+    assert "kernel over compact, by FFN width: 768: -20.0%; -15.0%, 384: -10.0%; -5.0%." in report.moe_overhead_beam_table()
+
+
+def _forms_cell(compact: float, kernel: float, ratio: float, least: float, rows: int | None) -> dict:
+    return {"compact_call": {"median_ms": compact}, "kernel_call": {"median_ms": kernel}, "rows_per_call": rows,
+            "ratios": {"kernel": {"ratio": ratio, "min": least, "quartiles": [ratio, ratio]}}}
 
 
 def test_moe_forms_table_has_a_column_per_graph_in_decode_order(monkeypatch):
     """The forms table: one row per width (widest first), the encoder then decoder.onnx by batch
-    size, each cell compact / qmoe ms with the paired ratio and the ratio of minima."""
-    sys.path.insert(0, str(ROOT / "benchmarks"))
+    size, each cell compact / kernel ms with the paired ratio and the ratio of minima; records
+    written before the kernel form was timed are left out."""
     import report
 
-    cell = {"compact_call": {"median_ms": 2.0}, "qmoe_call": {"median_ms": 1.0}, "ratio": -0.5, "ratio_min": -0.4}
-    graphs = {"decoder@8": {**cell, "rows_per_call": 32}, "encoder": {**cell, "rows_per_call": None},
-              "decoder@1": {**cell, "rows_per_call": 4}}
+    graphs = {"decoder@8": _forms_cell(2.0, 1.0, -0.5, -0.4, 32), "encoder": _forms_cell(2.0, 1.0, -0.5, -0.4, None),
+              "decoder@1": _forms_cell(2.0, 1.0, -0.5, -0.4, 4)}
     records = [{"benchmark": "moe_forms", "supernet": "models/trained", "experts": 4, "width": w, "threads": 1, "beam": 4,
                 "sentences": 96, "rounds": 3, "graphs": graphs, "git_commit": "abc", "date": "2026-12-03T00:00:00+00:00"}
                for w in (384, 1536)]
-    monkeypatch.setattr(report, "_read", lambda name: records if name == "moe_forms" else [])
-    rows = [line for line in report.moe_forms_table().splitlines() if line.startswith("|")]
+    old = {**records[0], "width": 768, "graphs": {"encoder": {"compact_call": {"median_ms": 2.0}, "ratio": -0.1}}}
+    monkeypatch.setattr(report, "_read", lambda name: records + [old] if name == "moe_forms" else [])
+    table = report.moe_forms_table()
+    rows = [line for line in table.splitlines() if line.startswith("|")]
     assert rows[0] == ("| FFN width | encoder (one source) | decoder.onnx, batch 1 (4 rows per step) "
                        "| decoder.onnx, batch 8 (32 rows per step) |")
     assert rows[2] == "| 1536 | " + " | ".join(["2.000 / 1.000 (-50.0%; -40.0%)"] * 3) + " |"
-    assert rows[3].startswith("| 384 |")
+    assert rows[3].startswith("| 384 |") and len(rows) == 4
+    assert "ms per call, `compact` / `kernel`, and in brackets kernel over compact" in table
     monkeypatch.setattr(report, "_read", lambda name: [])
     assert report.moe_forms_table().startswith("_Not measured yet")
 
@@ -376,8 +355,7 @@ def test_recording_session_shares_inputs_equal_to_the_previous_step():
     (cross-attention caches), a copy of each new one, and never the caller's array itself."""
     import numpy as np
 
-    sys.path.insert(0, str(ROOT / "benchmarks"))
-    from moe_overhead import RecordingSession
+    from moe_harness import RecordingSession
 
     class Session:
         def run(self, output_names, feed):
@@ -395,7 +373,6 @@ def test_recording_session_shares_inputs_equal_to_the_previous_step():
 
 
 def test_moe_bleu_table_lists_every_form_against_torch(monkeypatch):
-    sys.path.insert(0, str(ROOT / "benchmarks"))
     import report
 
     record = {"benchmark": "moe_bleu", "supernet": "models/trained", "experts": 4, "width": 768, "beam": 4,
@@ -414,35 +391,59 @@ def test_moe_bleu_table_lists_every_form_against_torch(monkeypatch):
 def test_moe_overhead_beam_table_lists_every_repeated_run(monkeypatch):
     """When the shown run timed a width several times, the row is the last one and one sentence lists
     every run's overhead, oldest first; a form timed once gets no such sentence."""
-    sys.path.insert(0, str(ROOT / "benchmarks"))
     import report
 
     beam = {"benchmark": "moe_overhead_beam", "supernet": "models/trained", "lengths": [8, 40], "moe_dispatch": "kernel"}
     records = [_overhead_record(**beam, width=w, overhead=o, overhead_min=m, date=f"2026-12-05T00:{20 * i:02d}:00+00:00")
                for i, (w, o, m) in enumerate([(384, 0.05, 0.01), (768, 0.07, 0.02), (384, 0.09, 0.03)])]
-    records.append(_overhead_record(**{**beam, "moe_dispatch": "qmoe"}, width=384, overhead=0.2))
+    records.append(_overhead_record(**{**beam, "moe_dispatch": "compact"}, width=384, overhead=0.2))
     monkeypatch.setattr(report, "_read", lambda name: records if name == "moe_overhead_beam" else [])
     table = report.moe_overhead_beam_table()
     rows = [line for line in table.splitlines() if line.startswith("| kernel | 384 |")]
     assert len(rows) == 1 and "(+9.0%; +3.0%)" in rows[0]
     assert ("The kernel rows are the last of repeated runs; the 4-expert overhead of every run, oldest first "
             "(median [per-sentence minima]), by FFN width: 768: +7.0% [+2.0%]; 384: +5.0% [+1.0%], +9.0% [+3.0%].") in table
-    assert "The qmoe rows are the last of repeated runs" not in table
+    assert "The compact rows are the last of repeated runs" not in table
 
 
-def test_moe_forms_table_shows_every_fused_form_of_newer_records(monkeypatch):
-    """Records with `ratios` (moe_forms.py timing qmoe and kernel) give each cell compact / qmoe / kernel
-    ms and both ratios over compact, in that order, and the caption names the three forms."""
-    sys.path.insert(0, str(ROOT / "benchmarks"))
+def test_deleted_forms_table_states_the_measurements_that_decided(monkeypatch):
+    """The forms deleted in issue #29 keep their deciding numbers in docs/moe_dispatch.md, rendered
+    from the records: traced against compact in the decoder step, qmoe against compact and kernel
+    (paired), qmoe's BLEU."""
     import report
 
-    cell = {"compact_call": {"median_ms": 2.0}, "qmoe_call": {"median_ms": 1.5}, "kernel_call": {"median_ms": 1.0},
-            "ratios": {"qmoe": {"ratio": -0.25, "min": -0.2, "quartiles": [-0.3, -0.2]},
-                       "kernel": {"ratio": -0.5, "min": -0.45, "quartiles": [-0.6, -0.4]}}, "rows_per_call": None}
-    records = [{"benchmark": "moe_forms", "supernet": "models/trained", "experts": 4, "width": 384, "threads": 1, "beam": 4,
-                "sentences": 96, "rounds": 3, "graphs": {"encoder": cell}, "git_commit": "abc",
-                "date": "2026-12-03T00:00:00+00:00"}]
-    monkeypatch.setattr(report, "_read", lambda name: records if name == "moe_forms" else [])
-    table = report.moe_forms_table()
-    assert "| 384 | 2.000 / 1.500 / 1.000 (-25.0%; -20.0%, -50.0%; -45.0%) |" in table.splitlines()
-    assert "ms per call, `compact` / `qmoe` / `kernel`, and in brackets qmoe and kernel over compact" in table
+    overhead = [_overhead_record(supernet="models/trained", width=w, overhead=0.25, traced_overhead=t, paired_turns=40)
+                for w, t in ((768, 0.35), (384, 0.2))]
+    beam = {"benchmark": "moe_overhead_beam", "supernet": "models/trained", "lengths": [8, 40]}
+    paired = [_overhead_record(**beam, width=384, moe_dispatch="qmoe", against_form="compact", form_ratio=-0.1),
+              _overhead_record(**beam, width=384, moe_dispatch="kernel", against_form="qmoe", form_ratio=-0.2),
+              _overhead_record(**beam, width=384, moe_dispatch="kernel", against_form="qmoe", form_ratio=-0.05)]
+    bleu = {"width": 768, "scores": {"torch-fp32": {"bleu": 7.0}, "onnxruntime-int8-kernel": {"bleu": 7.1},
+                                     "onnxruntime-int8-qmoe": {"bleu": 7.2}}}
+    files = {"moe_overhead": overhead, "moe_overhead_beam": paired, "moe_bleu": [bleu]}
+    monkeypatch.setattr(report, "_read", lambda name: files.get(name, []))
+    rows = report.moe_deleted_forms_table().splitlines()
+    assert rows[2].startswith("| traced | decoder.onnx step over dense, traced vs compact, `models/trained`")
+    assert "traced slower in 1 of all 2 such records) | 768: +35.0% vs +25.0%, 384: +20.0% vs +25.0% |" in rows[2]
+    assert rows[3].endswith("qmoe over compact, paired (moe_overhead_beam, 1 runs) | 384: -10.0% |")
+    assert rows[4].endswith("kernel over qmoe, paired (moe_overhead_beam, 2 runs) | 384: -20.0% .. -5.0% |")
+    assert rows[5].endswith("| fp32 7.00, kernel 7.10, qmoe 7.20 |") and len(rows) == 6
+    monkeypatch.setattr(report, "_read", lambda name: [])
+    assert report.moe_deleted_forms_table().startswith("_No records")
+
+
+def test_moe_summary_is_the_kernel_beam_rows_with_their_bleu_and_a_link(monkeypatch):
+    import report
+
+    beam = {"benchmark": "moe_overhead_beam", "supernet": "models/trained", "lengths": [8, 40], "moe_dispatch": "kernel"}
+    records = [_overhead_record(**beam, width=w, overhead=o) for w, o in ((384, 0.05), (768, 0.07))]
+    records.append(_overhead_record(**{**beam, "moe_dispatch": "compact"}, width=384, overhead=0.3))
+    bleu = {"scores": {"onnxruntime-int8-kernel": {"bleu_change": -0.25}}}
+    files = {"moe_overhead_beam": records, "moe_bleu": [bleu]}
+    monkeypatch.setattr(report, "_read", lambda name: files.get(name, []))
+    table = report.moe_summary_table()
+    rows = [line for line in table.splitlines() if line.startswith("| ")]
+    assert [row[:45] for row in rows[1:]] == ["| 768 | 1.000 | 1.000 (+7.0%; +10.0%) | 1.000",
+                                              "| 384 | 1.000 | 1.000 (+5.0%; +10.0%) | 1.000"]
+    assert "`kernel` MoE form" in table and "against PyTorch fp32: -0.25" in table
+    assert "[docs/moe_dispatch.md](docs/moe_dispatch.md)" in table

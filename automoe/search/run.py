@@ -268,7 +268,9 @@ def run_search(supernet_dir: str | Path, data_dir: str | Path, out_dir: str | Pa
                latency_ms: float | None = None, predictor: str | Path | None = None, gflops: float | None = None,
                dense_only: bool = False, config: EvolutionConfig = EvolutionConfig(), resume: bool = False,
                fitness_sentences: int = 200, workers: int = 1) -> ArchConfig:
-    """Evolutionary search on a trained supernet under a latency (predicted) and/or GFLOPs budget.
+    """Evolutionary search on a trained supernet (prefix or Mixture-of-Supernets: the fitness is
+    the validation loss of the weights it makes for each architecture) under a latency (predicted)
+    and/or GFLOPs budget.
 
     `workers` > 1 evaluates each generation's new architectures in that many processes (same
     result as one process: fitness is deterministic).
@@ -341,6 +343,7 @@ def run_search(supernet_dir: str | Path, data_dir: str | Path, out_dir: str | Pa
     (out / "best_info.json").write_text(json.dumps({
         "fitness": best_fit, "gene_key": gene_key(genes.encode(space, best)), "budget_latency_ms": latency_ms,
         "budget_gflops": gflops, "dense_only": dense_only, "predicted_latency_ms": lat.predict([best])[0] if lat else None,
+        "weight_sharing": supernet.sharing.to_dict(),
         "predictor_measured_on": lat.measured_on if lat else None,
         **cost(best).to_dict()}, indent=2) + "\n")
     return best

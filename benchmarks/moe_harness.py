@@ -1,67 +1,27 @@
-"""Cost of sparse MoE dispatch at decode time: one decoder step of a model whose every layer holds
-`--experts` top-1 experts versus the same model with one dense FFN of the routed width.
+"""The harness of benchmarks/moe_dispatch.py: the models it compares, recorded decoder steps, the
+paired replay protocol and its statistics (see docs/moe_dispatch.md for why each is as it is).
 
-All models come from one trained supernet, so routing is the trained router's and varies with
-real sentences:
-  dense      its largest subnet with every FFN of width `--width`
-  moe        the same architecture with `--experts` experts of that width per layer
-  moe-one    `moe` with its routers zeroed: every token goes to expert 0, so it runs the whole
-             dispatch but reads one expert per layer, like `dense` (the fixed cost of dispatch)
-  moe-traced `moe` exported with PyTorch's own gather / scatter dispatch instead of the compact
-             form of export/onnx_moe.py (what the compact form saves)
-Each is exported to ONNX Runtime (int8 by default) and run with 1 thread. The first `--sentences`
-test sentences are translated by `moe` (batch 1, beam 4) and every decoder-step input is
-recorded; all models replay identical inputs, in order, as in real decoding.
-
-Replay protocol: `--rounds` passes over the sentences, cut into turns of `--turn` sentences.
-Every model in turn (the order rotating per turn) replays a turn's sentences in order, the first
-`--warmup` of them untimed so that the cache holds that model's weights as in a server running it
-alone; every other `session.run` is timed. The host is shared and its speed drifts by tens of
-percent within seconds, which swamps a 15% difference between models timed seconds apart, so
-every figure pairs a model's turn with the same turn of another model (under a second apart):
-  overhead          median over turns of (moe turn time / dense turn time) - 1 (the figure the
-                    project is judged by); `_quartiles` give the spread of the paired ratios
-  overhead_min      per-step minimum over rounds, summed, moe / dense - 1 (the least-contended
-                    cost; needs >= 2 rounds)
-  dispatch_overhead the same for moe-one
-  expert_overhead   moe / moe-one - 1 (reading and running the other distinct experts the beams chose)
-  traced_overhead   the same for moe-traced
-  control_overhead  the same for a second session of the dense graph (the A/A control: 0 on a
-                    quiet host; its quartiles show how far one paired turn can be off)
-Short turns are the pessimistic side for a MoE model: its warm-up sentences bring back only the
-experts they pick, and the others are read cold after another model ran (at width 768, 40-sentence
-turns gave +9% and +15% where 6-sentence turns gave +32% and +19%, in a scratch comparison whose
-long turns were too few to pair reliably). The records before `--rounds` existed used one round
-of 10-sentence turns, 1 warm-up, and pooled medians (no pairing).
-Sessions of one graph differ by several percent among themselves, for the whole run (each lays out
-its weights and buffers in memory differently; three sessions of the dense graph replaying the
-same steps differed by up to 6% in a scratch run), which pairing cannot cancel. So every model
-runs as `--instances` sessions, one per turn in rotation, and each figure averages over layouts
-(the idea of Curtsinger & Berger's Stabilizer, arXiv 1303.3929, by rotation instead of
-re-randomizing). The sessions are opened in rotation too (one of every model, then the next), so
-that no model owns the early or late openings. Records without "instances" used one session per
-model; records without "opening" opened each model's sessions together.
-Appends to benchmarks/results/moe_overhead.jsonl.
-
-    python benchmarks/moe_overhead.py --supernet models/supernet-small-bible-v3 --data data/bible-en-de
+Replay protocol: `rounds` passes over the sentences, cut into turns of `turn` sentences. Every
+model in turn (the order rotating per turn) replays a turn's sentences in order, the first
+`warmup` of them untimed so that the cache holds that model's weights; every other `session.run`
+is timed. The host is shared and its speed drifts by tens of percent within seconds, so every
+figure pairs a model's turn with the same turn of another model (`ratio_stats`). Each model runs
+as `instances` sessions, one per turn in rotation, opened in rotation (`open_interleaved`), since
+sessions of one graph differ by several percent among themselves for as long as they live.
 """
 
 from __future__ import annotations
 
 import argparse
 import statistics
-import sys
-import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import RESULTS, append_jsonl, environment, summary_ms  # noqa: E402
+from common import RESULTS, append_jsonl, environment, summary_ms  # noqa: F401  (the studies' output helpers)
 
-
-CONTROL = "dense-again"  # a second session of the dense graph: its "overhead" is the host's noise
+CONTROL = "dense-again"  # a second set of sessions of the dense graph: its "overhead" is the host's noise
 
 
 class RecordingSession:
@@ -81,9 +41,13 @@ class RecordingSession:
         return self.session.run(output_names, feed)
 
 
-def build_models(supernet, width: int, experts: int, traced: bool = True) -> dict:
-    """The models of the module docstring, extracted from `supernet`: dense, moe-E, moe-E-one and
-    (with `traced`) moe-E-traced, in that order."""
+def build_models(supernet, width: int, experts: int) -> dict:
+    """The models every study compares, extracted from `supernet` (trained or random weights):
+      dense      its largest subnet with every FFN of width `width`
+      moe-E      the same architecture with `experts` top-1 experts of that width per layer
+      moe-E-one  `moe-E` with its routers zeroed: every token goes to expert 0, so it runs the whole
+                 dispatch but reads one expert per layer, like `dense` (the fixed cost of dispatch)
+    in that order."""
     import torch
 
     from automoe.extract import extract_subnet
@@ -95,9 +59,10 @@ def build_models(supernet, width: int, experts: int, traced: bool = True) -> dic
                                  decoder_ffn=((width,),) * largest.decoder_layers)
     moe_arch = dense_arch.replace(encoder_ffn=((width,) * experts,) * dense_arch.encoder_layers,
                                   decoder_ffn=((width,) * experts,) * dense_arch.decoder_layers)
-    names = [f"moe-{experts}{s}" for s in ("", "-one", "-traced")][: 3 if traced else 2]
-    models = {"dense": extract_subnet(supernet, dense_arch), **{n: extract_subnet(supernet, moe_arch) for n in names}}
-    for layer in list(models[names[1]].encoder_layers) + list(models[names[1]].decoder_layers):
+    moe, one = f"moe-{experts}", f"moe-{experts}-one"
+    models = {"dense": extract_subnet(supernet, dense_arch), moe: extract_subnet(supernet, moe_arch),
+              one: extract_subnet(supernet, moe_arch)}
+    for layer in list(models[one].encoder_layers) + list(models[one].decoder_layers):
         # equal logits: every token takes expert 0 (a new tensor: extracted weights may share storage)
         layer.ffn.router.weight.data = torch.zeros_like(layer.ffn.router.weight)
     return models
@@ -162,7 +127,7 @@ def replay(sessions: dict, sentences: list[list[dict]], rounds: int, turn: int, 
 def open_interleaved(loaders: dict, instances: int) -> dict:
     """Per model, `instances` sessions from its loader, opened in rotation: one of every model, then
     a second of every model, and so on, so that no model owns the early or the late openings of a
-    process (while moe_dispatch_parts.py opened each model's sessions together, its A/A control,
+    process (while the parts study opened each model's sessions together, its A/A control,
     opened last, ran 6-13% faster than the dense sessions opened first in every run)."""
     sessions = {name: [] for name in loaders}
     for _ in range(instances):
@@ -211,10 +176,10 @@ def add_replay_arguments(p: argparse.ArgumentParser, turn: int, warmup: int, max
     p.add_argument("--data", required=True, help="dataset folder (test split, spm.model)")
     p.add_argument("--experts", type=int, default=4)
     if moe_dispatch:
-        p.add_argument("--moe-dispatch", default=None, choices=["compact", "qmoe", "kernel"],
+        p.add_argument("--moe-dispatch", default=None, choices=["compact", "kernel"],
                        help="how the MoE layers of the beam graph's decoder export (automoe.export.onnx.export_graphs; "
-                            "default: the exporter's for the quantization: kernel for int8, or qmoe where no C++ "
-                            "compiler builds automoe's operator); qmoe and kernel need --quantize int8")
+                            "default: the exporter's for the quantization: kernel for int8 where a C++ compiler "
+                            "builds automoe's operator, else compact); kernel needs --quantize int8")
     p.add_argument("--width", type=int, default=None, help="expert / dense FFN width (default: the widest of the space)")
     p.add_argument("--sentences", type=int, default=100)
     p.add_argument("--rounds", type=int, default=8, help="passes over the sentences")
@@ -261,69 +226,18 @@ def load_weights(args: argparse.Namespace):
                                             "d_model": max(space.d_model), "decoder_layers": max(space.decoder_layers)}
 
 
-def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    # decoder.onnx, the graph replayed here (batches of sentences), is compact in every export
-    add_replay_arguments(p, turn=6, warmup=2, moe_dispatch=False)
-    p.add_argument("--quantize", default="int8", choices=["int8", "none"])
-    p.add_argument("--out", default=str(RESULTS / "moe_overhead.jsonl"))
-    args = p.parse_args(argv)
-    check_replay_arguments(p, args)
-    env = environment()  # the commit and time the run started with
-
-    import torch
-
+def study_models(args: argparse.Namespace) -> tuple[dict, dict, int, list[str]]:
+    """What a study of `add_replay_arguments` times: the models of `build_models` (FFN `--width`,
+    default the widest of the space), the record fields naming their weights (`load_weights`), the
+    width, and the first `--sentences` test sources of `--data`."""
     from automoe.evaluate import read_split
-    from automoe.serve import Translator
 
-    torch.set_num_threads(args.threads)
     supernet, weights = load_weights(args)
     width = args.width or max(supernet.space.ffn_dims)
-    models = build_models(supernet, width, args.experts)
-    moe_name, one_name, traced_name = list(models)[1:]
     sources, _ = read_split(args.data, "test", limit=args.sentences)
-    quant = None if args.quantize == "none" else args.quantize
-    dispatch = "compact"
-    loaders, sizes = {}, {}
-    with tempfile.TemporaryDirectory() as tmp:
-        for name, model in models.items():
-            exported = export_model(model, Path(tmp) / name, Path(args.data) / "spm.model", quant,
-                                    "traced" if name == traced_name else dispatch)
-            sizes[name] = round((exported / "decoder.onnx").stat().st_size / 2**20, 1)
-            loaders[name] = lambda folder=exported: Translator.from_pretrained(folder, threads=args.threads).backend.decoder
-            if name == "dense":  # the A/A control: the same graph in other sessions
-                loaders[CONTROL] = loaders[name]
-            if name == moe_name:
-                sentences = record_steps(Translator.from_pretrained(exported, threads=args.threads), sources, args.beam,
-                                         args.max_length)
-        decoders = open_interleaved(loaders, args.instances)
-    seconds = replay(decoders, sentences, args.rounds, args.turn, args.warmup)
-    pooled = {name: [t for turns in rounds for steps in turns for t in steps] for name, rounds in seconds.items()}
-    stats = {name: summary_ms(s) for name, s in pooled.items()}
-    vs = {"overhead": ratio_stats(seconds, moe_name, "dense"), "dispatch_overhead": ratio_stats(seconds, one_name, "dense"),
-          "expert_overhead": ratio_stats(seconds, moe_name, one_name), "traced_overhead": ratio_stats(seconds, traced_name, "dense"),
-          "control_overhead": ratio_stats(seconds, CONTROL, "dense")}
-    record = {"benchmark": "moe_overhead", **weights, "experts": args.experts,
-              "width": width, "quantization": quant, "moe_dispatch": dispatch, "threads": args.threads, "beam": args.beam,
-              "rows_per_step": args.beam, "sentences": len(sources), "max_length": args.max_length, "method": "replayed steps",
-              "rounds": args.rounds, "turn": args.turn, "warmup": args.warmup, "instances": args.instances,
-              "opening": "interleaved",
-              "timed_steps": len(pooled["dense"]) // args.rounds,
-              "dense_step": stats["dense"], "moe_step": stats[moe_name], "moe_one_expert_step": stats[one_name],
-              "moe_traced_step": stats[traced_name],
-              **overhead_fields(vs),
-              "decoder_mib": {"dense": sizes["dense"], "moe": sizes[moe_name]}, "l3_cache": l3_cache(), **env}
-    append_jsonl(Path(args.out), [record])
-    pct = lambda key: "n/a" if record[key] is None else f"{100 * record[key]:+.1f}%"  # noqa: E731
-    spread = lambda key: " .. ".join(f"{100 * q:+.1f}%" for q in record[f"{key}_quartiles"])  # noqa: E731
-    print(f"width {width}, decoder step (median over {record['paired_turns']} paired turns of the ratio to dense, "
-          f"per-step minimum over rounds in brackets): {moe_name} {pct('overhead')} [{pct('overhead_min')}], all tokens to one expert "
-          f"{pct('dispatch_overhead')} [{pct('dispatch_overhead_min')}], other experts {pct('expert_overhead')}, "
-          f"traced dispatch {pct('traced_overhead')}; quartiles of the paired ratios: {moe_name} {spread('overhead')}, "
-          f"dense against itself {pct('control_overhead')} ({spread('control_overhead')}); pooled medians: dense {stats['dense']['median_ms']:.3f} ms, "
-          f"{moe_name} {stats[moe_name]['median_ms']:.3f} ms")
-    return 0
+    return build_models(supernet, width, args.experts), weights, width, sources
 
 
-if __name__ == "__main__":
-    sys.exit(main())
+def pooled_ms(seconds: dict) -> dict:
+    """Per model, `summary_ms` of every second `replay` timed for it (all rounds, turns and steps)."""
+    return {name: summary_ms([t for turns in rounds for steps in turns for t in steps]) for name, rounds in seconds.items()}

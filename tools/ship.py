@@ -1,11 +1,14 @@
 """Package a trained supernet run or model folder into models/ (fp16 safetensors + card).
 
-The card's numbers come from config/provenance files and from evaluation records that this
-script writes with `automoe eval --results` semantics (benchmarks/results/eval.jsonl).
+The card's numbers come from config/provenance files and from results records: the test
+evaluation this script writes (benchmarks/results/eval.jsonl, `automoe eval --results` semantics)
+and the last `automoe bench` run (benchmarks/results/bench.jsonl).
 
-    python benchmarks/ship.py supernet runs/supernet-v3 models/supernet-small-bible-v3 --data data/bible-en-de
-    python benchmarks/ship.py model models/dense-small-bible models/dense-small-bible --data data/bible-en-de
-    python benchmarks/ship.py card models/dense-small-bible     # the card only, from the results files
+    python tools/ship.py supernet runs/supernet-v3 models/supernet-small-bible-v3 --data data/bible-en-de
+    python tools/ship.py model runs/models/switch-small-bible models/switch-small-bible --data data/bible-en-de --family switch
+    python tools/ship.py model runs/models/automoe-small-bible-third-distill models/automoe-small-bible-third \\
+        --data data/bible-en-de --family automoe --budget 1/3
+    python tools/ship.py card models/dense-small-bible     # the card only, from the results files
 """
 
 from __future__ import annotations
@@ -16,10 +19,11 @@ import shutil
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import RESULTS, append_jsonl, environment  # noqa: E402
+from automoe.bench import append_records, run_environment
 
+RESULTS = Path(__file__).resolve().parent.parent / "benchmarks" / "results"
 EVAL = RESULTS / "eval.jsonl"
+BENCH = RESULTS / "bench.jsonl"
 
 
 def evaluate_arch(model, tokenizer, data: str, name: str, source: str, beam: int, limit: int | None) -> dict:
@@ -31,7 +35,7 @@ def evaluate_arch(model, tokenizer, data: str, name: str, source: str, beam: int
 
     record = evaluate(Translator(model, tokenizer, threads=2), data, split="test", beam=beam, limit=limit)
     return {"model": source, "arch_name": name, **record, "params": cost(model.config).total_params,
-            "arch": model.config.to_dict(), **environment()}
+            "arch": model.config.to_dict(), **run_environment()}
 
 
 def ship_supernet(run_dir: Path, out: Path, data: str, beam: int, limit: int | None) -> None:
@@ -46,8 +50,9 @@ def ship_supernet(run_dir: Path, out: Path, data: str, beam: int, limit: int | N
 
     out.mkdir(parents=True, exist_ok=True)
     save_state_dict(load_state_dict(run_dir / "supernet.safetensors"), out / "supernet.safetensors", dtype=torch.float16)
-    for name in ("space.json", "supernet_info.json"):
-        shutil.copyfile(run_dir / name, out / name)
+    for name in ("space.json", "supernet_info.json", "weight_sharing.json"):  # the last: MoS supernets only
+        if name != "weight_sharing.json" or (run_dir / name).exists():
+            shutil.copyfile(run_dir / name, out / name)
     # runs started before the tokenizer travelled with the supernet lack spm.model: take the data's
     tok = run_dir / "spm.model" if (run_dir / "spm.model").exists() else Path(data) / "spm.model"
     shutil.copyfile(tok, out / "spm.model")
@@ -55,7 +60,7 @@ def ship_supernet(run_dir: Path, out: Path, data: str, beam: int, limit: int | N
     tokenizer = load_tokenizer(out / "spm.model")
     records = [evaluate_arch(extract_subnet(supernet, arch), tokenizer, data, name, str(out), beam, limit)
                for name, arch in (("largest", supernet.space.largest()), ("smallest", supernet.space.smallest()))]
-    append_jsonl(EVAL, records)
+    append_records(EVAL, records)
     training = json.loads((out / "supernet_info.json").read_text())
     evals = read_records(EVAL, model=str(out))
     card = model_card(
@@ -75,7 +80,7 @@ def ship_supernet(run_dir: Path, out: Path, data: str, beam: int, limit: int | N
         print(f"{r['arch_name']:10s} BLEU {r['bleu']:.2f} chrF {r['chrf']:.2f} ({r['sentences']} sentences, beam {beam})")
 
 
-BASELINES = {
+FAMILIES = {
     "dense": ("automoe dense baseline, search space `{space}`, Bible en-de",
               "The dense baseline of DESIGN.md section 4: the largest dense architecture of the space (one FFN "
               "of the widest width per layer), trained from scratch on the same data with the optimiser settings "
@@ -83,26 +88,44 @@ BASELINES = {
               "3,000-token batches, dropout 0.1, label smoothing 0.1, bf16 autocast)."),
     "switch": ("automoe Switch baseline, search space `{space}`, Bible en-de",
                "The Switch Transformer baseline of DESIGN.md section 4: the dense baseline with top-1 experts of "
-               "the widest width in every layer and the load-balancing loss, trained from scratch."),
+               "the widest width in every layer and the load-balancing loss, trained from scratch on the same data "
+               "and token budget as the dense baseline."),
+    "automoe": ("automoe searched MoE subnet at {budget} of the dense latency, search space `{space}`, Bible en-de",
+                "A sparse Mixture-of-Experts subnet found by automoe's evolutionary search (AutoMoE, arXiv "
+                "2210.07535) in the supernet of the space under a latency budget of {budget} of the dense "
+                "baseline's (ONNX Runtime int8, 1 thread, batch 1, beam 4; benchmarks/results/search/), extracted "
+                "into this standalone model and trained on the same data and token budget as the dense baseline."),
+    "hat": ("automoe HAT-style dense subnet at {budget} of the dense latency, search space `{space}`, Bible en-de",
+            "A dense subnet found by the same evolutionary search restricted to one expert per layer (HAT, arXiv "
+            "2005.14187) under a latency budget of {budget} of the dense baseline's, extracted and trained on the "
+            "same data and token budget as the dense baseline: the comparison point for the AutoMoE subnets."),
 }
 
 
-def baseline_card(out: Path, kind: str, space: str) -> str:
-    """The card of a shipped baseline folder from its config.json and the results files."""
+def family_card(out: Path, space: str = "small", family: str | None = None, budget: str | None = None) -> str:
+    """The card of a shipped model folder from its config.json and the results files. The family
+    and budget default to those `ship_model` recorded in the training provenance."""
     from automoe.card import model_card, read_records
     from automoe.checkpoint import read_model_config
 
     arch, meta = read_model_config(out)
-    title, summary = BASELINES[kind]
-    return model_card(title.format(space=space), summary, arch, meta.get("training") or {},
-                      read_records(EVAL, model=str(out)), read_records(RESULTS / "engines.jsonl", model=str(out)),
-                      usage=f'```python\nfrom automoe import Translator\n\ntr = Translator.from_pretrained("{out}")'
-                            f'\nprint(tr.translate(["Jesus wept."]))\n```',
+    recorded = meta.get("training") or {}
+    family, budget = family or recorded.get("family", "dense"), budget or recorded.get("budget")
+    title, summary = FAMILIES[family]
+    if "{budget}" in title and not budget:
+        raise SystemExit(f"a {family} card names its latency budget: pass --budget, e.g. 1/3")
+    return model_card(title.format(space=space, budget=budget), summary.format(budget=budget), arch,
+                      meta.get("training") or {}, read_records(EVAL, model=str(out)),
+                      read_records(RESULTS / "engines.jsonl", model=str(out)),
+                      usage=f'```python\nfrom automoe import Translator\n\ntr = Translator.from_pretrained("{out}", '
+                            f'engine="onnxruntime", quantize="int8")\nprint(tr.translate(["Jesus wept."]))\n```',
                       limitations="Trained for a few CPU hours on the public-domain Bible (WEB -> Elberfelder 1932) "
-                                  "only; expect low quality outside that domain.")
+                                  "only; expect low quality outside that domain.",
+                      bench_records=read_records(BENCH, model=out.name))
 
 
-def ship_model(src: Path, out: Path, data: str, beam: int, limit: int | None, kind: str, space: str) -> None:
+def ship_model(src: Path, out: Path, data: str, beam: int, limit: int | None, family: str, space: str,
+               budget: str | None) -> None:
     """A trained model folder -> fp16 copy in `out` (may be `src`), test BLEU record and card."""
     import torch
 
@@ -113,12 +136,12 @@ def ship_model(src: Path, out: Path, data: str, beam: int, limit: int | None, ki
     model.to(torch.float16).float()  # the fp16-rounded weights users get, evaluated before the one write
     tok_file = src / model.meta["tokenizer"]["file"]
     record = evaluate_arch(model, load_tokenizer(tok_file), data, None, str(out), beam, limit)
-    append_jsonl(EVAL, [record])
+    append_records(EVAL, [record])
     # the demo opens on the best shipped model by this recorded score
-    training = {**(model.meta.get("training") or {}),
+    training = {**(model.meta.get("training") or {}), "family": family, "budget": budget,
                 "eval": {k: record[k] for k in ("split", "sentences", "beam", "bleu", "chrf")}}
     model.save_pretrained(out, tokenizer_file=tok_file, training=training, dtype=torch.float16)
-    (out / "README.md").write_text(baseline_card(out, kind, space), encoding="utf-8")
+    (out / "README.md").write_text(family_card(out, space, family, budget), encoding="utf-8")
     print(f"{out}: BLEU {record['bleu']:.2f} chrF {record['chrf']:.2f} ({record['sentences']} sentences, beam {beam})")
 
 
@@ -131,19 +154,22 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--data", help="dataset folder for the test evaluation (supernet, model)")
     p.add_argument("--beam", type=int, default=4)
     p.add_argument("--limit", type=int, default=None, help="evaluate on the first N test pairs only")
-    p.add_argument("--baseline", choices=sorted(BASELINES), default="dense", help="with `model`: which card text")
+    p.add_argument("--family", choices=sorted(FAMILIES), default=None,
+                   help="which card text (model: default dense; card: the family recorded when shipped)")
+    p.add_argument("--budget", default=None, help="with --family automoe/hat: the latency budget, e.g. 1/3")
     p.add_argument("--space", default="small", help="with `model`: the search space named in the card")
     args = p.parse_args(argv)
     args.out = args.out or args.run_dir
     if args.kind != "card" and not args.data:
         p.error(f"{args.kind} evaluates on the test split: give --data")
     if args.kind == "card":
-        (Path(args.out) / "README.md").write_text(baseline_card(Path(args.out), args.baseline, args.space),
+        (Path(args.out) / "README.md").write_text(family_card(Path(args.out), args.space, args.family, args.budget),
                                                   encoding="utf-8")
     elif args.kind == "supernet":
         ship_supernet(Path(args.run_dir), Path(args.out), args.data, args.beam, args.limit)
     else:
-        ship_model(Path(args.run_dir), Path(args.out), args.data, args.beam, args.limit, args.baseline, args.space)
+        ship_model(Path(args.run_dir), Path(args.out), args.data, args.beam, args.limit, args.family or "dense", args.space,
+                   args.budget)
     return 0
 
 

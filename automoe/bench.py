@@ -1,0 +1,378 @@
+"""`automoe bench`: translation quality, CPU latency and cost of several models, measured together.
+
+The protocol of DESIGN.md section 6, as one library function that the CLI verb and the benchmark
+scripts share:
+
+- Every model runs on every requested engine and thread count (CTranslate2 only for dense
+  models: a model an engine cannot run gets a record with the reason in `skipped`).
+- Latency: batch 1, beam 4, the benchmark sentences in file order after `warmup` untimed ones,
+  all (model, engine) pairs of one thread count interleaved round-robin sentence by sentence with
+  a rotating start, so that the machine's drift hits every model alike. Median and p90 ms.
+- BLEU/chrF: sacrebleu on the translations the latency loop produced (one sentence at a time,
+  so a sentence's translation never depends on its batch-mates).
+- Throughput: sentences/s and target tokens/s at `throughput_batch`, again round-robin.
+- Speedup: the baseline's median latency / the model's, from the same run, engine and threads.
+  The baseline is the dense model with the most parameters unless named.
+- Cost: analytic GFLOPs and active/total parameters (`automoe.search.flops`).
+
+Results are data: one JSONL record per model x engine x threads (with the CPU name and git
+commit), a Markdown table and PNG plots (BLEU vs latency with the Pareto front, BLEU vs GFLOPs).
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import logging
+import platform
+import statistics
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+from .config import ArchConfig, ConfigError
+
+logger = logging.getLogger(__name__)
+
+ENGINES = ("torch", "onnxruntime", "onnxruntime-int8", "ctranslate2", "ctranslate2-int8")
+QUICK_SENTENCES = 300  # DESIGN.md section 6: the first 300 test sentences
+FAMILIES = ("dense", "switch", "hat", "automoe")
+
+
+@dataclass
+class BenchModel:
+    """One model of a benchmark run: its folder, architecture and family."""
+
+    name: str
+    folder: Path
+    arch: ArchConfig
+    family: str = "automoe"
+
+
+def parse_engine(name: str) -> tuple[str, str | None]:
+    """'onnxruntime-int8' -> ('onnxruntime', 'int8'); a clear error for an unknown name."""
+    if name not in ENGINES:
+        raise ConfigError(f"unknown engine {name!r}: choose from {', '.join(ENGINES)}")
+    engine, _, quant = name.partition("-")
+    return engine, quant or None
+
+
+def model_family(arch: ArchConfig) -> str:
+    """'dense' when every layer has one FFN, 'switch' when every layer has the same number (> 1)
+    of experts of one width, 'automoe' otherwise (heterogeneous experts or mixed layers).
+
+    `load_models` renames the dense models other than the baseline to 'hat' (searched dense).
+    """
+    layers = list(arch.encoder_ffn) + list(arch.decoder_ffn)
+    if all(len(widths) == 1 for widths in layers):
+        return "dense"
+    if len({tuple(widths) for widths in layers}) == 1 and len(set(layers[0])) == 1:
+        return "switch"
+    return "automoe"
+
+
+def load_models(paths: list[str | Path], baseline: str | None = None) -> tuple[list[BenchModel], BenchModel]:
+    """Read the model folders (a folder that is not a model folder, e.g. a supernet, is skipped
+    with a warning) and choose the baseline: the model named `baseline` (its folder name or path),
+    else the dense model with the most parameters. Returns (models, baseline)."""
+    from .checkpoint import CheckpointError, read_model_config, resolve_model_dir
+    from .search.flops import cost
+
+    models, seen = [], set()
+    for path in paths:
+        folder = resolve_model_dir(path)
+        try:
+            arch, _ = read_model_config(folder)
+        except CheckpointError as e:
+            logger.warning("skipping %s: %s", path, e)
+            continue
+        name = Path(str(path).rstrip("/")).name
+        if name in seen:
+            raise ConfigError(f"two models are named {name!r}: give folders with distinct names")
+        seen.add(name)
+        models.append(BenchModel(name, folder, arch, model_family(arch)))
+    if not models:
+        raise ConfigError(f"none of {[str(p) for p in paths]} is a model folder (config.json + model.safetensors)")
+    if baseline is not None:
+        wanted = Path(str(baseline).rstrip("/")).name
+        chosen = next((m for m in models if m.name == wanted), None)
+        if chosen is None:
+            raise ConfigError(f"baseline {baseline!r} is not among the models {[m.name for m in models]}")
+    else:
+        dense = [m for m in models if m.family == "dense"]
+        if not dense:
+            raise ConfigError("no dense model among the models: pass --baseline NAME to choose the reference")
+        chosen = max(dense, key=lambda m: cost(m.arch).total_params)
+    for m in models:
+        if m.family == "dense" and m is not chosen:
+            m.family = "hat"  # a dense model that is not the reference: a searched dense subnet
+    return models, chosen
+
+
+def cpu_name() -> str:
+    """The CPU model name of this machine."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def run_environment() -> dict:
+    """Where and when a result was measured: CPU name, git commit, Python version, UTC date."""
+    from .artifacts import git_commit
+
+    return {"cpu": cpu_name(), "git_commit": git_commit(), "python": platform.python_version(),
+            "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}
+
+
+def percentile(values: list[float], q: float) -> float:
+    """The q-th percentile (0..100) by linear interpolation."""
+    ordered = sorted(values)
+    if not ordered:
+        return float("nan")
+    pos = (len(ordered) - 1) * q / 100
+    lo, hi = int(pos), min(int(pos) + 1, len(ordered) - 1)
+    return ordered[lo] + (ordered[hi] - ordered[lo]) * (pos - lo)
+
+
+def _translator(model: BenchModel, engine_name: str, threads: int):
+    """A Translator for one model on one engine, or the reason the engine cannot run it."""
+    from automoe.serve import Translator
+
+    engine, quantize = parse_engine(engine_name)
+    if engine == "ctranslate2":
+        from automoe.export.checks import ctranslate2_violations
+
+        reasons = ctranslate2_violations(model.arch)
+        if reasons:
+            return None, "; ".join(reasons)
+    try:
+        return Translator.from_pretrained(model.folder, engine=engine, quantize=quantize, threads=threads), None
+    except ImportError as e:  # the engine's package is not installed
+        return None, str(e)
+
+
+def _round_robin(translators: dict, batches: list[list[str]], beam: int, progress) -> tuple[dict, dict]:
+    """Seconds per batch and the translations of every translator, interleaved per batch with a
+    rotating start."""
+    keys = list(translators)
+    seconds = {k: [] for k in keys}
+    outputs = {k: [] for k in keys}
+    for i, batch in enumerate(batches):
+        for k in keys[i % len(keys):] + keys[: i % len(keys)]:
+            start = time.perf_counter()
+            out = translators[k].translate(batch, beam=beam)
+            seconds[k].append(time.perf_counter() - start)
+            outputs[k].extend(out)
+            progress.update(len(batch))
+    return seconds, outputs
+
+
+def bench(models: list[str | Path], data: str | Path, *, engines: tuple[str, ...] = ("onnxruntime-int8",),
+          threads: tuple[int, ...] = (1,), sentences: int | None = None, warmup: int = 20, beam: int = 4,
+          throughput_batch: int = 32, baseline: str | None = None, progress: bool = True) -> list[dict]:
+    """Benchmark `models` on the test split of `data`; returns one record per model x engine x threads.
+
+    `sentences`: the first N test sentences (None: the whole split). Translators are built (and
+    model folders exported into the export cache) before any timing starts.
+    """
+    from tqdm.auto import tqdm
+
+    from .evaluate import corpus_scores, read_split
+    from .search.flops import cost
+
+    for name in engines:
+        parse_engine(name)
+    if not threads or any(not isinstance(t, int) or t < 1 for t in threads):
+        raise ConfigError(f"threads={threads!r}: give one or more thread counts >= 1")
+    if beam < 1 or throughput_batch < 1 or warmup < 0:
+        raise ConfigError("beam and throughput_batch must be >= 1 and warmup >= 0")
+    bench_models, base = load_models(models, baseline)
+    sources, references = read_split(data, "test", sentences)
+    if not sources:
+        raise ConfigError(f"{data}: the test split is empty")
+    env = {**run_environment(), "run_id": uuid.uuid4().hex[:12]}
+    records = []
+    for n_threads in threads:
+        translators, skipped = {}, {}
+        for m in bench_models:
+            for engine_name in engines:
+                tr, reason = _translator(m, engine_name, n_threads)
+                if tr is None:
+                    logger.warning("%s on %s: skipped (%s)", m.name, engine_name, reason)
+                    skipped[(m.name, engine_name)] = reason
+                else:
+                    translators[(m.name, engine_name)] = tr
+        work = len(translators) * (min(warmup, len(sources)) + 2 * len(sources))
+        with tqdm(total=work, desc=f"bench {n_threads} thread(s)", unit="sent", disable=not progress) as bar:
+            for tr in translators.values():  # warm-up: not timed
+                for s in sources[:warmup]:
+                    tr.translate([s], beam=beam)
+                    bar.update(1)
+            latency, hyps = _round_robin(translators, [[s] for s in sources], beam, bar)
+            groups = [sources[i: i + throughput_batch] for i in range(0, len(sources), throughput_batch)]
+            throughput, batched = _round_robin(translators, groups, beam, bar)
+        medians = {k: statistics.median(v) * 1000 for k, v in latency.items()}
+        for m in bench_models:
+            c = cost(m.arch)
+            for engine_name in engines:
+                key = (m.name, engine_name)
+                record = {
+                    "benchmark": "bench", "model": m.name, "folder": str(m.folder), "family": m.family,
+                    "baseline": base.name, "engine": engine_name, "threads": n_threads, "beam": beam, "batch": 1,
+                    "sentences": len(sources), "warmup": warmup, "data": str(data), "split": "test",
+                    "gflops": round(c.gflops, 4), "active_params": c.active_params, "total_params": c.total_params,
+                }
+                if key in skipped:
+                    records.append({**record, "skipped": skipped[key], "arch": m.arch.to_dict(), **env})
+                    continue
+                ms = [s * 1000 for s in latency[key]]
+                base_ms = medians.get((base.name, engine_name))
+                out_tokens = sum(len(translators[key].tokenizer.encode(h)) for h in batched[key])
+                record.update({
+                    "median_ms": round(medians[key], 3), "p90_ms": round(percentile(ms, 90), 3),
+                    "mean_ms": round(statistics.fmean(ms), 3),
+                    "speedup": round(base_ms / medians[key], 3) if base_ms else None,
+                    "throughput_batch": throughput_batch,
+                    "throughput_sps": round(len(sources) / sum(throughput[key]), 2),
+                    "throughput_tps": round(out_tokens / sum(throughput[key]), 1),
+                    **corpus_scores(hyps[key], references),
+                    "arch": m.arch.to_dict(), **env,
+                })
+                records.append(record)
+    return records
+
+
+def append_records(path: str | Path, records: list[dict]) -> Path:
+    """Append records to a JSONL results file (created with its folder if missing)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a", encoding="utf-8") as f:
+        for record in records:
+            f.write(json.dumps(record) + "\n")
+    return path
+
+
+def last_run(records: list[dict]) -> list[dict]:
+    """The records of the last bench run in a results file (same run_id as the last record)."""
+    runs = [r for r in records if r.get("benchmark") == "bench"]
+    return [r for r in runs if r.get("run_id") == runs[-1].get("run_id")] if runs else []
+
+
+def _params(n: int) -> str:
+    return f"{n / 1e6:.2f}M"
+
+
+def markdown_table(records: list[dict]) -> str:
+    """A Markdown table of one run's records (best speedup first within each engine/threads)."""
+    if not records:
+        return "_No bench run yet (`automoe bench`)._"
+    rows = ["| model | family | engine | threads | BLEU | chrF | median ms | p90 ms | speedup vs dense | "
+            "sent/s @ batch | GFLOPs | active / total params |",
+            "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    order = sorted(records, key=lambda r: (r["engine"], r["threads"], "skipped" in r, -(r.get("speedup") or 0)))
+    for r in order:
+        params = f"{_params(r['active_params'])} / {_params(r['total_params'])}"
+        if "skipped" in r:
+            rows.append(f"| `{r['model']}` | {r['family']} | {r['engine']} | {r['threads']} | skipped: "
+                        f"{r['skipped']} | | | | | | {r['gflops']:.3f} | {params} |")
+            continue
+        rows.append(f"| `{r['model']}` | {r['family']} | {r['engine']} | {r['threads']} | {r['bleu']:.2f} | "
+                    f"{r['chrf']:.2f} | {r['median_ms']:.1f} | {r['p90_ms']:.1f} | {r['speedup']:.2f}x | "
+                    f"{r['throughput_sps']:.1f} @ {r['throughput_batch']} | {r['gflops']:.3f} | {params} |")
+    r0 = records[0]
+    caption = (f"\n{r0['sentences']} test sentences of `{r0['data']}`, beam {r0['beam']}, batch 1, models interleaved "
+               f"round-robin in one run; speedup = `{r0['baseline']}`'s median latency / the model's, same engine "
+               f"and threads. BLEU on the batch-1 translations ({r0.get('bleu_signature', 'sacrebleu')}). "
+               f"{r0['cpu']}, commit `{(r0['git_commit'] or '')[:10]}`.")
+    return "\n".join(rows) + caption
+
+
+def pareto_front(points: list[tuple[float, float]]) -> list[tuple[float, float]]:
+    """The points (latency, bleu) no other point beats on both (lower latency, higher BLEU),
+    ordered by latency."""
+    front, best = [], float("-inf")
+    for x, y in sorted(points, key=lambda p: (p[0], -p[1])):
+        if y > best:
+            front.append((x, y))
+            best = y
+    return front
+
+
+_STYLE = {"dense": ("s", "black"), "switch": ("D", "tab:red"), "hat": ("^", "tab:blue"),
+          "automoe": ("o", "tab:green")}
+
+
+def plot(records: list[dict], out_prefix: str | Path) -> list[Path]:
+    """Two PNGs from one run's records: BLEU vs latency (one panel per engine/threads, Pareto
+    front drawn, dense and Switch marked) and BLEU vs GFLOPs (the first engine's BLEU).
+    Returns the paths written."""
+    try:
+        import matplotlib
+    except ImportError as e:
+        raise ImportError("plots need matplotlib: pip install 'automoe[bench]'") from e
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    done = [r for r in records if "skipped" not in r]
+    if not done:
+        raise ConfigError("no measured record to plot (every model was skipped)")
+    out_prefix = Path(out_prefix)
+    out_prefix.parent.mkdir(parents=True, exist_ok=True)
+    panels = list(dict.fromkeys((r["engine"], r["threads"]) for r in done))
+    fig, axes = plt.subplots(1, len(panels), figsize=(6 * len(panels), 4.5), squeeze=False)
+    for ax, (engine, threads) in zip(axes[0], panels):
+        rows = [r for r in done if (r["engine"], r["threads"]) == (engine, threads)]
+        _scatter(ax, rows, "median_ms")
+        front = pareto_front([(r["median_ms"], r["bleu"]) for r in rows])
+        ax.step([p[0] for p in front], [p[1] for p in front], where="post", color="gray", ls="--",
+                label="Pareto front")
+        ax.set_title(f"{engine}, {threads} thread(s)", fontsize=10)
+        ax.set_xlabel(f"median ms per sentence (batch 1, beam {rows[0]['beam']})")
+        ax.set_ylabel("test BLEU")
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    latency_png = out_prefix.with_name(out_prefix.name + "-latency.png")
+    fig.savefig(latency_png, dpi=110)
+    plt.close(fig)
+
+    first = [r for r in done if (r["engine"], r["threads"]) == panels[0]]
+    fig, ax = plt.subplots(figsize=(6, 4.5))
+    _scatter(ax, first, "gflops")
+    ax.set_xlabel("GFLOPs (30-token source and target, routed experts only)")
+    ax.set_ylabel(f"test BLEU ({panels[0][0]})")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    gflops_png = out_prefix.with_name(out_prefix.name + "-gflops.png")
+    fig.savefig(gflops_png, dpi=110)
+    plt.close(fig)
+    return [latency_png, gflops_png]
+
+
+def _scatter(ax, rows: list[dict], x_field: str) -> None:
+    """One marker per model, styled by family, labelled with the model name."""
+    labelled = set()
+    for r in rows:
+        marker, color = _STYLE.get(r["family"], ("o", "tab:gray"))
+        label = r["family"] if r["family"] not in labelled else None
+        labelled.add(r["family"])
+        ax.scatter(r[x_field], r["bleu"], marker=marker, color=color, s=60, label=label, zorder=3)
+        ax.annotate(r["model"], (r[x_field], r["bleu"]), fontsize=7, xytext=(4, 4), textcoords="offset points")
+    ax.grid(alpha=0.3)
+
+
+def write_outputs(records: list[dict], results_dir: str | Path, name: str, *, plots: bool = True) -> dict[str, Path]:
+    """Append the records to `results_dir/name.jsonl`, write `name.md` (table) and, with `plots`,
+    `name-latency.png` and `name-gflops.png`. Returns the paths by kind."""
+    results_dir = Path(results_dir)
+    paths = {"jsonl": append_records(results_dir / f"{name}.jsonl", records)}
+    table = results_dir / f"{name}.md"
+    table.write_text(markdown_table(records) + "\n", encoding="utf-8")
+    paths["table"] = table
+    if plots:
+        paths["latency_plot"], paths["gflops_plot"] = plot(records, results_dir / name)
+    return paths

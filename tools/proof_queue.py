@@ -1,0 +1,166 @@
+"""The trainings of the proof (issue #25), run one after another in the background, resumable.
+
+Every model is trained on `bible` en-de with the dense baseline's recipe and token budget
+(18.2M target tokens, 3,000-token batches, peak lr 9e-4, 200 warm-up updates, inverse-sqrt,
+dropout 0.1, label smoothing 0.1, bf16 autocast, seed 1) into `runs/models/NAME` (the release
+step, tools/ship.py, converts a finished one to fp16 with its card into `models/`).
+
+Steps, in order (a finished step is skipped, an interrupted training resumes from its checkpoint,
+so the queue can be stopped at any time and started again):
+  1. switch-small-bible: `SearchSpace.switch_baseline(4)` from scratch (the longest run).
+  2. data/bible-en-de-distill: the dense model's beam-4 translations of the training sources.
+  3. The recipe comparison on the 1/3-latency AutoMoE subnet, same budget each:
+     inherit (supernet v3's weights, fine-tuned), scratch, distill (scratch on the distilled data).
+  4. The pick: dev BLEU of each recipe (test BLEU recorded too) -> benchmarks/results/recipes.jsonl;
+     the best by dev BLEU is the recipe of every searched model.
+  5. automoe-small-bible-half, hat-small-bible-half, hat-small-bible-third with that recipe.
+
+    nohup python tools/proof_queue.py > runs/proof_queue.log 2>&1 &
+    python tools/proof_queue.py --list      # what is done, what is next
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+RUNS = ROOT / "runs"
+DATA = "data/bible-en-de"
+DISTILLED = "data/bible-en-de-distill"
+DENSE = "models/dense-small-bible"
+SUPERNET = "models/supernet-small-bible-v3"
+SEARCH = ROOT / "benchmarks" / "results" / "search"
+RECIPES = ROOT / "benchmarks" / "results" / "recipes.jsonl"
+TOKENS = 18_200_000  # the dense baseline saw 18.18M target tokens
+RECIPE = ["--max-tokens-seen", str(TOKENS), "--lr", "9e-4", "--warmup-updates", "200", "--schedule", "inverse_sqrt",
+          "--bf16", "--seed", "1", "--save-every-minutes", "5", "--threads", "2", "--valid-every", "100",
+          "--valid-sentences", "300", "--max-tokens", "3000", "--dropout", "0.1", "--label-smoothing", "0.1",
+          "--clip-norm", "1.0", "--balance-coef", "0.01"]
+RECIPE_NAMES = ("inherit", "scratch", "distill")
+SEARCHED = {"automoe-small-bible-half": "automoe-0.500.json", "hat-small-bible-half": "hat-0.500.json",
+            "hat-small-bible-third": "hat-0.333.json"}
+
+
+def automoe(*args: str) -> list[str]:
+    """The automoe command of this environment."""
+    return [sys.executable, "-m", "automoe", *args]
+
+
+def train_command(name: str, arch: str, recipe: str, extra: list[str] = ()) -> list[str]:
+    """`automoe train model` for one run under the shared recipe; resumes when a checkpoint exists."""
+    data = DISTILLED if recipe == "distill" else DATA
+    cmd = automoe("train", "model", "--arch", arch, "--data", data, "--out", str(RUNS / "models" / name),
+                  "--run-dir", str(RUNS / name), *RECIPE, *extra)
+    if recipe == "inherit":
+        cmd += ["--init-from", SUPERNET]
+    if (RUNS / name / "checkpoint.safetensors").exists():
+        cmd.append("--resume")
+    return cmd
+
+
+def done(name: str) -> bool:
+    return (RUNS / name / "DONE").exists()
+
+
+def run_step(name: str, cmd: list[str]) -> None:
+    """Run one step to the end and mark it done (an interrupted step leaves no mark)."""
+    print(f"[{datetime.datetime.now():%H:%M:%S}] {name}: {' '.join(cmd)}", flush=True)
+    subprocess.run(cmd, cwd=ROOT, check=True)
+    (RUNS / name).mkdir(parents=True, exist_ok=True)
+    (RUNS / name / "DONE").write_text(datetime.datetime.now().isoformat() + "\n")
+
+
+def evaluate(model: Path, split: str) -> dict:
+    """BLEU/chrF of a model folder on a split of the original data (torch, beam 4)."""
+    from automoe.evaluate import evaluate as evaluate_split
+    from automoe.serve import Translator
+
+    return evaluate_split(Translator.from_pretrained(model, threads=2), DATA, split=split, beam=4)
+
+
+def pick_recipe() -> str:
+    """Score the three recipe runs (dev and test), append their records, return the best by dev BLEU."""
+    from automoe.bench import cpu_name
+    from automoe.checkpoint import read_model_config
+    from automoe.train import git_commit
+
+    records = []
+    for recipe in RECIPE_NAMES:
+        model = RUNS / "models" / f"automoe-small-bible-third-{recipe}"
+        _, meta = read_model_config(model)
+        training = meta["training"]
+        dev, test = evaluate(model, "dev"), evaluate(model, "test")
+        records.append({
+            "benchmark": "recipes", "arch_name": "automoe-third", "recipe": recipe, "model": str(model.relative_to(ROOT)),
+            "data": training["data"], "init_from": training.get("init_from"), "tokens_seen": training["tokens_seen"],
+            "updates": training["updates"], "wall_seconds": training["wall_seconds"],
+            "dev_bleu": dev["bleu"], "dev_chrf": dev["chrf"], "test_bleu": test["bleu"], "test_chrf": test["chrf"],
+            "sentences": {"dev": dev["sentences"], "test": test["sentences"]}, "beam": 4,
+            "bleu_signature": test["bleu_signature"], "chrf_signature": test["chrf_signature"],
+            "cpu": cpu_name(), "git_commit": git_commit(),
+            "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        })
+    best = max(records, key=lambda r: r["dev_bleu"])
+    for r in records:
+        r["chosen"] = r is best
+    RECIPES.parent.mkdir(parents=True, exist_ok=True)
+    with open(RECIPES, "a", encoding="utf-8") as f:
+        for r in records:
+            f.write(json.dumps(r) + "\n")
+    return best["recipe"]
+
+
+def chosen_recipe() -> str | None:
+    """The recipe the last pick chose (None before the pick)."""
+    if not RECIPES.exists():
+        return None
+    rows = [json.loads(line) for line in RECIPES.read_text().splitlines() if line.strip()]
+    chosen = [r["recipe"] for r in rows if r.get("chosen")]
+    return chosen[-1] if chosen else None
+
+
+def steps() -> list[tuple[str, object]]:
+    """(name, action) in order; an action is a command list or a callable."""
+    plan = [("switch-small-bible", lambda: train_command("switch-small-bible", "switch", "scratch",
+                                                         ["--num-experts", "4"])),
+            ("distill", lambda: automoe("data", "distill", "--data", DATA, "--teacher", DENSE, "--out", DISTILLED,
+                                        "--threads", "2"))]
+    third = str(SEARCH / "automoe-0.333.json")
+    for recipe in RECIPE_NAMES:
+        name = f"automoe-small-bible-third-{recipe}"
+        plan.append((name, lambda name=name, recipe=recipe: train_command(name, third, recipe)))
+    plan.append(("pick-recipe", None))
+    for name, arch in SEARCHED.items():
+        plan.append((name, lambda name=name, arch=arch: train_command(name, str(SEARCH / arch), chosen_recipe())))
+    return plan
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--list", action="store_true", help="print each step and whether it is done")
+    p.add_argument("--only", default=None, help="run only this step")
+    args = p.parse_args(argv)
+    for name, action in steps():
+        if args.list:
+            state = "done" if done(name) else ("started" if (RUNS / name).exists() else "to do")
+            print(f"{name:36s} {state}")
+            continue
+        if done(name) or (args.only and name != args.only):
+            continue
+        if name == "pick-recipe":
+            recipe = pick_recipe()
+            print(f"recipe chosen by dev BLEU: {recipe}", flush=True)
+            (RUNS / name).mkdir(parents=True, exist_ok=True)
+            (RUNS / name / "DONE").write_text(recipe + "\n")
+            continue
+        run_step(name, action())
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
