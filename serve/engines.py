@@ -147,7 +147,7 @@ class OnnxEngine:
                 options.register_custom_ops_library(str(path))
             except Exception as e:  # noqa: BLE001  ORT raises its own Fail / RuntimeError types
                 raise RuntimeError(f"{self.folder}: its operator library {library} does not load here ({e}); "
-                                   "re-export the model on this machine, or with moe_dispatch='qmoe'") from e
+                                   "re-export the model on this machine, or with moe_dispatch='compact'") from e
         load = lambda name: ort.InferenceSession(str(self.folder / name), options,  # noqa: E731
                                                  providers=["CPUExecutionProvider"])
         self.encoder, self.decoder, self.beam = load(ENCODER_FILE), load(DECODER_FILE), load(BEAM_FILE)

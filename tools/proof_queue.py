@@ -87,7 +87,7 @@ def pick_recipe() -> str:
     """Score the three recipe runs (dev and test), append their records, return the best by dev BLEU."""
     from automoe.bench import cpu_name
     from automoe.checkpoint import read_model_config
-    from automoe.train import git_commit
+    from automoe.artifacts import git_commit
 
     records = []
     for recipe in RECIPE_NAMES:
