@@ -1,37 +1,19 @@
-"""Shared helpers of the benchmark scripts: machine description, timing statistics, JSONL output."""
+"""Shared helpers of the benchmark scripts: machine description, timing statistics, JSONL output.
+
+The protocol helpers live in `automoe.bench` (the library's benchmark harness); this module
+re-exports them under the names the scripts use.
+"""
 
 from __future__ import annotations
 
-import datetime
-import json
-import platform
 import statistics
 from pathlib import Path
 
 from automoe.artifacts import git_commit  # noqa: F401  (re-exported: the scripts' provenance)
+from automoe.bench import append_records as append_jsonl  # noqa: F401  (re-exported)
+from automoe.bench import cpu_name, percentile, run_environment  # noqa: F401  (re-exported)
 
 RESULTS = Path(__file__).parent / "results"
-
-
-def cpu_name() -> str:
-    """The CPU model name of this machine."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
-
-
-def percentile(values: list[float], q: float) -> float:
-    """The q-th percentile (0..100) by linear interpolation."""
-    ordered = sorted(values)
-    if not ordered:
-        return float("nan")
-    pos = (len(ordered) - 1) * q / 100
-    lo, hi = int(pos), min(int(pos) + 1, len(ordered) - 1)
-    return ordered[lo] + (ordered[hi] - ordered[lo]) * (pos - lo)
 
 
 def summary_ms(seconds: list[float]) -> dict:
@@ -43,13 +25,4 @@ def summary_ms(seconds: list[float]) -> dict:
 
 def environment(**extra) -> dict:
     """What every result record carries about where and when it was measured."""
-    return {"cpu": cpu_name(), "git_commit": git_commit(), "python": platform.python_version(),
-            "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"), **extra}
-
-
-def append_jsonl(path: Path, records: list[dict]) -> None:
-    """Append records to a JSONL results file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a", encoding="utf-8") as f:
-        for record in records:
-            f.write(json.dumps(record) + "\n")
+    return {**run_environment(), **extra}
