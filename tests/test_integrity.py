@@ -159,7 +159,7 @@ EXPORT_CASES = [
     ("ct2", "spm.model", "deleted", IntegrityError, "is missing"),
     ("ct2", "spm.model", "garbage", IntegrityError, "corrupt or was changed"),
     ("ct2", "config.json", "binary", CheckpointError, "not a text file"),
-    ("ct2", "config.json", "wrong-typed", IntegrityError, "corrupt or was changed"),
+    ("ct2", "config.json", "wrong-typed", CheckpointError, "not a valid architecture"),
     ("ct2", "shared_vocabulary.json", "empty", IntegrityError, "corrupt or was changed"),
     ("ct2", "export_info.json", "binary", CheckpointError, "not a text file"),
 ]
