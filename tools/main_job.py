@@ -71,7 +71,7 @@ def main(argv: list[str] | None = None) -> int:
     translator = Translator.from_pretrained(fast["folder"], engine="onnxruntime", quantize="int8", threads=1)
     for source, target in zip(sentences, translator.translate(sentences, beam=4)):
         print(f"  en: {source}\n  de: {target}\n")
-    print("MoE-dispatch micro-benchmarks: README.md, section Performance.")
+    print("MoE-dispatch micro-benchmarks: README.md (Performance details) and docs/moe_dispatch.md.")
     print(f"main job done in {time.perf_counter() - start:.0f} s")
     return 0
 
