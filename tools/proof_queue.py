@@ -2,8 +2,9 @@
 
 Every model is trained on `bible` en-de with the dense baseline's recipe and token budget
 (18.2M target tokens, 3,000-token batches, peak lr 9e-4, 200 warm-up updates, inverse-sqrt,
-dropout 0.1, label smoothing 0.1, bf16 autocast, seed 1) into `runs/models/NAME` (the release
-step, tools/ship.py, converts a finished one to fp16 with its card into `models/`).
+dropout 0.1, label smoothing 0.1, bf16 autocast, seed 1) into `RUNS/models/NAME` (the release
+step, tools/ship.py, converts a finished one to fp16 with its card into `models/`). RUNS is
+$AUTOMOE_RUNS or ~/.cache/automoe/runs: outside the work tree, which a new session lays anew.
 
 Steps, in order (a finished step is skipped, an interrupted training resumes from its checkpoint,
 so the queue can be stopped at any time and started again):
@@ -15,7 +16,7 @@ so the queue can be stopped at any time and started again):
      the best by dev BLEU is the recipe of every searched model.
   5. automoe-small-bible-half, hat-small-bible-half, hat-small-bible-third with that recipe.
 
-    nohup python tools/proof_queue.py > runs/proof_queue.log 2>&1 &
+    nohup .venv/bin/python tools/proof_queue.py >> ~/.cache/automoe/runs/queue.log 2>&1 &
     python tools/proof_queue.py --list      # what is done, what is next
 """
 
@@ -24,14 +25,16 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-RUNS = ROOT / "runs"
+# Outside the work tree: a session's checkout is laid anew, while the machine's other files may stay
+RUNS = Path(os.environ.get("AUTOMOE_RUNS") or Path.home() / ".cache" / "automoe" / "runs")
 DATA = "data/bible-en-de"
-DISTILLED = "data/bible-en-de-distill"
+DISTILLED = str(RUNS / "data" / "bible-en-de-distill")
 DENSE = "models/dense-small-bible"
 SUPERNET = "models/supernet-small-bible-v3"
 SEARCH = ROOT / "benchmarks" / "results" / "search"
@@ -64,6 +67,8 @@ def train_command(name: str, arch: str, recipe: str, extra: list[str] = ()) -> l
 
 
 def done(name: str) -> bool:
+    if name == "data":  # the work tree's data folder, rebuilt when a new checkout lacks it
+        return (ROOT / DATA / "manifest.json").exists()
     return (RUNS / name / "DONE").exists()
 
 
@@ -71,6 +76,8 @@ def run_step(name: str, cmd: list[str]) -> None:
     """Run one step to the end and mark it done (an interrupted step leaves no mark)."""
     print(f"[{datetime.datetime.now():%H:%M:%S}] {name}: {' '.join(cmd)}", flush=True)
     subprocess.run(cmd, cwd=ROOT, check=True)
+    if name == "data":
+        return
     (RUNS / name).mkdir(parents=True, exist_ok=True)
     (RUNS / name / "DONE").write_text(datetime.datetime.now().isoformat() + "\n")
 
@@ -96,7 +103,7 @@ def pick_recipe() -> str:
         training = meta["training"]
         dev, test = evaluate(model, "dev"), evaluate(model, "test")
         records.append({
-            "benchmark": "recipes", "arch_name": "automoe-third", "recipe": recipe, "model": str(model.relative_to(ROOT)),
+            "benchmark": "recipes", "arch_name": "automoe-third", "recipe": recipe, "model": str(model),
             "data": training["data"], "init_from": training.get("init_from"), "tokens_seen": training["tokens_seen"],
             "updates": training["updates"], "wall_seconds": training["wall_seconds"],
             "dev_bleu": dev["bleu"], "dev_chrf": dev["chrf"], "test_bleu": test["bleu"], "test_chrf": test["chrf"],
@@ -126,7 +133,8 @@ def chosen_recipe() -> str | None:
 
 def steps() -> list[tuple[str, object]]:
     """(name, action) in order; an action is a command list or a callable."""
-    plan = [("switch-small-bible", lambda: train_command("switch-small-bible", "switch", "scratch",
+    plan = [("data", lambda: automoe("data", "build", "--corpus", "bible", "--out", DATA)),
+            ("switch-small-bible", lambda: train_command("switch-small-bible", "switch", "scratch",
                                                          ["--num-experts", "4"])),
             ("distill", lambda: automoe("data", "distill", "--data", DATA, "--teacher", DENSE, "--out", DISTILLED,
                                         "--threads", "2"))]
