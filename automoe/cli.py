@@ -11,6 +11,7 @@ from pathlib import Path
 from . import __version__
 from .cli_bench import add_bench_verb
 from .cli_search import _arch_from_arg, add_search_verbs
+from .cli_shortlist import add_shortlist_verbs
 from .config import ConfigError, SearchSpace
 
 
@@ -202,7 +203,7 @@ def cmd_translate(args: argparse.Namespace) -> int:
     from automoe.serve.translator import Translator
 
     translator = Translator.from_pretrained(args.model, engine=args.engine, quantize=args.quantize,
-                                            threads=args.threads)
+                                            threads=args.threads, shortlist=args.shortlist)
     sentences = args.sentences or _stdin_lines()
     for line in translator.translate(sentences, beam=args.beam, max_length=args.max_length):
         print(line)
@@ -398,6 +399,7 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--beam", type=int, default=4)
     tr.add_argument("--max-length", type=int, default=None, help="output token limit")
     tr.add_argument("--threads", type=int, default=None)
+    tr.add_argument("--shortlist", action="store_true", help="decode over the model's lexical shortlist")
     tr.set_defaults(func=cmd_translate)
 
     ex = verbs.add_parser("export", help="export a model folder for ONNX Runtime or CTranslate2",
@@ -436,6 +438,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_search_verbs(verbs)
     add_bench_verb(verbs)
+    add_shortlist_verbs(verbs)
     return parser
 
 

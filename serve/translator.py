@@ -43,7 +43,11 @@ def _cached_export(model_dir: Path, arch, engine: str, quantize: str | None) -> 
     from automoe.corpora import sha256_file
     from automoe.export.onnx import default_moe_dispatch, moe_graphs
 
+    from automoe.shortlist import SHORTLIST_FILE
+
     digest = sha256_file(model_dir / WEIGHTS_NAME)[:16]  # read in blocks: the same key as before
+    if (model_dir / SHORTLIST_FILE).is_file():  # exports carry the shortlist: it is part of the key
+        digest += "-sl" + sha256_file(model_dir / SHORTLIST_FILE)[:8]
     folder = export_cache_dir() / f"{digest}-{engine}-{quantize or 'fp32'}"
     info_path = folder / "export_info.json"
     if info_path.exists() and (engine != "onnxruntime" or json.loads(info_path.read_text(encoding="utf-8")).get(
@@ -104,7 +108,7 @@ class Translator:
     """
 
     def __init__(self, model_or_engine, tokenizer, *, engine: str = "torch", threads: int | None = None,
-                 max_batch_tokens: int = 4000):
+                 max_batch_tokens: int = 4000, shortlist=None):
         from .engines import TorchEngine
 
         if hasattr(model_or_engine, "translate_ids"):
@@ -122,15 +126,18 @@ class Translator:
         self.threads = threads
         self.max_batch_tokens = max_batch_tokens
         self.max_source_tokens = self.config.max_positions
+        self.shortlist = shortlist  # an automoe.shortlist.Shortlist: decode over per-sentence vocabularies
 
     @classmethod
     def from_pretrained(cls, path_or_repo: str | Path, *, engine: str | None = None, quantize: str | None = None,
-                        revision: str | None = None, threads: int | None = None, **kwargs) -> "Translator":
+                        revision: str | None = None, threads: int | None = None, shortlist: bool = False,
+                        **kwargs) -> "Translator":
         """Load a model folder, an export folder or a Hub repo id, with its SentencePiece model.
 
         `engine` defaults to torch for a model folder and to the export's runtime for an export
         folder; a model folder with engine onnxruntime/ctranslate2 is exported once (with
-        `quantize`, e.g. "int8") into `export_cache_dir()`.
+        `quantize`, e.g. "int8") into `export_cache_dir()`. `shortlist=True` decodes each sentence
+        over its lexical shortlist (the folder's shortlist.safetensors, see `automoe.shortlist`).
         """
         from automoe.checkpoint import read_model_config, resolve_model_dir
 
@@ -138,6 +145,10 @@ class Translator:
             raise ValueError(f"engine={engine!r} is not available; choose one of {list(ENGINES)}")
         folder = resolve_model_dir(path_or_repo, revision=revision)
         backend = load_engine(folder, engine, quantize, threads)
+        if shortlist:
+            from automoe.shortlist import load_for_model
+
+            kwargs["shortlist"] = load_for_model(getattr(backend, "folder", folder))
         info_path = Path(getattr(backend, "folder", folder)) / "export_info.json"
         if info_path.exists():  # an export folder (possibly made on the fly) describes itself
             meta = json.loads(info_path.read_text(encoding="utf-8"))
@@ -186,7 +197,8 @@ class Translator:
         for batch in self._batches(encoded):
             ids = [encoded[i] for i in batch]
             limit = default_max_length(self, max(len(x) for x in ids)) if max_length is None else max_length
-            gen = self.backend.translate_ids(ids, beam=beam, max_length=limit, routing=routing)
+            extra = {} if self.shortlist is None else {"shortlist": self.shortlist}
+            gen = self.backend.translate_ids(ids, beam=beam, max_length=limit, routing=routing, **extra)
             for row, i in enumerate(batch):
                 results[i] = (gen, row)
         return encoded, results
