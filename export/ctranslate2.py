@@ -24,6 +24,7 @@ import numpy as np
 from automoe.checkpoint import WEIGHTS_NAME, load_state_dict, read_model_config
 from automoe.config import ArchConfig
 from automoe.modeling import sinusoidal_positions
+from automoe.shortlist import carry_into_export
 
 from .checks import check_ctranslate2
 from .onnx import finish_out_dir, prepare_out_dir, sha256_file, tool_versions
@@ -165,10 +166,11 @@ def to_ctranslate2(model_dir: str | Path, out_dir: str | Path, *, quantize: str 
         # ArchConfig goes to export_info.json instead
         spec.save(str(tmp))  # model.bin, config.json (CTranslate2's own), shared_vocabulary.json
         shutil.copyfile(model_dir / tok, tmp / tok)
+        shortlist = carry_into_export(model_dir, tmp, pieces)  # shortlist + vmap.txt, None without one
         info = {"format": "automoe-ct2", "target": "ctranslate2", "quantization": quantize,
                 "source": str(model_dir), "source_sha256": sha256_file(model_dir / WEIGHTS_NAME),
                 "arch": arch.to_dict(), "tokenizer": meta.get("tokenizer"), "training": meta.get("training"),
-                "versions": tool_versions("automoe", "torch", "ctranslate2")}
+                "shortlist": shortlist, "versions": tool_versions("automoe", "torch", "ctranslate2")}
         (tmp / "export_info.json").write_text(json.dumps(info, indent=2) + "\n", encoding="utf-8")
         finish_out_dir(tmp, out_dir)
     except BaseException:

@@ -39,6 +39,7 @@ from automoe.modeling import DecoderState, MoETransformer
 
 from . import kernel
 from .onnx_moe import compact_moe_dispatch, qmoe_layer_block
+from .onnx_shortlist import add_to_export as add_shortlist_to_export
 
 logger = logging.getLogger(__name__)
 
@@ -363,13 +364,14 @@ def to_onnx(model_dir: str | Path, out_dir: str | Path, *, quantize: str | None 
         if graphs["beam_decoder"] != graphs["decoder"]:
             graphs["beam_decoder"].unlink()
         copy_model_files(model_dir, tmp, meta)
+        shortlist = add_shortlist_to_export(model_dir, tmp, arch.vocab_size)  # None without MODEL/shortlist.safetensors
         info = {"format": "automoe-onnx", "target": "onnxruntime", "quantization": quantize, "opset": OPSET,
                 "moe_dispatch": moe_dispatch, "moe_graphs": forms,
                 "custom_ops_library": library and kernel.LIBRARY_FILE,
                 "kernel_isa": library and kernel.isa(library),
                 "files": {"encoder": ENCODER_FILE, "decoder": DECODER_FILE, "beam_search": BEAM_FILE},
                 "source": str(model_dir), "source_sha256": sha256_file(model_dir / WEIGHTS_NAME),
-                "arch": arch.to_dict(), "tokenizer": meta.get("tokenizer"),
+                "arch": arch.to_dict(), "tokenizer": meta.get("tokenizer"), "shortlist": shortlist,
                 "versions": tool_versions("automoe", "torch", "onnx", "onnxruntime")}
         (tmp / "export_info.json").write_text(json.dumps(info, indent=2) + "\n", encoding="utf-8")
         finish_out_dir(tmp, out_dir)
