@@ -13,9 +13,11 @@ computes for those ids (the same int8 weights, per-tensor scale and activation q
 decoding equals masking the full logits: `serve.engines` does exactly that where it runs the
 decoder-step graphs (batches), and the two paths agree.
 
-Why this form (measured in benchmarks/paper_scale.py): the projection is the largest matrix a
-decoder step reads; gathering K of V rows cuts it by V/K, while the scatter and the operator's
-softmax over V floats per beam row cost little next to the d x V product.
+This is the only form built so far; benchmarks/paper_scale.py measures it against the full graph.
+The gather reads K x d int8 bytes per step instead of V x d, but the scatter and the operator's
+softmax and top-k over V floats per beam row remain. Two untried forms would remove more
+(docs/shortlist.md): K logits with ids mapped back (the operator needs a fixed K: padded size
+buckets), and rows gathered once per sentence (carried as an extra cross-attention cache entry).
 """
 
 from __future__ import annotations
