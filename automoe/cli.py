@@ -13,6 +13,7 @@ from .cli_bench import add_bench_verb
 from .cli_data import add_data_verbs
 from .cli_models import add_model_verbs
 from .cli_search import _arch_from_arg, add_search_verbs
+from .cli_shortlist import add_shortlist_verbs
 from .cli_train import add_train_verbs
 from .config import ConfigError, SearchSpace
 
@@ -97,6 +98,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_model_verbs(verbs)
     add_search_verbs(verbs)
     add_bench_verb(verbs)
+    add_shortlist_verbs(verbs)
     return parser
 
 

@@ -76,7 +76,8 @@ def cmd_translate(args: argparse.Namespace) -> int:
     from automoe.serve.translator import Translator
 
     translator = Translator.from_pretrained(args.model, engine=args.engine, quantize=args.quantize,
-                                            threads=args.threads, verify=not args.no_verify)
+                                            threads=args.threads, verify=not args.no_verify,
+                                            shortlist=args.shortlist)
     sentences = args.sentences or _stdin_lines()
     for line in translator.translate(sentences, beam=args.beam, max_length=args.max_length):
         print(line)
@@ -155,6 +156,8 @@ def add_model_verbs(verbs) -> None:
     tr.add_argument("--beam", type=int, default=4, help="beam size, 1..128 (default 4)")
     tr.add_argument("--max-length", type=int, default=None, help="output token limit")
     tr.add_argument("--threads", type=int, default=None)
+    tr.add_argument("--shortlist", action="store_true",
+                    help="decode over the model's lexical shortlist (`automoe shortlist build` first)")
     tr.add_argument("--no-verify", action="store_true",
                     help="skip the sha256 check of the weight and tokenizer files (for files edited on purpose)")
     tr.set_defaults(func=cmd_translate)

@@ -85,18 +85,30 @@ class TorchStepper:
     """Beam-search view of a `MoETransformer`: encode once, then one `step` per output position.
 
     Other engines (ONNX Runtime) provide the same two methods, so `beam_search` serves them all.
+    With a `shortlist` [B, K] (each sentence's target ids, -1 padded, see `check_shortlist`) the
+    output rows are gathered once per sentence and beam search runs over shortlist positions:
+    `step` takes positions, maps them to ids, and returns logits over the K positions.
     """
 
-    def __init__(self, model: MoETransformer, src: torch.Tensor, copies: int):
+    def __init__(self, model: MoETransformer, src: torch.Tensor, copies: int, shortlist: torch.Tensor | None = None):
         self.model = model
         self.encoded = model.encode(src)
         rows = torch.arange(src.shape[0], device=src.device).repeat_interleave(copies)  # [B*K]
         self.state = model.init_state(self.encoded).reorder(rows)
+        self.rows = self.ids = self.bias = None
+        if shortlist is not None:
+            self.rows = model.output_rows(shortlist)  # [B, K, d], gathered once per sentence
+            self.ids = shortlist.repeat_interleave(copies, dim=0)  # [N, K] position -> id
+            pad = torch.zeros(self.ids.shape).masked_fill(self.ids < 0, float("-inf"))  # [N, K]
+            self.bias = pad if bool((self.ids < 0).any()) else None
 
     def step(self, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """tokens [N, 1] -> (next-token logits [N, V], top-1 expert per decoder layer [N, layers])."""
-        logits, self.state, _, routing = self.model.decode(tokens, self.state)
-        return logits[:, -1], routing[:, -1]
+        """tokens [N, 1] -> (next-token logits [N, V] or [N, K], top-1 expert per decoder layer [N, layers])."""
+        if self.ids is not None:
+            tokens = self.ids.gather(1, tokens)  # shortlist positions -> ids
+        logits, self.state, _, routing = self.model.decode(tokens, self.state, output_rows=self.rows)
+        logits = logits[:, -1]
+        return (logits if self.bias is None else logits + self.bias), routing[:, -1]
 
     def reorder(self, rows: torch.Tensor) -> None:
         """Keep (and duplicate) the cached rows `rows` [N] to follow the surviving hypotheses.
@@ -182,21 +194,50 @@ def check_generation_args(cfg, beam: int, max_length: int) -> None:
         raise ValueError(f"beam={beam} is too large for the vocabulary size {cfg.vocab_size}")
 
 
+def check_shortlist(cfg, shortlist: torch.Tensor, batch_size: int, beam: int) -> dict[str, int]:
+    """Check per-sentence shortlists `shortlist` [B, K] (int64 target ids, -1 padding on the right)
+    and return the positions of pad / BOS / EOS in them, which beam search uses as its special ids:
+    every row must start with the same special ids (as `automoe.shortlist.Shortlist.ids` puts them)."""
+    if shortlist.dim() != 2 or shortlist.shape[0] != batch_size or shortlist.dtype != torch.long:
+        raise ValueError(f"shortlist must be an int64 tensor [batch={batch_size}, K], got "
+                         f"{shortlist.dtype} {list(shortlist.shape)}")
+    if bool((shortlist >= cfg.vocab_size).any()) or bool((shortlist < -1).any()):
+        raise ValueError(f"shortlist ids must be in 0..{cfg.vocab_size - 1} (-1 = padding)")
+    first = shortlist[0].tolist()
+    positions = {}
+    for name in ("pad_id", "bos_id", "eos_id"):
+        special = getattr(cfg, name)
+        if special not in first or bool((shortlist[:, first.index(special)] != special).any()):
+            raise ValueError(f"every shortlist row must hold {name}={special} at the same position "
+                             "(the special ids first, as Shortlist.ids writes them)")
+        positions[name] = first.index(special)
+    if 2 * beam > int((shortlist >= 0).sum(dim=1).min()):
+        raise ValueError(f"beam={beam} is too large for a shortlist of {int((shortlist >= 0).sum(dim=1).min())} ids")
+    return positions
+
+
 @torch.no_grad()
 def generate(model: MoETransformer, src: torch.Tensor, *, beam: int = 4, max_length: int | None = None,
-             length_penalty: float = 1.0, return_routing: bool = False) -> Generation:
+             length_penalty: float = 1.0, return_routing: bool = False,
+             shortlist: torch.Tensor | None = None) -> Generation:
     """Translate right-padded source ids `src` [B, S] with beam search (`beam=1` equals greedy).
 
     Returns the best hypothesis of each sentence. With `return_routing`, also the top-1 expert
-    that each source token and each decoder input token took in every layer.
+    that each source token and each decoder input token took in every layer. With `shortlist`
+    [B, K] (each sentence's target ids, see `check_shortlist`), each sentence is decoded over its
+    own shortlisted ids only (softmax renormalised over them).
     """
     cfg = model.config
     max_length = default_max_length(model, src.shape[1]) if max_length is None else max_length
     check_generation_args(cfg, beam, max_length)
-    stepper = TorchStepper(model, src, beam)
-    best = beam_search(stepper, src.shape[0], beam=beam, max_length=max_length, bos_id=cfg.bos_id,
-                       eos_id=cfg.eos_id, pad_id=cfg.pad_id, length_penalty=length_penalty,
-                       track_routing=return_routing)
+    special = {"pad_id": cfg.pad_id, "bos_id": cfg.bos_id, "eos_id": cfg.eos_id}
+    if shortlist is not None:
+        special = check_shortlist(cfg, shortlist, src.shape[0], beam)
+    stepper = TorchStepper(model, src, beam, shortlist)
+    best = beam_search(stepper, src.shape[0], beam=beam, max_length=max_length, **special,
+                       length_penalty=length_penalty, track_routing=return_routing)
+    if shortlist is not None:  # positions back to ids
+        best = [(score, shortlist[b, ids].tolist(), r) for b, (score, ids, r) in enumerate(best)]
     tokens = [_strip(model, ids[1:]) for _, ids, _ in best]
     generation = Generation(tokens, [score for score, _, _ in best])
     if return_routing:
@@ -223,3 +264,25 @@ def greedy(model: MoETransformer, src: torch.Tensor, *, max_length: int | None =
         if done.all():
             break
     return [_strip(model, row[1:].tolist()) for row in tokens]
+
+
+class MaskedStepper:
+    """A stepper whose full-vocabulary logits are masked to each sentence's shortlist: the same
+    decoding as `TorchStepper` over the shortlist, for engines whose step graphs compute every
+    logit (the ONNX Runtime decoder-step graphs on batches)."""
+
+    def __init__(self, stepper, shortlist: torch.Tensor, vocab_size: int, copies: int):
+        allowed = torch.zeros(shortlist.shape[0], vocab_size + 1, dtype=torch.bool)  # last column: the -1 padding
+        allowed.scatter_(1, torch.where(shortlist < 0, vocab_size, shortlist), True)
+        mask = torch.zeros(allowed.shape[0], vocab_size).masked_fill(~allowed[:, :vocab_size], float("-inf"))
+        self.mask = mask.repeat_interleave(copies, dim=0)  # [N, V]
+        self.stepper = stepper
+
+    def step(self, tokens: torch.Tensor):
+        """tokens [N, 1] -> (masked logits [N, V], routing or None)."""
+        logits, routing = self.stepper.step(tokens)
+        return logits.float() + self.mask, routing
+
+    def reorder(self, rows: torch.Tensor) -> None:
+        """Follow the surviving hypotheses (rows never leave a sentence, so the mask stays)."""
+        self.stepper.reorder(rows)

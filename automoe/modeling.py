@@ -238,11 +238,30 @@ class MoETransformer(nn.Module, HubMixin):
             cross_masks.append(encoded.token_mask.repeat(1, layer.last_k)[:, None, None, :])
         return DecoderState(cross_kv, cross_masks, [None] * len(self.decoder_layers))
 
-    def decode(self, tgt: torch.Tensor, state: DecoderState, token_mask: torch.Tensor | None = None):
+    def output_rows(self, ids: torch.Tensor) -> torch.Tensor:
+        """The output-projection rows of target ids `ids` [B, K] (a per-sentence vocabulary
+        shortlist; -1 = padding, given row 0 here and masked by the caller): [B, K, d_dec]."""
+        d = self.config.decoder_embed_dim
+        return F.embedding(ids.clamp(min=0), self.embed_tokens.weight[:, :d])  # [B, K, d]
+
+    def project(self, x: torch.Tensor, output_rows: torch.Tensor | None = None) -> torch.Tensor:
+        """Output projection of decoder states x [N, T, d]: logits over the whole vocabulary
+        [N, T, V], or with `output_rows` [B, K, d] (from `output_rows`; N = B * copies, rows of one
+        sentence adjacent, as beam search keeps them) over each sentence's K shortlisted ids [N, T, K]."""
+        if output_rows is None:
+            return F.linear(x, self.embed_tokens.weight[:, : self.config.decoder_embed_dim])  # [N, T, V]
+        N, T, d = x.shape
+        B = output_rows.shape[0]
+        logits = x.reshape(B, (N // B) * T, d) @ output_rows.transpose(1, 2)  # [B, copies*T, K]
+        return logits.view(N, T, -1)  # [N, T, K]
+
+    def decode(self, tgt: torch.Tensor, state: DecoderState, token_mask: torch.Tensor | None = None,
+               output_rows: torch.Tensor | None = None):
         """Decode target ids `tgt` [B, T] that follow the `state.length` cached positions.
 
         Used both for the teacher-forced pass (T = whole target, empty cache) and for incremental
-        decoding (T = 1). Returns (logits [B, T, V], new state, aux loss, routing [B, T, layers]).
+        decoding (T = 1). Returns (logits [B, T, V], new state, aux loss, routing [B, T, layers]);
+        with `output_rows` (see `project`) the logits cover each sentence's shortlist only [B, T, K].
         """
         past = state.length
         T = tgt.shape[1]
@@ -258,7 +277,7 @@ class MoETransformer(nn.Module, HubMixin):
             present.append(kv)
             aux = aux + layer_aux
             routes.append(routing)
-        logits = F.linear(x, self.embed_tokens.weight[:, :d])  # [B, T, V]
+        logits = self.project(x, output_rows)  # [B, T, V] or [B, T, K]
         new_state = DecoderState(state.cross_kv, state.cross_masks, present)
         return logits, new_state, aux, torch.stack(routes, dim=-1)
 

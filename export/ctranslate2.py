@@ -28,6 +28,7 @@ from automoe.checkpoint import (WEIGHTS_NAME, load_state_dict, load_tokenizer, r
                                 verify_model_folder)
 from automoe.config import ArchConfig
 from automoe.modeling import sinusoidal_positions
+from automoe.shortlist import carry_into_export
 
 from .checks import check_ctranslate2
 
@@ -197,9 +198,11 @@ def to_ctranslate2(model_dir: str | Path, out_dir: str | Path, *, quantize: str 
         model_config = json.loads((model_dir / "config.json").read_text(encoding="utf-8"))
         (tmp / "config.json").write_text(json.dumps({**ct2_config, **model_config}, indent=2) + "\n", encoding="utf-8")
         shutil.copyfile(model_dir / tok, tmp / tok)
+        shortlist = carry_into_export(model_dir, tmp, pieces)  # shortlist + vmap.txt, None without one
         info = {"format": "automoe-ct2", "target": "ctranslate2", "quantization": quantize,
                 "source": str(model_dir), "source_sha256": sha256_file(model_dir / WEIGHTS_NAME),
-                "tokenizer": meta.get("tokenizer"), "versions": tool_versions("automoe", "torch", "ctranslate2"),
+                "tokenizer": meta.get("tokenizer"), "shortlist": shortlist,
+                "versions": tool_versions("automoe", "torch", "ctranslate2"),
                 "sha256": folder_hashes(tmp)}
         (tmp / EXPORT_INFO_NAME).write_text(json.dumps(info, indent=2) + "\n", encoding="utf-8")
         finish_out_dir(tmp, out_dir)

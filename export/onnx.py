@@ -42,6 +42,7 @@ from automoe.modeling import DecoderState, MoETransformer
 
 from . import kernel
 from .onnx_moe import moe_form
+from .onnx_shortlist import add_to_export as add_shortlist_to_export
 
 logger = logging.getLogger(__name__)
 
@@ -374,6 +375,7 @@ def to_onnx(model_dir: str | Path, out_dir: str | Path, *, quantize: str | None 
             graphs["beam_decoder"].unlink()
         store_weights_once([graphs["encoder"], graphs["decoder"], tmp / BEAM_FILE], tmp / WEIGHTS_FILE)
         copy_model_files(model_dir, tmp, meta)
+        shortlist = add_shortlist_to_export(model_dir, tmp, arch.vocab_size)  # None without MODEL/shortlist.safetensors
         info = {"format": "automoe-onnx", "target": "onnxruntime", "layout": LAYOUT, "quantization": quantize,
                 "opset": OPSET, "moe_dispatch": moe_dispatch, "moe_graphs": forms,
                 "custom_ops_library": library and kernel.LIBRARY_FILE,
@@ -381,7 +383,8 @@ def to_onnx(model_dir: str | Path, out_dir: str | Path, *, quantize: str | None 
                 "files": {"encoder": ENCODER_FILE, "decoder": DECODER_FILE, "beam_search": BEAM_FILE,
                           "weights": WEIGHTS_FILE},
                 "source": str(model_dir), "source_sha256": sha256_file(model_dir / WEIGHTS_NAME),
-                "tokenizer": meta.get("tokenizer"), "versions": tool_versions("automoe", "torch", "onnx", "onnxruntime"),
+                "tokenizer": meta.get("tokenizer"), "shortlist": shortlist,
+                "versions": tool_versions("automoe", "torch", "onnx", "onnxruntime"),
                 "sha256": folder_hashes(tmp)}
         (tmp / EXPORT_INFO_NAME).write_text(json.dumps(info, indent=2) + "\n", encoding="utf-8")
         finish_out_dir(tmp, out_dir)

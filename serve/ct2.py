@@ -35,8 +35,11 @@ class CTranslate2Engine:
         self.pieces = vocab
         self.ids = {p: i for i, p in enumerate(vocab)}
 
-    def translate_ids(self, batch: list[list[int]], *, beam: int, max_length: int, routing: bool = False):
-        """Source id lists (EOS-terminated) -> `automoe.generate.Generation`."""
+    def translate_ids(self, batch: list[list[int]], *, beam: int, max_length: int, routing: bool = False,
+                      shortlist=None):
+        """Source id lists (EOS-terminated) -> `automoe.generate.Generation`; with a shortlist,
+        CTranslate2's vocabulary map (vmap.txt) restricts each sentence's output layer (sentences
+        run one at a time: CTranslate2 joins the lists of a whole batch)."""
         from automoe.generate import Generation
 
         if routing:
@@ -44,8 +47,15 @@ class CTranslate2Engine:
         check_generation_args(self.config, beam, max_length)
         eos = self.config.eos_id
         source = [[self.pieces[t] for t in ids if t != eos] for ids in batch]  # CT2 appends </s> itself
+        restrict = {}
+        if shortlist is not None:
+            if not (self.folder / "vmap.txt").is_file():
+                raise ValueError(f"{self.folder} has no vmap.txt: export the model folder again after "
+                                 "`automoe shortlist build`")
+            restrict = {"use_vmap": True, "max_batch_size": 1}
         results = self.translator.translate_batch(
             source, beam_size=beam, max_decoding_length=max_length, length_penalty=1.0, return_scores=True,
+            **restrict,
         )
         tokens = [[self.ids[p] for p in r.hypotheses[0]] for r in results]
         return Generation(tokens, [r.scores[0] for r in results])

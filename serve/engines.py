@@ -53,14 +53,17 @@ class TorchEngine:
         self.config: ArchConfig = model.config
         self.threads = check_threads(threads)
 
-    def translate_ids(self, batch: list[list[int]], *, beam: int, max_length: int, routing: bool = False):
-        """Source id lists (EOS-terminated) -> `automoe.generate.Generation`."""
+    def translate_ids(self, batch: list[list[int]], *, beam: int, max_length: int, routing: bool = False,
+                      shortlist=None):
+        """Source id lists (EOS-terminated) -> `automoe.generate.Generation`; with a
+        `automoe.shortlist.Shortlist`, each sentence decodes over its own shortlist."""
         from automoe.generate import generate
 
         if self.threads:
             torch.set_num_threads(self.threads)
         src = torch.from_numpy(_pad(batch, self.config.pad_id))
-        return generate(self.model, src, beam=beam, max_length=max_length, return_routing=routing)
+        ids = None if shortlist is None else torch.from_numpy(shortlist.batch_ids(batch))
+        return generate(self.model, src, beam=beam, max_length=max_length, return_routing=routing, shortlist=ids)
 
 
 def custom_ops_library(folder: Path, name) -> Path:
@@ -148,15 +151,16 @@ class OnnxEngine:
             except Exception as e:  # noqa: BLE001  ORT raises its own Fail / RuntimeError types
                 raise RuntimeError(f"{self.folder}: its operator library {library} does not load here ({e}); "
                                    "re-export the model on this machine, or with moe_dispatch='compact'") from e
-        load = lambda name: ort.InferenceSession(str(self.folder / name), options,  # noqa: E731
-                                                 providers=["CPUExecutionProvider"])
-        self.encoder, self.decoder, self.beam = load(ENCODER_FILE), load(DECODER_FILE), load(BEAM_FILE)
+        self._load = lambda name: ort.InferenceSession(str(self.folder / name), options,  # noqa: E731
+                                                       providers=["CPUExecutionProvider"])
+        self.encoder, self.decoder, self.beam = self._load(ENCODER_FILE), self._load(DECODER_FILE), self._load(BEAM_FILE)
+        self._shortlist_session = None
         self.layers = self.config.decoder_layers
         self.use_beam_graph = True  # batch 1 through the in-graph BeamSearch (False: the python stepper)
         self.past_self_names = kv_names("past", "self", self.layers)
         self.past_cross_names = kv_names("past", "cross", self.layers)
 
-    def _beam_graph(self, src: np.ndarray, beam: int, max_length: int):
+    def _beam_graph(self, src: np.ndarray, beam: int, max_length: int, shortlist: np.ndarray | None = None):
         from automoe.generate import Generation
 
         cfg = self.config
@@ -165,12 +169,29 @@ class OnnxEngine:
                  "max_length": np.array([max_length + 1], np.int32), "min_length": np.array([1], np.int32),
                  "num_beams": np.array([beam], np.int32), "num_return_sequences": np.array([1], np.int32),
                  "length_penalty": np.array([1.0], np.float32), "repetition_penalty": np.array([1.0], np.float32)}
-        sequences, scores = self.beam.run(None, feeds)
+        session = self.beam
+        if shortlist is not None:  # the beam graph whose projection reads the shortlisted rows only
+            session, feeds["shortlist"] = self._shortlist_beam(), shortlist
+        sequences, scores = session.run(None, feeds)
         return Generation([_strip(seq[0][1:], cfg) for seq in sequences], scores[:, 0].tolist())
 
-    def translate_ids(self, batch: list[list[int]], *, beam: int, max_length: int, routing: bool = False):
-        """Source id lists (EOS-terminated) -> `automoe.generate.Generation` (no routing)."""
-        from automoe.generate import Generation
+    def _shortlist_beam(self):
+        """The session of beam_search_shortlist.onnx (`automoe.export.onnx_shortlist`), opened on first use."""
+        if self._shortlist_session is None:
+            from automoe.export.onnx_shortlist import SHORTLIST_BEAM_FILE
+
+            if not (self.folder / SHORTLIST_BEAM_FILE).is_file():
+                raise ValueError(f"{self.folder} has no {SHORTLIST_BEAM_FILE}: export the model folder again "
+                                 "after `automoe shortlist build`")
+            self._shortlist_session = self._load(SHORTLIST_BEAM_FILE)
+        return self._shortlist_session
+
+    def translate_ids(self, batch: list[list[int]], *, beam: int, max_length: int, routing: bool = False,
+                      shortlist=None):
+        """Source id lists (EOS-terminated) -> `automoe.generate.Generation` (no routing); with a
+        `automoe.shortlist.Shortlist`, each sentence decodes over its own shortlist (one sentence:
+        the shortlist beam graph; a batch: the step graphs' logits masked to it, the same decoding)."""
+        from automoe.generate import Generation, MaskedStepper
 
         if routing:
             raise ValueError("routing traces are available with engine='torch' only")
@@ -178,8 +199,10 @@ class OnnxEngine:
         check_generation_args(cfg, beam, max_length)
         src = _pad(batch, cfg.pad_id)
         if len(batch) == 1 and self.use_beam_graph and max_length >= 2:
-            return self._beam_graph(src, beam, max_length)
+            return self._beam_graph(src, beam, max_length, None if shortlist is None else shortlist.ids(batch[0]))
         stepper = OnnxStepper(self, src, beam)
+        if shortlist is not None:
+            stepper = MaskedStepper(stepper, torch.from_numpy(shortlist.batch_ids(batch)), cfg.vocab_size, beam)
         best = beam_search(stepper, len(batch), beam=beam, max_length=max_length, bos_id=cfg.bos_id,
                            eos_id=cfg.eos_id, pad_id=cfg.pad_id)
         return Generation([_strip(ids[1:], cfg) for _, ids, _ in best], [score for score, _, _ in best])

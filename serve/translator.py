@@ -88,6 +88,7 @@ def export_cache_key(source: Source, engine: str, quantize: str | None, hashes: 
     exporter source. `hashes` reuses digests computed by verification."""
     import automoe
     from automoe.artifacts import tool_versions
+    from automoe.shortlist import SHORTLIST_FILE
 
     hashes = hashes or {}
     folder = source.folder
@@ -96,7 +97,9 @@ def export_cache_key(source: Source, engine: str, quantize: str | None, hashes: 
              "config": sha256_file(folder / CONFIG_NAME),
              "tokenizer": (hashes.get(tok) or sha256_file(folder / tok)) if tok else None,
              "engine": engine, "quantize": quantize, "automoe": automoe.__version__,
-             "versions": tool_versions("torch", engine), "exporter": _exporter_digest()}
+             "versions": tool_versions("torch", engine), "exporter": _exporter_digest(),
+             # exports carry the model folder's lexical shortlist (automoe.shortlist)
+             "shortlist": sha256_file(folder / SHORTLIST_FILE) if (folder / SHORTLIST_FILE).is_file() else None}
     return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()
 
 
@@ -192,7 +195,7 @@ class Translator:
     """
 
     def __init__(self, model_or_engine, tokenizer, *, engine: str = "torch", threads: int | None = None,
-                 max_batch_tokens: int = 4000):
+                 max_batch_tokens: int = 4000, shortlist=None):
         from .engines import TorchEngine
 
         if hasattr(model_or_engine, "translate_ids"):
@@ -210,10 +213,12 @@ class Translator:
         self.threads = threads
         self.max_batch_tokens = max_batch_tokens
         self.max_source_tokens = self.config.max_positions
+        self.shortlist = shortlist  # an automoe.shortlist.Shortlist: decode over per-sentence vocabularies
 
     @classmethod
     def from_pretrained(cls, path_or_repo: str | Path, *, engine: str | None = None, quantize: str | None = None,
                         revision: str | None = None, threads: int | None = None, verify: bool = True,
+                        shortlist: bool = False,
                         **kwargs) -> "Translator":
         """Load a model folder, an export folder or a Hub repo id, with its SentencePiece model.
 
@@ -223,6 +228,8 @@ class Translator:
         match the sha256 their folder recorded when it was written (`IntegrityError` naming the
         file); `verify=False` skips that for files edited on purpose. A supernet folder is refused
         with the command that extracts a model from it.
+        `shortlist=True` decodes each sentence over its lexical shortlist (the folder's
+        shortlist.safetensors, see `automoe.shortlist`).
         """
         if engine is not None and engine not in ENGINES:
             raise ValueError(f"engine={engine!r} is not available; choose one of {list(ENGINES)}")
@@ -231,6 +238,10 @@ class Translator:
         # the tokenizer first: a wrong one is refused before any export (exports copy the same file)
         tokenizer = load_model_tokenizer(source.folder, source.meta, vocab_size=source.arch.vocab_size)
         backend = load_engine(source, engine, quantize, threads, hashes=hashes)
+        if shortlist:
+            from automoe.shortlist import load_for_model
+
+            kwargs["shortlist"] = load_for_model(getattr(backend, "folder", source.folder))
         return cls(backend, tokenizer, threads=threads, **kwargs)
 
     @staticmethod
@@ -302,7 +313,8 @@ class Translator:
         for batch in self._batches(encoded):
             ids = [encoded[i] for i in batch]
             limit = default_max_length(self, max(len(x) for x in ids)) if max_length is None else max_length
-            gen = self.backend.translate_ids(ids, beam=beam, max_length=limit, routing=routing)
+            extra = {} if self.shortlist is None else {"shortlist": self.shortlist}
+            gen = self.backend.translate_ids(ids, beam=beam, max_length=limit, routing=routing, **extra)
             for row, i in enumerate(batch):
                 results[i] = (gen, row)
         return encoded, results
