@@ -96,9 +96,11 @@ def _eval_table(records: list[dict]) -> str:
 
 def _bench_section(records: list[dict]) -> str:
     """The card's speed section from the model's records of the last `automoe bench` run."""
-    if not records:
+    from .bench import last_run
+
+    run = last_run(records)
+    if not run:
         return ""
-    run = [r for r in records if r.get("run_id") == records[-1].get("run_id")]
     rows = ["| engine | threads | median ms / sentence | p90 ms | speedup vs dense | BLEU | chrF |",
             "|---|---:|---:|---:|---:|---:|---:|"]
     for r in run:

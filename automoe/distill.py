@@ -20,7 +20,7 @@ import os
 import shutil
 from pathlib import Path
 
-from .artifacts import sha256_file
+from .artifacts import atomic_write_text, sha256_file
 from .config import ConfigError
 
 logger = logging.getLogger(__name__)
@@ -118,14 +118,11 @@ def _finish(data_dir: Path, out_dir: Path, targets: list[str], provenance: dict)
     for name in COPIED:
         if (data_dir / name).is_file():
             shutil.copyfile(data_dir / name, out_dir / name)
-    data = "".join(f"{t}\n" for t in targets).encode("utf-8")
-    tmp = out_dir / ".train.tgt.tmp"
-    tmp.write_bytes(data)
-    os.replace(tmp, out_dir / "train.tgt")
+    text = "".join(f"{t}\n" for t in targets)
+    atomic_write_text(out_dir / "train.tgt", text)
+    data = text.encode("utf-8")
     files["train.tgt"] = {"sha256": hashlib.sha256(data).hexdigest(), "bytes": len(data), "lines": len(targets)}
     manifest.update(files=files, distillation=provenance)
-    text = json.dumps(manifest, indent=2, ensure_ascii=False) + "\n"
-    (out_dir / ".manifest.json.tmp").write_text(text, encoding="utf-8")
-    os.replace(out_dir / ".manifest.json.tmp", out_dir / "manifest.json")
+    atomic_write_text(out_dir / "manifest.json", json.dumps(manifest, indent=2, ensure_ascii=False) + "\n")
     (out_dir / STATE).unlink()
     (out_dir / PARTIAL).unlink()

@@ -153,22 +153,16 @@ class Shortlist:
         return cls(table, always, header)
 
 
-def _tokenizer_file(folder: Path) -> Path:
-    """The SentencePiece file of a model or export folder (named in config.json / export_info.json)."""
-    for name in ("export_info.json", "config.json"):
-        path = folder / name
-        if path.is_file():
-            tok = (json.loads(path.read_text(encoding="utf-8")).get("tokenizer") or {}).get("file")
-            if tok:
-                return folder / tok
-    raise ShortlistError(f"{folder} names no tokenizer file in its config.json / export_info.json: "
-                         "a shortlist needs the model's SentencePiece model")
+def _arch_and_tokenizer(folder: Path):
+    """(ArchConfig, SentencePiece file) of a model or export folder, its config read once."""
+    from .checkpoint import read_folder
 
-
-def _vocab_size(folder: Path) -> int:
-    from .checkpoint import read_folder  # a model or an export folder: the architecture is in config.json
-
-    return read_folder(folder).arch.vocab_size
+    source = read_folder(folder)
+    tok = (source.meta.get("tokenizer") or {}).get("file")
+    if not tok:
+        raise ShortlistError(f"{folder} names no tokenizer file in its config: a shortlist needs the model's "
+                             "SentencePiece model")
+    return source.arch, folder / tok
 
 
 def load_for_model(folder: str | Path) -> Shortlist:
@@ -177,8 +171,8 @@ def load_for_model(folder: str | Path) -> Shortlist:
     from .artifacts import sha256_file
 
     folder = Path(folder)
-    return Shortlist.load(folder / SHORTLIST_FILE, vocab_size=_vocab_size(folder),
-                          tokenizer_sha256=sha256_file(_tokenizer_file(folder)))
+    arch, tok_file = _arch_and_tokenizer(folder)
+    return Shortlist.load(folder / SHORTLIST_FILE, vocab_size=arch.vocab_size, tokenizer_sha256=sha256_file(tok_file))
 
 
 def translator_kwargs(folder: str | Path) -> tuple[bool, dict]:
@@ -258,15 +252,13 @@ def build_shortlist(data_dir: str | Path, model_dir: str | Path, *, top_k: int =
     """Build the shortlist of a model folder from a dataset folder's training pairs (see the module
     docstring), tokenized with the model's own SentencePiece model; `stats` are measured on
     `stats_split` (its shortlists' sizes and coverage of its references)."""
-    from .checkpoint import read_model_config
     from .artifacts import sha256_file
     from .data import encode_file, load_tokenizer
 
     data_dir, model_dir = Path(data_dir), Path(model_dir)
     if not isinstance(top_k, int) or top_k < 1 or not isinstance(frequent, int) or frequent < 0:
         raise ValueError(f"top_k={top_k!r} must be >= 1 and frequent={frequent!r} >= 0")
-    arch, _ = read_model_config(model_dir)
-    tok_file = _tokenizer_file(model_dir)
+    arch, tok_file = _arch_and_tokenizer(model_dir)
     sp = load_tokenizer(tok_file)
     if sp.get_piece_size() != arch.vocab_size:
         raise ShortlistError(f"{tok_file} has {sp.get_piece_size()} pieces but {model_dir}'s vocab_size is "

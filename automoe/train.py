@@ -499,8 +499,7 @@ def training_recipe(data_dir: str | Path, init_from: str | Path | None) -> str:
     """How a model's training started, as cards and results name it: "inherit" (fine-tuned from a
     supernet's weights), "distill" (trained on a teacher's translations, `automoe data distill`),
     "inherit+distill" (both) or "scratch"."""
-    manifest = Path(data_dir) / "manifest.json"
-    distilled = manifest.exists() and "distillation" in json.loads(manifest.read_text(encoding="utf-8"))
+    distilled = (Path(data_dir) / "manifest.json").exists() and "distillation" in data_lib.load_manifest(data_dir)
     parts = (["inherit"] if init_from is not None else []) + (["distill"] if distilled else [])
     return "+".join(parts) or "scratch"
 
