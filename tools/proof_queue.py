@@ -10,11 +10,15 @@ Steps, in order (a finished step is skipped, an interrupted training resumes fro
 so the queue can be stopped at any time and started again):
   1. switch-small-bible: `SearchSpace.switch_baseline(4)` from scratch (the longest run).
   2. data/bible-en-de-distill: the dense model's beam-4 translations of the training sources.
-  3. The recipe comparison on the 1/3-latency AutoMoE subnet, same budget each:
-     inherit (supernet v3's weights, fine-tuned), scratch, distill (scratch on the distilled data).
+  3. The recipe comparison on the 1/3-latency AutoMoE subnet, the same quarter of the budget each
+     (4.55M target tokens): inherit (supernet v3's weights, fine-tuned), scratch, distill (scratch
+     on the distilled data).
   4. The pick: dev BLEU of each recipe (test BLEU recorded too) -> benchmarks/results/recipes.jsonl;
      the best by dev BLEU is the recipe of every searched model.
-  5. automoe-small-bible-half, hat-small-bible-half, hat-small-bible-third with that recipe.
+  5. automoe-small-bible-third: the winning run continued to the full budget. The inverse-sqrt
+     schedule does not depend on the budget, so continuing it is the same run as one started with
+     the full budget, and three quarters of two runs are saved.
+  6. automoe-small-bible-half, hat-small-bible-half, hat-small-bible-third with that recipe.
 
     nohup .venv/bin/python tools/proof_queue.py >> ~/.cache/automoe/runs/queue.log 2>&1 &
     python tools/proof_queue.py --list      # what is done, what is next
@@ -26,6 +30,7 @@ import argparse
 import datetime
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -40,7 +45,8 @@ SUPERNET = "models/supernet-small-bible-v3"
 SEARCH = ROOT / "benchmarks" / "results" / "search"
 RECIPES = ROOT / "benchmarks" / "results" / "recipes.jsonl"
 TOKENS = 18_200_000  # the dense baseline saw 18.18M target tokens
-RECIPE = ["--max-tokens-seen", str(TOKENS), "--lr", "9e-4", "--warmup-updates", "200", "--schedule", "inverse_sqrt",
+COMPARE_TOKENS = TOKENS // 4  # each recipe of the comparison; the winner is continued to TOKENS
+RECIPE = ["--lr", "9e-4", "--warmup-updates", "200", "--schedule", "inverse_sqrt",
           "--bf16", "--seed", "1", "--save-every-minutes", "5", "--threads", "2", "--valid-every", "100",
           "--valid-sentences", "300", "--max-tokens", "3000", "--dropout", "0.1", "--label-smoothing", "0.1",
           "--clip-norm", "1.0", "--balance-coef", "0.01"]
@@ -54,11 +60,11 @@ def automoe(*args: str) -> list[str]:
     return [sys.executable, "-m", "automoe", *args]
 
 
-def train_command(name: str, arch: str, recipe: str, extra: list[str] = ()) -> list[str]:
+def train_command(name: str, arch: str, recipe: str, extra: list[str] = (), tokens: int = TOKENS) -> list[str]:
     """`automoe train model` for one run under the shared recipe; resumes when a checkpoint exists."""
     data = DISTILLED if recipe == "distill" else DATA
     cmd = automoe("train", "model", "--arch", arch, "--data", data, "--out", str(RUNS / "models" / name),
-                  "--run-dir", str(RUNS / name), *RECIPE, *extra)
+                  "--run-dir", str(RUNS / name), "--max-tokens-seen", str(tokens), *RECIPE, *extra)
     if recipe == "inherit":
         cmd += ["--init-from", SUPERNET]
     if (RUNS / name / "checkpoint.safetensors").exists():
@@ -131,6 +137,19 @@ def chosen_recipe() -> str | None:
     return chosen[-1] if chosen else None
 
 
+def continue_winner(name: str, arch: str) -> list[str]:
+    """The command that continues the chosen recipe's comparison run to the full budget in its own
+    run folder (the comparison run is copied once, so it stays as the pick measured it)."""
+    recipe = chosen_recipe()
+    run = RUNS / name
+    if not (run / "checkpoint.safetensors").exists():
+        run.mkdir(parents=True, exist_ok=True)
+        source = RUNS / f"{name}-{recipe}"
+        for file in ("checkpoint.safetensors", "train.jsonl"):
+            shutil.copyfile(source / file, run / file)
+    return train_command(name, arch, recipe)
+
+
 def steps() -> list[tuple[str, object]]:
     """(name, action) in order; an action is a command list or a callable."""
     plan = [("data", lambda: automoe("data", "build", "--corpus", "bible", "--out", DATA)),
@@ -141,8 +160,10 @@ def steps() -> list[tuple[str, object]]:
     third = str(SEARCH / "automoe-0.333.json")
     for recipe in RECIPE_NAMES:
         name = f"automoe-small-bible-third-{recipe}"
-        plan.append((name, lambda name=name, recipe=recipe: train_command(name, third, recipe)))
+        plan.append((name, lambda name=name, recipe=recipe: train_command(name, third, recipe,
+                                                                          tokens=COMPARE_TOKENS)))
     plan.append(("pick-recipe", None))
+    plan.append(("automoe-small-bible-third", lambda: continue_winner("automoe-small-bible-third", third)))
     for name, arch in SEARCHED.items():
         plan.append((name, lambda name=name, arch=arch: train_command(name, str(SEARCH / arch), chosen_recipe())))
     return plan
