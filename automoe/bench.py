@@ -13,6 +13,10 @@ scripts share:
 - Throughput: sentences/s and target tokens/s at `throughput_batch`, again round-robin.
 - Speedup: the baseline's median latency / the model's, from the same run, engine and threads.
   The baseline is the dense model with the most parameters unless named.
+- Shortlists (`shortlist=True`): every model with a `shortlist.safetensors` also runs decoding over
+  its lexical shortlist as one more translator of the same round-robin; its record has
+  `shortlist: true`, the BLEU it costs and the speedup it gives against the same model without it.
+  Speedups always divide the baseline's median *without* a shortlist.
 - Cost: analytic GFLOPs and active/total parameters (`automoe.search.flops`).
 
 Results are data: one JSONL record per model x engine x threads (with the CPU name and git
@@ -139,11 +143,19 @@ def percentile(values: list[float], q: float) -> float:
     return ordered[lo] + (ordered[hi] - ordered[lo]) * (pos - lo)
 
 
-def _translator(model: BenchModel, engine_name: str, threads: int):
-    """A Translator for one model on one engine, or the reason the engine cannot run it."""
+def _translator(model: BenchModel, engine_name: str, threads: int, shortlist: bool = False):
+    """A Translator for one model on one engine (decoding over the model's lexical shortlist with
+    `shortlist`), or the reason it cannot run."""
     from automoe.serve import Translator
+    from automoe.shortlist import SHORTLIST_FILE, translator_kwargs
 
     engine, quantize = parse_engine(engine_name)
+    kwargs = {}
+    if shortlist:
+        available, kwargs = translator_kwargs(model.folder)
+        if not available:
+            return None, (f"no {SHORTLIST_FILE} in {model.folder}: automoe shortlist build --data DATA "
+                          f"--model {model.folder}")
     if engine == "ctranslate2":
         from automoe.export.checks import ctranslate2_violations
 
@@ -151,7 +163,8 @@ def _translator(model: BenchModel, engine_name: str, threads: int):
         if reasons:
             return None, "; ".join(reasons)
     try:
-        return Translator.from_pretrained(model.folder, engine=engine, quantize=quantize, threads=threads), None
+        return Translator.from_pretrained(model.folder, engine=engine, quantize=quantize, threads=threads,
+                                          **kwargs), None
     except ImportError as e:  # the engine's package is not installed
         return None, str(e)
 
@@ -174,8 +187,10 @@ def _round_robin(translators: dict, batches: list[list[str]], beam: int, progres
 
 def bench(models: list[str | Path], data: str | Path, *, engines: tuple[str, ...] = ("onnxruntime-int8",),
           threads: tuple[int, ...] = (1,), sentences: int | None = None, warmup: int = 20, beam: int = 4,
-          throughput_batch: int = 32, baseline: str | None = None, progress: bool = True) -> list[dict]:
-    """Benchmark `models` on the test split of `data`; returns one record per model x engine x threads.
+          throughput_batch: int = 32, baseline: str | None = None, shortlist: bool = False,
+          progress: bool = True) -> list[dict]:
+    """Benchmark `models` on the test split of `data`; returns one record per model x engine x threads
+    (x with and without the shortlist, with `shortlist`).
 
     `sentences`: the first N test sentences (None: the whole split). Translators are built (and
     model folders exported into the export cache) before any timing starts.
@@ -197,16 +212,21 @@ def bench(models: list[str | Path], data: str | Path, *, engines: tuple[str, ...
         raise ConfigError(f"{data}: the test split is empty")
     env = {**run_environment(), "run_id": uuid.uuid4().hex[:12]}
     records = []
+    variants = (False, True) if shortlist else (False,)
     for n_threads in threads:
         translators, skipped = {}, {}
         for m in bench_models:
             for engine_name in engines:
-                tr, reason = _translator(m, engine_name, n_threads)
-                if tr is None:
-                    logger.warning("%s on %s: skipped (%s)", m.name, engine_name, reason)
-                    skipped[(m.name, engine_name)] = reason
-                else:
-                    translators[(m.name, engine_name)] = tr
+                for listed in variants:
+                    key = (m.name, engine_name, listed)
+                    tr, reason = (None, skipped[key[:2] + (False,)]) if key[:2] + (False,) in skipped else \
+                        _translator(m, engine_name, n_threads, listed)
+                    if tr is None:
+                        logger.warning("%s on %s%s: skipped (%s)", m.name, engine_name,
+                                       " with its shortlist" if listed else "", reason)
+                        skipped[key] = reason
+                    else:
+                        translators[key] = tr
         work = len(translators) * (min(warmup, len(sources)) + 2 * len(sources))
         with tqdm(total=work, desc=f"bench {n_threads} thread(s)", unit="sent", disable=not progress) as bar:
             for tr in translators.values():  # warm-up: not timed
@@ -219,11 +239,12 @@ def bench(models: list[str | Path], data: str | Path, *, engines: tuple[str, ...
         medians = {k: statistics.median(v) * 1000 for k, v in latency.items()}
         for m in bench_models:
             c = cost(m.arch)
-            for engine_name in engines:
-                key = (m.name, engine_name)
+            for engine_name, listed in ((e, v) for e in engines for v in variants):
+                key = (m.name, engine_name, listed)
                 record = {
                     "benchmark": "bench", "model": m.name, "folder": str(m.folder), "family": m.family,
                     "baseline": base.name, "engine": engine_name, "threads": n_threads, "beam": beam, "batch": 1,
+                    "shortlist": listed,
                     "sentences": len(sources), "warmup": warmup, "data": str(data), "split": "test",
                     "gflops": round(c.gflops, 4), "active_params": c.active_params, "total_params": c.total_params,
                 }
@@ -231,7 +252,7 @@ def bench(models: list[str | Path], data: str | Path, *, engines: tuple[str, ...
                     records.append({**record, "skipped": skipped[key], "arch": m.arch.to_dict(), **env})
                     continue
                 ms = [s * 1000 for s in latency[key]]
-                base_ms = medians.get((base.name, engine_name))
+                base_ms = medians.get((base.name, engine_name, False))
                 out_tokens = sum(len(translators[key].tokenizer.encode(h)) for h in batched[key])
                 record.update({
                     "median_ms": round(medians[key], 3), "p90_ms": round(percentile(ms, 90), 3),
@@ -243,6 +264,14 @@ def bench(models: list[str | Path], data: str | Path, *, engines: tuple[str, ...
                     **corpus_scores(hyps[key], references),
                     "arch": m.arch.to_dict(), **env,
                 })
+                full = key[:2] + (False,)
+                if listed and full in translators:
+                    record["shortlist_speedup"] = round(medians[full] / medians[key], 3)
+                    record["shortlist_bleu_cost"] = round(corpus_scores(hyps[full], references)["bleu"]
+                                                          - record["bleu"], 2)
+                    record["shortlist_size"] = round(statistics.fmean(
+                        len(translators[key].shortlist.ids(translators[key].tokenizer.encode(s)))
+                        for s in sources), 1)
                 records.append(record)
     return records
 
@@ -267,28 +296,43 @@ def _params(n: int) -> str:
     return f"{n / 1e6:.2f}M"
 
 
+def label(record: dict) -> str:
+    """A record's model name as tables and plots show it ("NAME + shortlist" for shortlist decoding)."""
+    return record["model"] + (" + shortlist" if record.get("shortlist") else "")
+
+
 def markdown_table(records: list[dict]) -> str:
     """A Markdown table of one run's records (best speedup first within each engine/threads)."""
     if not records:
         return "_No bench run yet (`automoe bench`)._"
+    listed = any(r.get("shortlist") for r in records)
+    extra_head, extra_rule = (" shortlist: own speedup / BLEU cost / size |", "---:|") if listed else ("", "")
     rows = ["| model | family | engine | threads | BLEU | chrF | median ms | p90 ms | speedup vs dense | "
-            "sent/s @ batch | GFLOPs | active / total params |",
-            "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+            "sent/s @ batch | GFLOPs | active / total params |" + extra_head,
+            "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|" + extra_rule]
     order = sorted(records, key=lambda r: (r["engine"], r["threads"], "skipped" in r, -(r.get("speedup") or 0)))
     for r in order:
         params = f"{_params(r['active_params'])} / {_params(r['total_params'])}"
+        tail = ""
+        if listed:
+            tail = (f" {r['shortlist_speedup']:.2f}x / {r['shortlist_bleu_cost']:+.2f} / {r['shortlist_size']:.0f} |"
+                    if "shortlist_speedup" in r else " |")
         if "skipped" in r:
-            rows.append(f"| `{r['model']}` | {r['family']} | {r['engine']} | {r['threads']} | skipped: "
-                        f"{r['skipped']} | | | | | | {r['gflops']:.3f} | {params} |")
+            rows.append(f"| `{label(r)}` | {r['family']} | {r['engine']} | {r['threads']} | skipped: "
+                        f"{r['skipped']} | | | | | | {r['gflops']:.3f} | {params} |" + tail)
             continue
-        rows.append(f"| `{r['model']}` | {r['family']} | {r['engine']} | {r['threads']} | {r['bleu']:.2f} | "
+        rows.append(f"| `{label(r)}` | {r['family']} | {r['engine']} | {r['threads']} | {r['bleu']:.2f} | "
                     f"{r['chrf']:.2f} | {r['median_ms']:.1f} | {r['p90_ms']:.1f} | {r['speedup']:.2f}x | "
-                    f"{r['throughput_sps']:.1f} @ {r['throughput_batch']} | {r['gflops']:.3f} | {params} |")
+                    f"{r['throughput_sps']:.1f} @ {r['throughput_batch']} | {r['gflops']:.3f} | {params} |" + tail)
     r0 = records[0]
     caption = (f"\n{r0['sentences']} test sentences of `{r0['data']}`, beam {r0['beam']}, batch 1, models interleaved "
                f"round-robin in one run; speedup = `{r0['baseline']}`'s median latency / the model's, same engine "
                f"and threads. BLEU on the batch-1 translations ({r0.get('bleu_signature', 'sacrebleu')}). "
                f"{r0['cpu']}, commit `{(r0['git_commit'] or '')[:10]}`.")
+    if listed:
+        caption += (" Shortlist rows decode over the model's lexical shortlist: their speedup vs dense divides the "
+                    "dense model's latency *without* one; own speedup and BLEU cost compare the same model without "
+                    "it; size is the average shortlist per sentence (pieces).")
     return "\n".join(rows) + caption
 
 
@@ -358,10 +402,10 @@ def _scatter(ax, rows: list[dict], x_field: str) -> None:
     labelled = set()
     for r in rows:
         marker, color = _STYLE.get(r["family"], ("o", "tab:gray"))
-        label = r["family"] if r["family"] not in labelled else None
+        legend = r["family"] if r["family"] not in labelled else None
         labelled.add(r["family"])
-        ax.scatter(r[x_field], r["bleu"], marker=marker, color=color, s=60, label=label, zorder=3)
-        ax.annotate(r["model"], (r[x_field], r["bleu"]), fontsize=7, xytext=(4, 4), textcoords="offset points")
+        ax.scatter(r[x_field], r["bleu"], marker=marker, color=color, s=60, label=legend, zorder=3)
+        ax.annotate(label(r), (r[x_field], r["bleu"]), fontsize=7, xytext=(4, 4), textcoords="offset points")
     ax.grid(alpha=0.3)
 
 

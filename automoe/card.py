@@ -69,7 +69,10 @@ def _training(training: dict) -> str:
                    f"{total['wall_seconds'] / 3600:.2f} h.")
     epochs = training.get("epochs")
     recipe = RECIPES.get(training.get("recipe"), "")
-    return (f"{recipe}Trained on `{training.get('data')}` (manifest sha256 `{str(training.get('data_manifest_sha256'))[:12]}`) "
+    data = str(training.get("data"))
+    if Path(data).is_absolute():  # a folder of the training machine (e.g. distilled data under ~/.cache): its name
+        data = Path(data).name
+    return (f"{recipe}Trained on `{data}` (manifest sha256 `{str(training.get('data_manifest_sha256'))[:12]}`) "
             f"for {training.get('updates')} updates, {training.get('tokens_seen'):,} target tokens processed"
             f"{' (summed over the subnets of each update)' if tc.get('sandwich') else ''}, {epochs} epoch{'' if epochs == 1 else 's'}, {hours:.2f} h wall time on "
             f"{training.get('world_size', 1)} process(es) of a 2-core CPU machine, seed {training.get('seed')}, "

@@ -30,7 +30,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
     sentences = bench.QUICK_SENTENCES if args.quick else args.sentences
     records = bench.bench(args.models, args.data, engines=engines, threads=args.threads, sentences=sentences,
                           warmup=args.warmup, beam=args.beam, throughput_batch=args.throughput_batch,
-                          baseline=args.baseline, progress=not args.no_progress)
+                          baseline=args.baseline, shortlist=args.shortlist, progress=not args.no_progress)
     paths = bench.write_outputs(records, args.results_dir, args.out, plots=not args.no_plots)
     print(bench.markdown_table(records))
     for kind, path in paths.items():
@@ -56,6 +56,9 @@ def add_bench_verb(verbs) -> None:
     p.add_argument("--throughput-batch", type=int, default=32, help="batch size of the throughput measurement")
     p.add_argument("--baseline", default=None,
                    help="the model speedups are relative to (default: the dense model with the most parameters)")
+    p.add_argument("--shortlist", action="store_true",
+                   help="also decode every model that has a shortlist.safetensors over its lexical shortlist "
+                        "(same run): BLEU cost and speedup of the shortlist")
     p.add_argument("--out", default="bench", help="results name: RESULTS_DIR/NAME.jsonl, NAME.md, NAME-*.png")
     p.add_argument("--results-dir", default="benchmarks/results", help="where results are written")
     p.add_argument("--no-plots", action="store_true", help="skip the PNG plots (no matplotlib needed)")

@@ -373,9 +373,10 @@ def to_onnx(model_dir: str | Path, out_dir: str | Path, *, quantize: str | None 
         build_beam_search(graphs["encoder"], graphs["beam_decoder"], tmp / BEAM_FILE, arch)
         if graphs["beam_decoder"] != graphs["decoder"]:
             graphs["beam_decoder"].unlink()
-        store_weights_once([graphs["encoder"], graphs["decoder"], tmp / BEAM_FILE], tmp / WEIGHTS_FILE)
-        copy_model_files(model_dir, tmp, meta)
         shortlist = add_shortlist_to_export(model_dir, tmp, arch.vocab_size)  # None without MODEL/shortlist.safetensors
+        beams = [tmp / BEAM_FILE] + ([tmp / shortlist["beam_search"]] if shortlist else [])
+        store_weights_once([graphs["encoder"], graphs["decoder"], *beams], tmp / WEIGHTS_FILE)
+        copy_model_files(model_dir, tmp, meta)
         info = {"format": "automoe-onnx", "target": "onnxruntime", "layout": LAYOUT, "quantization": quantize,
                 "opset": OPSET, "moe_dispatch": moe_dispatch, "moe_graphs": forms,
                 "custom_ops_library": library and kernel.LIBRARY_FILE,

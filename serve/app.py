@@ -4,7 +4,8 @@
     launch({"automoe": "models/automoe-bible", "dense": "models/dense-bible"}, data_dir="data/bible-en-de")
 
 Three tabs, each also a named API endpoint for `gradio_client`:
-  Translate (`/translate`)  model + engine + beam -> German text, measured ms, a status line
+  Translate (`/translate`)  model + engine + beam (+ lexical shortlist) -> German text, measured ms,
+                            a status line
   Compare   (`/compare`)    the same input through every loaded model -> a table of outputs and ms
   Routing   (`/routing`)    which expert every source and target token took in every layer, the
                             per-layer expert widths, and the raw routing as JSON
@@ -187,27 +188,30 @@ class DemoBackend:
         self.max_chars = max_chars
         self.max_lines = max_lines
         self.default_beam = default_beam
-        self._cache: dict[tuple[str, str], Translator] = {}
+        self._cache: dict[tuple[str, str, bool], Translator] = {}
         self._lock = threading.Lock()
         if preload:
             for name in self.models:
                 self.translator(name, self.engines[0])
 
     # ------------------------------------------------------------------------ models
-    def translator(self, name: str, engine: str = "torch") -> Translator:
-        """The cached Translator for (model name, engine), loaded on first use."""
+    def translator(self, name: str, engine: str = "torch", shortlist: bool = False) -> Translator:
+        """The cached Translator for (model name, engine, shortlist), loaded on first use;
+        `shortlist` decodes over the model's lexical shortlist (`automoe.shortlist`)."""
         if name not in self.models:
             raise InputError(f"unknown model {name!r}; choose one of {list(self.models)}")
         if engine not in self.engines:
             raise InputError(f"engine {engine!r} is not available; choose one of {list(self.engines)}")
-        key = (name, engine)
+        key = (name, engine, bool(shortlist))
         with self._lock:
             if key not in self._cache:
                 start = time.perf_counter()
                 try:
-                    tr = Translator.from_pretrained(self.models[name], engine=engine, threads=self.threads)
-                except Exception as e:  # shown to the user, not a crash
-                    raise InputError(f"could not load model {name!r} with engine {engine!r}: {e}") from e
+                    tr = Translator.from_pretrained(self.models[name], engine=engine, threads=self.threads,
+                                                    shortlist=bool(shortlist))
+                except Exception as e:  # shown to the user, not a crash (e.g. no shortlist.safetensors)
+                    what = f"engine {engine!r}" + (" and its lexical shortlist" if shortlist else "")
+                    raise InputError(f"could not load model {name!r} with {what}: {e}") from e
                 tr.translate(["Warm up."], beam=1, max_length=4)
                 logger.info("loaded %s (%s) in %.1f s", name, engine, time.perf_counter() - start)
                 self._cache[key] = tr
@@ -270,12 +274,14 @@ class DemoBackend:
         return beam
 
     # ------------------------------------------------------------------------ the three views
-    def translate(self, text: str, model: str, engine: str, beam: int) -> tuple[str, float | None, str]:
-        """(German text or a message, ms or None, status line)."""
+    def translate(self, text: str, model: str, engine: str, beam: int,
+                  shortlist: bool = False) -> tuple[str, float | None, str]:
+        """(German text or a message, ms or None, status line); `shortlist` decodes over the
+        model's lexical shortlist."""
         try:
             lines = self._lines(text)
             beam = self._beam(beam)
-            tr = self.translator(model, engine)
+            tr = self.translator(model, engine, shortlist)
             self._check_length(tr, lines, model)
             start = time.perf_counter()
             out = tr.translate(lines, beam=beam)
@@ -286,6 +292,8 @@ class DemoBackend:
         ms = round((time.perf_counter() - start) * 1000, 2)
         per = f" ({ms / len(lines):.1f} ms per sentence)" if len(lines) > 1 else ""
         status = f"**{ms:.1f} ms**{per} · model `{model}` · engine `{engine}` · beam {beam}"
+        if shortlist:
+            status += " · lexical shortlist"
         return "\n".join(out), ms, status
 
     def compare(self, text: str, engine: str, beam: int) -> tuple[list[list], str]:
@@ -455,6 +463,9 @@ def build_app(models, default: str | None = None, *, data_dir: str | Path | None
                 model = gr.Dropdown(names, value=be.default, label="Model", elem_id="model")
                 engine = gr.Dropdown(list(be.engines), value=engine0, label="Engine", elem_id="engine")
                 beam = gr.Slider(1, 8, value=be.default_beam, step=1, label="Beam size", elem_id="beam")
+                shortlist = gr.Checkbox(False, label="Lexical shortlist", elem_id="shortlist",
+                                        info="decode over the target pieces the source makes likely (faster; "
+                                             "needs the model's shortlist.safetensors)")
             with gr.Row():
                 source = gr.Textbox(label="English", lines=4, placeholder="Type an English sentence (one per line)",
                                     max_length=max_chars + 1, elem_id="en-input")
@@ -464,8 +475,9 @@ def build_app(models, default: str | None = None, *, data_dir: str | Path | None
                 ms = gr.Number(label="Measured time (ms)", interactive=False, elem_id="ms")
             status = gr.Markdown(elem_id="status")
             gr.Examples(examples, inputs=[source], label=examples_label)
-            button.click(be.translate, [source, model, engine, beam], [target, ms, status], api_name="translate")
-            source.submit(be.translate, [source, model, engine, beam], [target, ms, status],
+            inputs = [source, model, engine, beam, shortlist]
+            button.click(be.translate, inputs, [target, ms, status], api_name="translate")
+            source.submit(be.translate, inputs, [target, ms, status],
                           api_visibility="private")
 
         with gr.Tab("Compare", id="compare"):

@@ -95,3 +95,27 @@ def test_cli(models, tmp_path, capsys):
     assert main(["bench", str(models["dense"]), "--data", str(DATA), "--engines", "torch,nope"]) == 2
     assert "unknown engine 'nope'" in capsys.readouterr().err
     assert main(["bench", str(models["dense"]), "--data", str(DATA), "--quick", "--sentences", "5"]) == 2
+
+
+def test_shortlist_variant_records_its_cost_and_speedup(models, tmp_path):
+    """With shortlist=True, a model with a shortlist gets one more record (same run) with the BLEU
+    cost and own speedup; a model without one gets a skipped record saying how to build it."""
+    import shutil
+
+    from automoe.shortlist import SHORTLIST_FILE, build_shortlist
+
+    dense = tmp_path / "dense"
+    shutil.copytree(models["dense"], dense)
+    build_shortlist(DATA, dense, top_k=8, frequent=20).save(dense / SHORTLIST_FILE)
+    records = bench.bench([dense, models["moe"]], DATA, engines=("torch",), sentences=4, warmup=0, beam=2,
+                          throughput_batch=2, shortlist=True, progress=False)
+    by_key = {(r["model"], r["shortlist"]): r for r in records}
+    assert set(by_key) == {("dense", False), ("dense", True), ("moe", False), ("moe", True)}
+    listed = by_key[("dense", True)]
+    assert listed["shortlist_speedup"] > 0 and listed["shortlist_size"] > 20
+    assert listed["shortlist_bleu_cost"] == round(by_key[("dense", False)]["bleu"] - listed["bleu"], 2)
+    assert by_key[("dense", False)]["speedup"] == 1.0  # the reference is the dense model without a shortlist
+    assert listed["speedup"] == listed["shortlist_speedup"]
+    assert "automoe shortlist build" in by_key[("moe", True)]["skipped"]
+    table = bench.markdown_table(records)
+    assert "`dense + shortlist`" in table and "own speedup / BLEU cost" in table

@@ -43,8 +43,12 @@ def _free_port() -> int:
 @pytest.fixture(scope="module")
 def models(tmp_path_factory):
     root = tmp_path_factory.mktemp("demo-models")
-    return {"dense-tiny": _tiny(root / "dense-tiny", 0, moe=False),
-            "automoe-tiny": _tiny(root / "automoe-tiny", 1, moe=True)}
+    from automoe.shortlist import SHORTLIST_FILE, build_shortlist
+
+    out = {"dense-tiny": _tiny(root / "dense-tiny", 0, moe=False),
+           "automoe-tiny": _tiny(root / "automoe-tiny", 1, moe=True)}
+    build_shortlist(DATA, out["automoe-tiny"], top_k=8, frequent=20).save(out["automoe-tiny"] / SHORTLIST_FILE)
+    return out
 
 
 @pytest.fixture(scope="module")
@@ -110,6 +114,15 @@ def test_translate_endpoint(client, models):
 
     german, ms, _ = client.predict("x" * 1200, "dense-tiny", "torch", 4, api_name="/translate")
     assert "1200 characters long" in german and ms is None
+
+
+def test_translate_with_shortlist(client, models):
+    """The shortlist option decodes over the model's shortlist; a model without one says so."""
+    german, ms, status = client.predict(SENTENCE, "automoe-tiny", "torch", 2, True, api_name="/translate")
+    expected = Translator.from_pretrained(models["automoe-tiny"], shortlist=True).translate([SENTENCE], beam=2)[0]
+    assert german == expected and ms > 0 and "lexical shortlist" in status
+    german, ms, status = client.predict(SENTENCE, "dense-tiny", "torch", 2, True, api_name="/translate")
+    assert ms is None and "lexical shortlist" in german and "automoe shortlist build" in german
 
 
 def test_compare_endpoint(client):

@@ -166,6 +166,13 @@ def test_onnx_shortlist_beam_graph_equals_full_decode(moe_dir, tmp_path, quantiz
     folder = covering(moe_dir, [full], tmp_path)
     export = to_onnx(folder, tmp_path / "onnx", quantize=quantize)
     assert json.loads((export / "export_info.json").read_text())["shortlist"]["beam_search"] == SHORTLIST_BEAM_FILE
+    # its weights live in weights.onnx.data with the other graphs' (one copy): no large tensor inline
+    import onnx
+
+    from automoe.export.onnx import _tensors
+
+    graph = onnx.load(str(export / SHORTLIST_BEAM_FILE), load_external_data=False).graph
+    assert max(len(t.raw_data) for t in _tensors(graph) if t.data_location != onnx.TensorProto.EXTERNAL) < 1024
     # one sentence: the shortlist beam graph; a batch: the step graphs' logits masked to the shortlist.
     # int8: greedy only. The K logits are the full graph's numbers (greedy scores are equal to the
     # last bit), but this random int8 model's beams switch tokens at near-ties that the shortlist's
