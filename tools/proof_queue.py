@@ -20,6 +20,14 @@ so the queue can be stopped at any time and started again):
      the full budget, and three quarters of two runs are saved.
   6. automoe-small-bible-half, hat-small-bible-half, hat-small-bible-third with that recipe.
 
+Then the studies of issues #27 and #28, which need the cores as long (docs/mos.md, docs/darts.md):
+  7. cmp-prefix, cmp-mos-layer, cmp-mos-neuron: the three weight-sharing kinds trained alike
+     (sandwich, 4M target tokens, seed 3); supernets-eval: inherited-weight test BLEU of the
+     largest, smallest and searched 1/2 and 1/3 subnets of each -> benchmarks/results/supernets.jsonl.
+  8. darts-small-bible: the DARTS search (reversible) under the evolutionary search's 1/3 budget;
+     darts-small-bible-model: its architecture trained with the chosen recipe. The search does not
+     resume: an interrupted one is moved aside and started again.
+
     nohup .venv/bin/python tools/proof_queue.py >> ~/.cache/automoe/runs/queue.log 2>&1 &
     python tools/proof_queue.py --list      # what is done, what is next
 """
@@ -53,6 +61,15 @@ RECIPE = ["--lr", "9e-4", "--warmup-updates", "200", "--schedule", "inverse_sqrt
 RECIPE_NAMES = ("inherit", "scratch", "distill")
 SEARCHED = {"automoe-small-bible-half": "automoe-0.500.json", "hat-small-bible-half": "hat-0.500.json",
             "hat-small-bible-third": "hat-0.333.json"}
+
+
+MOS_COMMON = ["--data", DATA, "--space", "small", "--sandwich", "--bf16", "--max-tokens", "3000", "--lr", "7e-4",
+              "--warmup-updates", "300", "--schedule", "inverse_sqrt", "--balance-coef", "0.1", "--seed", "3",
+              "--max-tokens-seen", "4000000", "--save-every-minutes", "5", "--threads", "2"]
+SHARING = {"prefix": [], "mos-layer": ["--mos-sets", "2", "--mos-hidden", "128"],
+           "mos-neuron": ["--mos-sets", "2", "--mos-hidden", "128"]}
+EVAL_ARCHS = ("largest", "smallest", str(SEARCH / "automoe-0.500.json"), str(SEARCH / "automoe-0.333.json"))
+SUPERNETS = ROOT / "benchmarks" / "results" / "supernets.jsonl"
 
 
 def automoe(*args: str) -> list[str]:
@@ -150,6 +167,37 @@ def continue_winner(name: str, arch: str) -> list[str]:
     return train_command(name, arch, recipe)
 
 
+def supernet_command(kind: str) -> list[str]:
+    """`automoe train supernet` of one weight-sharing kind for the controlled comparison (#27)."""
+    run = RUNS / f"cmp-{kind}"
+    cmd = automoe("train", "supernet", *MOS_COMMON, "--run-dir", str(run), "--weight-sharing", kind, *SHARING[kind])
+    return cmd + (["--resume"] if (run / "checkpoint.safetensors").exists() else [])
+
+
+def evaluate_supernets() -> None:
+    """Inherited-weight test BLEU (beam 4, all test sentences, no fine-tuning) of the same four
+    subnets of each comparison supernet, appended to benchmarks/results/supernets.jsonl."""
+    for kind in SHARING:
+        for arch in EVAL_ARCHS:
+            subprocess.run(automoe("eval", str(RUNS / f"cmp-{kind}"), "--arch", arch, "--data", DATA, "--split", "test",
+                                   "--threads", "2", "--results", str(SUPERNETS)), cwd=ROOT, check=True)
+
+
+def darts_command() -> list[str]:
+    """The DARTS search (#28) under the evolutionary search's 1/3 latency budget, at its width."""
+    rows = [json.loads(line) for line in (ROOT / "benchmarks" / "results" / "search.jsonl").read_text().splitlines()
+            if line.strip()]
+    budget = next(r["budget_ms"] for r in rows if r.get("search") == "automoe" and r.get("fraction") == 0.3333)
+    d_model = json.loads((SEARCH / "automoe-0.333.json").read_text())["encoder_embed_dim"]
+    out = RUNS / "darts-small-bible"
+    if out.exists():  # a DARTS search does not resume: an interrupted one is kept aside and started again
+        out.rename(out.with_name(f"{out.name}.interrupted-{datetime.datetime.now():%Y%m%d-%H%M%S}"))
+    return automoe("search", "run", "--method", "darts", "--supernet", SUPERNET, "--data", DATA,
+                   "--out", str(RUNS / "darts-small-bible"), "--predictor",
+                   str(ROOT / "benchmarks" / "results" / "latency-ort-v3.safetensors"), "--latency-ms", str(budget),
+                   "--d-model", str(d_model), "--steps", "4000", "--seed", "1")
+
+
 def steps() -> list[tuple[str, object]]:
     """(name, action) in order; an action is a command list or a callable."""
     plan = [("data", lambda: automoe("data", "build", "--corpus", "bible", "--out", DATA)),
@@ -166,6 +214,12 @@ def steps() -> list[tuple[str, object]]:
     plan.append(("automoe-small-bible-third", lambda: continue_winner("automoe-small-bible-third", third)))
     for name, arch in SEARCHED.items():
         plan.append((name, lambda name=name, arch=arch: train_command(name, str(SEARCH / arch), chosen_recipe())))
+    for kind in SHARING:
+        plan.append((f"cmp-{kind}", lambda kind=kind: supernet_command(kind)))
+    plan.append(("supernets-eval", evaluate_supernets))
+    plan.append(("darts-small-bible", darts_command))
+    plan.append(("darts-small-bible-model", lambda: train_command(
+        "darts-small-bible-model", str(RUNS / "darts-small-bible" / "best.json"), chosen_recipe())))
     return plan
 
 
@@ -186,6 +240,12 @@ def main(argv: list[str] | None = None) -> int:
             print(f"recipe chosen by dev BLEU: {recipe}", flush=True)
             (RUNS / name).mkdir(parents=True, exist_ok=True)
             (RUNS / name / "DONE").write_text(recipe + "\n")
+            continue
+        if action is evaluate_supernets:
+            print(f"[{datetime.datetime.now():%H:%M:%S}] {name}", flush=True)
+            evaluate_supernets()
+            (RUNS / name).mkdir(parents=True, exist_ok=True)
+            (RUNS / name / "DONE").write_text(datetime.datetime.now().isoformat() + "\n")
             continue
         run_step(name, action())
     return 0
