@@ -484,6 +484,51 @@ def comparison_table() -> str:
     return markdown_table(run) + plots
 
 
+def recipes_table() -> str:
+    """The recipe comparison of the proof (tools/proof_queue.py): the 1/3-latency AutoMoE subnet
+    trained three ways on the same budget, the last pick in recipes.jsonl."""
+    rows = _read("recipes")
+    if not rows:
+        return "_Not measured yet: the three recipe runs follow the Switch training in tools/proof_queue.py._"
+    pick = rows[-3:]  # one pick appends its three recipes together
+    lines = ["| recipe | start | training data | target tokens | updates | hours | dev BLEU | test BLEU | test chrF | chosen |",
+             "|---|---|---|---:|---:|---:|---:|---:|---:|---|"]
+    for r in pick:
+        start = f"`{r['init_from']}` (inherited)" if r.get("init_from") else "random init"
+        data = Path(r["data"]).name
+        lines.append(f"| {r['recipe']} | {start} | `{data}` | {r['tokens_seen'] / 1e6:.2f}M | {r['updates']:,} | "
+                     f"{r['wall_seconds'] / 3600:.2f} | {r['dev_bleu']:.2f} | {r['test_bleu']:.2f} | "
+                     f"{r['test_chrf']:.2f} | {'**yes**' if r.get('chosen') else ''} |")
+    r0 = pick[0]
+    return ("\n".join(lines) + f"\n\nThe 1/3-latency AutoMoE subnet (`benchmarks/results/search/automoe-0.333.json`), "
+            f"same budget, schedule and seed for each recipe; beam {r0['beam']}, {r0['sentences']['dev']} dev / "
+            f"{r0['sentences']['test']} test sentences, `{r0['bleu_signature']}`. The recipe is chosen by dev BLEU "
+            "and used for every searched model; the chosen run is then continued to the full budget.")
+
+
+def supernets_table() -> str:
+    """Inherited-weight test BLEU of the same four subnets in the prefix, mos-layer and mos-neuron
+    supernets trained alike (supernets.jsonl, issue #27)."""
+    rows = _read("supernets")
+    if not rows:
+        return ("_Not measured yet: the three comparison supernets follow the proof's trainings in "
+                "tools/proof_queue.py (docs/mos.md)._")
+    latest: dict[tuple, dict] = {}
+    for r in rows:
+        kind = Path(r["model"]).name.removeprefix("cmp-")
+        latest[(Path(str(r.get("arch_name"))).stem, kind)] = r
+    kinds = list(dict.fromkeys(k for _, k in latest))
+    archs = list(dict.fromkeys(a for a, _ in latest))
+    lines = ["| subnet | " + " | ".join(kinds) + " |", "|---|" + "---:|" * len(kinds)]
+    for arch in archs:
+        cells = [f"{latest[(arch, k)]['bleu']:.2f}" if (arch, k) in latest else "" for k in kinds]
+        lines.append(f"| {arch} | " + " | ".join(cells) + " |")
+    r0 = next(iter(latest.values()))
+    return ("\n".join(lines) + f"\n\nTest BLEU with inherited weights, no fine-tuning ({r0['sentences']} sentences, "
+            f"beam {r0['beam']}, `{r0['bleu_signature']}`); each supernet trained with the sandwich rule on the "
+            "same batches, budget and seed (docs/mos.md).")
+
+
 def darts_memory() -> str:
     """Peak training memory of the DARTS supernet, reversible vs stored activations (darts_memory.jsonl)."""
     from darts_memory import darts_memory_table
@@ -491,7 +536,7 @@ def darts_memory() -> str:
     return darts_memory_table()
 
 
-TABLES = {"comparison": comparison_table, "darts_memory": darts_memory, "models": models_table, "search": search_table, "predictor": predictor_table, "engines": engines_table,
+TABLES = {"comparison": comparison_table, "recipes": recipes_table, "supernets": supernets_table, "darts_memory": darts_memory, "models": models_table, "search": search_table, "predictor": predictor_table, "engines": engines_table,
           "load_demo": load_demo_table, "moe_summary": moe_summary_table, "moe_overhead": moe_overhead_table,
           "moe_overhead_scale": lambda: moe_overhead_table(random=True), "moe_overhead_beam": moe_overhead_beam_table,
           "moe_forms": moe_forms_table, "moe_dispatch_parts": moe_dispatch_parts_table,
