@@ -167,13 +167,6 @@ def run_darts(space: SearchSpace, data_dir: str | Path, out_dir: str | Path, con
                 "space": space.to_dict(), "latency_ms": latency_ms, "dense_only": dense_only,
                 "predictor_sha256": sha256_file(predictor) if predictor else None,
                 "data_sha256": file_hashes(folder, [n for n in ("manifest.json", "spm.model") if (folder / n).exists()])}
-    lat = LatencyPredictor.load(predictor) if predictor else None
-    search = DartsSearch(space, config, pad_id=sp.pad_id(), predictor=lat, latency_ms=latency_ms)
-
-    def read(split: str) -> list:
-        sides = (data_lib.encode_file(sp, folder / f"{split}.{side}", space.max_positions) for side in ("src", "tgt"))
-        return list(zip(*sides))
-
     meta = {"step": 0, "train": {}, "dev": {}, "wall_seconds": 0.0, "cpu_seconds": 0.0, "segments": []}
     if resume:
         meta = read_checkpoint_meta(ckpt)
@@ -183,6 +176,14 @@ def run_darts(space: SearchSpace, data_dir: str | Path, out_dir: str | Path, con
                               "change; pass the flags the search started with): " + "; ".join(differences))
         if config.steps < meta["step"]:
             raise ConfigError(f"--resume: --steps {config.steps} is below the {meta['step']} steps {ckpt} has done")
+    lat = LatencyPredictor.load(predictor) if predictor else None
+    search = DartsSearch(space, config, pad_id=sp.pad_id(), predictor=lat, latency_ms=latency_ms)
+
+    def read(split: str) -> list:
+        sides = (data_lib.encode_file(sp, folder / f"{split}.{side}", space.max_positions) for side in ("src", "tgt"))
+        return list(zip(*sides))
+
+    if resume:
         load_checkpoint(ckpt, search)
         truncate_jsonl(out / LOG, "step", search.steps_done)
         logger.info("resumed %s at step %d (%.0f wall seconds so far)", out, search.steps_done, meta["wall_seconds"])
