@@ -13,6 +13,7 @@ the first file that does not match. Folders written before checksums were record
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import os
 import shutil
@@ -116,6 +117,22 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> None:
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text(text, encoding="utf-8")
     os.replace(tmp, path)
+
+
+def truncate_jsonl(path: str | os.PathLike, key: str, last: int) -> None:
+    """Drop the records of a JSONL log whose `key` is past `last` (atomically): a run killed after
+    its last checkpoint logged ahead of it, and the resumed run logs those steps again. Records
+    without `key` are kept; a last line cut short by the kill is dropped."""
+    path = Path(path)
+    if not path.exists():
+        return
+    lines = path.read_text(encoding="utf-8").splitlines()
+    if lines and not lines[-1].rstrip().endswith("}"):
+        logger.warning("%s: dropping its last line, cut short: %r", path, lines[-1][:80])
+        lines = lines[:-1] + [""]  # the empty line makes the file count as changed
+    kept = [line for line in lines if line.strip() and json.loads(line).get(key, 0) <= last]
+    if len(kept) != len(lines):
+        atomic_write_text(path, "".join(line + "\n" for line in kept))
 
 
 def prepare_out_dir(out_dir: str | os.PathLike, force: bool, *, marker: str = EXPORT_INFO_NAME) -> Path:

@@ -275,6 +275,27 @@ def save_state_dict(state: dict, path: str | Path, dtype=None) -> None:
     os.replace(tmp, path)
 
 
+def optimizer_tensors(optimizer, prefix: str) -> tuple[dict, list]:
+    """An optimizer's state as flat tensors {f"{prefix}.{param index}.{name}": tensor} and its
+    JSON-ready param_groups (safetensors holds tensors only; the groups go into its metadata)."""
+    import torch
+
+    state = optimizer.state_dict()
+    tensors = {f"{prefix}.{idx}.{name}": value if torch.is_tensor(value) else torch.tensor(value)
+               for idx, s in state["state"].items() for name, value in s.items()}
+    return tensors, state["param_groups"]
+
+
+def load_optimizer_tensors(optimizer, tensors: dict, prefix: str, param_groups: list) -> None:
+    """Restore an optimizer from `optimizer_tensors`' tensors (other keys of `tensors` are ignored)."""
+    state: dict = {}
+    for key, value in tensors.items():
+        if key.startswith(prefix + "."):
+            idx, name = key[len(prefix) + 1:].split(".", 1)
+            state.setdefault(int(idx), {})[name] = value
+    optimizer.load_state_dict({"state": state, "param_groups": param_groups})
+
+
 def check_state_dict(expected: dict, found: dict, source: str, config_path: str | Path | None = None) -> None:
     """Raise `CheckpointError` listing every missing, unexpected and mis-shaped tensor, and every
     tensor holding NaN or infinite values (never saved by training: a corrupt file)."""

@@ -64,21 +64,21 @@ def cmd_search_fit_predictor(args: argparse.Namespace) -> int:
 
 # DartsConfig fields settable from `search run --method darts` (d_model: the supernet width)
 DARTS_FLAGS = {"steps": int, "max_tokens": int, "warmup": int, "arch_start": int, "splits": int, "d_model": int,
-               "lr": float, "arch_lr": float, "latency_weight": float, "minutes": float}
+               "lr": float, "arch_lr": float, "latency_weight": float, "minutes": float, "save_every_minutes": float}
 
 
 def cmd_search_darts(args: argparse.Namespace) -> int:
     """Differentiable (DARTS) search on multi-split reversible layers; trains its own relaxed supernet."""
-    from .search.darts import DartsConfig, run_darts
+    from .search.darts import DartsConfig
+    from .search.darts_run import run_darts
 
-    refused = [flag for flag, value in (("--gflops", args.gflops), ("--resume", args.resume)) if value]
-    if refused:
-        raise ConfigError(f"{', '.join(refused)}: not available with --method darts")
+    if args.gflops is not None:
+        raise ConfigError("--gflops: not available with --method darts")
     space_arg = args.space or (str(Path(args.supernet) / "space.json") if args.supernet else "small")
     given = {flag: getattr(args, flag) for flag in DARTS_FLAGS if getattr(args, flag) is not None}
     cfg = DartsConfig(**given, reversible=not args.no_reversible, seed=args.seed)
     best = run_darts(_space_arg(space_arg), args.data, args.out, cfg, latency_ms=args.latency_ms,
-                     predictor=args.predictor, dense_only=args.dense_only)
+                     predictor=args.predictor, dense_only=args.dense_only, resume=args.resume)
     print(best.to_json())
     return 0
 
@@ -169,7 +169,9 @@ def add_search_verbs(verbs) -> None:
     rn.add_argument("--predictor", default=None, help="latency predictor file")
     rn.add_argument("--gflops", type=float, default=None, help="GFLOPs budget (30+30 tokens)")
     rn.add_argument("--dense-only", action="store_true", help="one expert per layer (the HAT baseline)")
-    rn.add_argument("--resume", action="store_true")
+    rn.add_argument("--resume", action="store_true",
+                    help="continue the search in --out (evolution: its saved state; DARTS: its checkpoint, with the "
+                         "same flags except --steps, --minutes and --save-every-minutes)")
     rn.add_argument("--fitness-sentences", type=int, default=200, help="dev pairs of the fitness (validation loss)")
     rn.add_argument("--workers", type=int, default=1,
                     help="processes evaluating the fitness in parallel (torch threads are split between them)")
@@ -182,8 +184,13 @@ def add_search_verbs(verbs) -> None:
     # defaults stay in DartsConfig (flags left out keep them); importing it here would load torch on every command
     dg = rn.add_argument_group("DARTS (--method darts; unset flags keep the DartsConfig defaults, docs/darts.md)")
     dg.add_argument("--space", default=None, help="preset or space.json (default: the supernet's space, else small)")
+    darts_help = {"steps": "weight steps in all (raise it with --resume to extend a search)",
+                  "minutes": "end this run (or resumed segment) after this much wall time; best.json is still "
+                             "written and --resume continues",
+                  "save_every_minutes": "checkpoint interval (default 5); a killed search resumes from the last one",
+                  "d_model": "width of the relaxed network (a choice of the space; default the widest)"}
     for flag, kind in DARTS_FLAGS.items():
-        dg.add_argument(f"--{flag.replace('_', '-')}", type=kind, default=None)
+        dg.add_argument(f"--{flag.replace('_', '-')}", type=kind, default=None, help=darts_help.get(flag))
     dg.add_argument("--no-reversible", action="store_true", help="store activations instead of reconstructing them")
     rn.set_defaults(func=cmd_search_run)
 

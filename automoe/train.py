@@ -32,8 +32,8 @@ import torch
 import torch.distributed as dist
 
 from . import data as data_lib
-from .artifacts import git_commit, sha256_file
-from .checkpoint import load_state_dict, save_state_dict
+from .artifacts import git_commit, sha256_file, truncate_jsonl
+from .checkpoint import load_optimizer_tensors, load_state_dict, optimizer_tensors, save_state_dict
 from .config import ArchConfig, SearchSpace, TrainConfig
 from .modeling import MoETransformer
 from .supernet import SuperTransformer, WeightSharing, build_supernet
@@ -235,12 +235,10 @@ def validate(task: Task, data: Dataset, cfg: TrainConfig) -> dict[str, dict]:
 
 def _save_checkpoint(path: Path, task: Task, optimizer, state: LoopState, cfg: TrainConfig, extra: dict) -> None:
     tensors = {f"model.{k}": v for k, v in task.module.state_dict().items()}
-    opt = optimizer.state_dict()
-    for idx, s in opt["state"].items():
-        for key, value in s.items():
-            tensors[f"optim.{idx}.{key}"] = value if torch.is_tensor(value) else torch.tensor(value)
+    optim, param_groups = optimizer_tensors(optimizer, "optim")
+    tensors |= optim
     tensors["rng.torch"] = torch.get_rng_state()
-    meta = {"loop": state.__dict__, "train_config": cfg.to_dict(), "param_groups": opt["param_groups"], **extra}
+    meta = {"loop": state.__dict__, "train_config": cfg.to_dict(), "param_groups": param_groups, **extra}
     from safetensors.torch import save_file
 
     tmp = path.with_name(path.name + ".tmp")
@@ -256,26 +254,9 @@ def _load_checkpoint(path: Path, task: Task, optimizer) -> tuple[LoopState, dict
         meta = json.loads(f.metadata()["automoe_checkpoint"])
     tensors = load_state_dict(path)
     task.module.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")}, strict=True)
-    state: dict = {}
-    for key, value in tensors.items():
-        if key.startswith("optim."):
-            _, idx, name = key.split(".", 2)
-            state.setdefault(int(idx), {})[name] = value
-    optimizer.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
+    load_optimizer_tensors(optimizer, tensors, "optim", meta["param_groups"])
     torch.set_rng_state(tensors["rng.torch"])
     return LoopState(**meta["loop"]), meta
-
-
-def _truncate_log(path: Path, update: int) -> None:
-    """Drop log records written after the checkpoint we resume from (a killed run logs ahead of it)."""
-    if not path.exists():
-        return
-    lines = path.read_text(encoding="utf-8").splitlines()
-    kept = [line for line in lines if line.strip() and json.loads(line).get("update", 0) <= update]
-    if len(kept) != len(lines):
-        tmp = path.with_name(path.name + ".tmp")
-        tmp.write_text("".join(line + "\n" for line in kept), encoding="utf-8")
-        os.replace(tmp, path)
 
 
 def run_training(task: Task, cfg: TrainConfig, run_dir: str | Path, *, resume: bool = False,
@@ -313,7 +294,7 @@ def run_training(task: Task, cfg: TrainConfig, run_dir: str | Path, *, resume: b
     state.git_commit = git_commit()
     main = rank == 0
     if main:
-        _truncate_log(run_dir / "train.jsonl", state.update)
+        truncate_jsonl(run_dir / "train.jsonl", "update", state.update)
     log = open(run_dir / "train.jsonl", "a", encoding="utf-8") if main else None
     write = lambda rec: (log.write(json.dumps(rec) + "\n"), log.flush()) if main else None  # noqa: E731
 

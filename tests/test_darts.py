@@ -16,7 +16,8 @@ from automoe.config import ConfigError, SearchSpace
 from automoe.modeling import Attention, MoETransformer
 from automoe.moe import MoEFeedForward
 from automoe.search.darts import (ArchParameters, DartsConfig, DartsSearch, discretise, expected_summary_features,
-                                  predicted_latency_ms, run_darts)
+                                  predicted_latency_ms)
+from automoe.search.darts_run import CHECKPOINT, run_darts
 from automoe.search.darts_supernet import DartsSupernet, MixedAttention, MixedFeedForward
 from automoe.search.latency import LatencyPredictor, summary_features
 from automoe.supernet import SuperTransformer
@@ -220,7 +221,73 @@ def test_tiny_search_end_to_end_through_the_cli(tmp_path, capsys):
     run_darts(space, DATA, tmp_path / "stored", cfg, progress=False)
     stored = [json.loads(line) for line in (tmp_path / "stored" / "darts.jsonl").read_text().splitlines()]
     assert stored[-1]["dev_loss"] == pytest.approx(log[-1]["dev_loss"], abs=1e-3)
-    with pytest.raises(FileExistsError, match="already holds a search"):
+    with pytest.raises(FileExistsError, match="already holds a search .*pass --resume"):
         run_darts(space, DATA, tmp_path / "stored", cfg, progress=False)
     assert main(["search", "run", "--data", str(DATA), "--out", str(tmp_path / "evo"), "--gflops", "1"]) == 2
     assert "--supernet is required" in capsys.readouterr().err
+
+
+def _tiny_data_space() -> SearchSpace:
+    from automoe.data import load_tokenizer
+
+    return dataclasses.replace(SearchSpace.preset("tiny"), vocab_size=load_tokenizer(DATA).vocab_size())
+
+
+@pytest.mark.timeout(1200)  # well under a minute on an idle core; the limit allows for a busy machine
+def test_resumed_search_is_bit_identical_to_an_uninterrupted_one(tmp_path, capsys):
+    """6 steps in one go against 3 steps, 2 more whose checkpoint is lost (a kill after logging
+    them), then a resume from step 3 to 6: same weights, alphas, log records and best.json."""
+    from automoe.checkpoint import load_state_dict
+    from automoe.cli import main
+
+    space = _tiny_data_space()
+    base = dict(arch_start=2, warmup=2, max_tokens=300, seed=1)
+    run_darts(space, DATA, tmp_path / "full", DartsConfig(steps=6, log_every=1, **base), progress=False)
+    cut = tmp_path / "cut"
+    run_darts(space, DATA, cut, DartsConfig(steps=3, log_every=1, **base), progress=False)
+    at_step_3 = (cut / CHECKPOINT).read_bytes()
+    space.save(tmp_path / "space.json")
+    flags = ["--space", str(tmp_path / "space.json"), "--data", str(DATA), "--out", str(cut), "--arch-start", "2",
+             "--warmup", "2", "--max-tokens", "300", "--seed", "1"]
+    assert main(["search", "run", "--method", "darts", *flags, "--steps", "5"]) == 2
+    err = capsys.readouterr().err
+    assert f"{cut} already holds a search" in err and "pass --resume" in err
+    assert main(["search", "run", "--method", "darts", *flags, "--steps", "5", "--resume"]) == 0
+    assert json.loads((cut / "best_info.json").read_text())["steps"] == 5
+    (cut / CHECKPOINT).write_bytes(at_step_3)  # killed after step 5 was logged, before its checkpoint
+    run_darts(space, DATA, cut, DartsConfig(steps=6, log_every=1, **base), resume=True, progress=False)
+
+    full_state, cut_state = load_state_dict(tmp_path / "full" / CHECKPOINT), load_state_dict(cut / CHECKPOINT)
+    assert full_state.keys() == cut_state.keys() and any(k.startswith("alphas.") for k in full_state)
+    for key in full_state:  # weights, alphas, both Adam states, RNG: exactly equal
+        assert torch.equal(full_state[key], cut_state[key]), key
+    assert (cut / "best.json").read_text() == (tmp_path / "full" / "best.json").read_text()
+    read = lambda folder: [{k: v for k, v in json.loads(line).items() if k != "wall_seconds"}  # noqa: E731
+                           for line in (folder / "darts.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in read(cut)] == list(range(1, 7))  # steps 4 and 5 once each after the resume
+    assert read(cut) == read(tmp_path / "full")
+    info, full_info = (json.loads((f / "best_info.json").read_text()) for f in (cut, tmp_path / "full"))
+    assert info["probabilities"] == full_info["probabilities"] and info["steps"] == 6 and info["finished"]
+    assert [s["from_step"] for s in info["segments"]] == [0, 3]  # the lost segment left no trace
+    assert info["cpu_seconds"] > 0 and info["wall_seconds"] > 0
+
+
+@pytest.mark.timeout(600)
+def test_resume_refuses_other_settings_and_a_folder_without_checkpoint(tmp_path):
+    space = _tiny_data_space()
+    cfg = DartsConfig(steps=2, arch_start=1, warmup=1, max_tokens=300, seed=1)
+    with pytest.raises(FileNotFoundError, match=f"{tmp_path / 'none'} holds no DARTS checkpoint"):
+        run_darts(space, DATA, tmp_path / "none", cfg, resume=True, progress=False)
+    run_darts(space, DATA, tmp_path / "run", cfg, progress=False)
+    with pytest.raises(FileExistsError, match="pass --resume"):
+        run_darts(space, DATA, tmp_path / "run", cfg, progress=False)
+    other = dataclasses.replace(cfg, lr=1e-3, splits=3)
+    with pytest.raises(ConfigError, match=r"config\.lr: checkpoint 0\.0007, now 0\.001; config\.splits: checkpoint 2"):
+        run_darts(space, DATA, tmp_path / "run", other, resume=True, progress=False)
+    with pytest.raises(ConfigError, match="dense_only: checkpoint False, now True"):
+        run_darts(space, DATA, tmp_path / "run", cfg, dense_only=True, resume=True, progress=False)
+    with pytest.raises(ConfigError, match="--steps 1 is below the 2 steps"):
+        run_darts(space, DATA, tmp_path / "run", dataclasses.replace(cfg, steps=1), resume=True, progress=False)
+    (tmp_path / "run" / CHECKPOINT).unlink()  # e.g. killed before the first checkpoint
+    with pytest.raises(FileNotFoundError, match="stopped before its first checkpoint"):
+        run_darts(space, DATA, tmp_path / "run", cfg, resume=True, progress=False)

@@ -31,20 +31,17 @@ latency term uses the fitted log-linear latency predictor (`search.latency`) on 
 values of its whole-model features under alpha, which are multilinear in the choice
 probabilities; `expected_summary_features` equals `summary_features` exactly for one-hot alpha.
 Discretisation takes the argmax of every choice and gives an `ArchConfig` of the space.
-The relaxed network itself is `darts_supernet.DartsSupernet`; docs/darts.md has the whole method.
+The relaxed network itself is `darts_supernet.DartsSupernet`; the search on a dataset folder
+(batches, logs, checkpoints, resume) is `darts_run.run_darts`; docs/darts.md has the whole method.
 """
 
 from __future__ import annotations
 
 import contextlib
 import dataclasses
-import json
 import logging
 import math
-import os
-import time
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Iterable
 
 import torch
@@ -77,7 +74,8 @@ class DartsConfig:
     balance_coef: float = 0.01
     clip_norm: float = 1.0
     latency_weight: float = 1.0  # weight of the latency term (used only with a predictor)
-    minutes: float | None = None  # stop early after this much wall time
+    minutes: float | None = None  # stop early after this much wall time (of this run or resumed segment)
+    save_every_minutes: float = 5.0  # checkpoint interval (and at the end); a killed search resumes from it
     seed: int = 1
     log_every: int = 50
 
@@ -92,6 +90,8 @@ class DartsConfig:
             errors.append("warmup and arch_start must be >= 0")
         if not (self.lr > 0 and self.arch_lr > 0):
             errors.append("lr and arch_lr must be > 0")
+        if not self.save_every_minutes >= 0 or (self.minutes is not None and not self.minutes >= 0):
+            errors.append("save_every_minutes and minutes must be >= 0")
         if not 0 <= self.dropout < 1 or not 0 <= self.label_smoothing < 1:
             errors.append("dropout and label_smoothing must be in [0, 1)")
         if errors:
@@ -317,91 +317,3 @@ class DartsSearch:
         with torch.no_grad():
             return {k: [round(x, 4) for x in v.flatten().tolist()] if v.dim() == 1 else
                     torch.round(v, decimals=4).tolist() for k, v in self.alphas.probabilities().items()}
-
-
-def _batches(pairs: list, max_tokens: int, seed: int, pad_id: int, bos_id: int):
-    """Endless token-budget batches of `pairs`, reshuffled every epoch."""
-    from .. import data as data_lib
-
-    lengths = [len(s) for s, _ in pairs], [len(t) for _, t in pairs]
-    epoch = 0
-    while True:
-        for idx in data_lib.make_batches(*lengths, max_tokens, seed=seed, epoch=epoch):
-            yield data_lib.collate([pairs[i] for i in idx], pad_id, bos_id)
-        epoch += 1
-
-
-def _write_json(path: Path, data: dict) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
-
-
-def run_darts(space: SearchSpace, data_dir: str | Path, out_dir: str | Path, config: DartsConfig = DartsConfig(), *,
-              latency_ms: float | None = None, predictor: str | Path | None = None, dense_only: bool = False,
-              progress: bool = True) -> ArchConfig:
-    """DARTS search of `space` on a dataset folder (train split for the weights, dev split for alpha).
-
-    Writes `out_dir/darts.jsonl` (a record every `log_every` steps), `alphas.json` (the latest
-    probabilities and argmax architecture, rewritten atomically), and at the end `best.json` (the
-    discretised `ArchConfig`, what `automoe extract` and `automoe train model --arch` take) and
-    `best_info.json` (settings, cost, predicted latency, wall and CPU seconds). A finished or
-    started search folder is refused: a DARTS search does not resume.
-    """
-    from tqdm.auto import tqdm
-
-    from .. import data as data_lib
-    from .flops import cost
-
-    out = Path(out_dir)
-    if (out / "darts.jsonl").exists() or (out / "best.json").exists():
-        raise FileExistsError(f"{out} already holds a search (darts.jsonl or best.json); use another folder")
-    folder = Path(data_dir)
-    sp = data_lib.load_tokenizer(folder)
-    space = dataclasses.replace(space, vocab_size=sp.vocab_size(), **({"max_experts": 1} if dense_only else {}))
-    lat = LatencyPredictor.load(predictor) if predictor else None
-    search = DartsSearch(space, config, pad_id=sp.pad_id(), predictor=lat, latency_ms=latency_ms)
-
-    def read(split: str) -> list:
-        sides = (data_lib.encode_file(sp, folder / f"{split}.{side}", space.max_positions) for side in ("src", "tgt"))
-        return list(zip(*sides))
-
-    train = _batches(read("train"), config.max_tokens, config.seed, sp.pad_id(), sp.bos_id())
-    dev = _batches(read("dev"), config.max_tokens, config.seed + 1, sp.pad_id(), sp.bos_id())
-    out.mkdir(parents=True, exist_ok=True)
-    start_wall, start_cpu = time.monotonic(), time.process_time()
-    log = open(out / "darts.jsonl", "a", encoding="utf-8")
-    bar = tqdm(total=config.steps, disable=not progress, unit="step", dynamic_ncols=True)
-    try:
-        for step in range(1, config.steps + 1):
-            record = search.step(next(train), next(dev) if step > config.arch_start else None)
-            bar.update(1)
-            bar.set_postfix(loss=round(record["train_loss"], 3), dev=round(record.get("dev_loss", float("nan")), 3))
-            over = config.minutes is not None and time.monotonic() - start_wall >= config.minutes * 60
-            if step % config.log_every == 0 or step == config.steps or over:
-                arch = search.architecture()
-                record = {"step": step, **{k: round(v, 5) if isinstance(v, float) else v for k, v in record.items()},
-                          "wall_seconds": round(time.monotonic() - start_wall, 1),
-                          "encoder_experts": list(arch.encoder_experts), "decoder_experts": list(arch.decoder_experts),
-                          "decoder_layers": arch.decoder_layers}
-                log.write(json.dumps(record) + "\n")
-                log.flush()
-                _write_json(out / "alphas.json", {"step": step, "probabilities": search.probabilities(),
-                                                  "arch": arch.to_dict()})
-            if over:
-                logger.info("stopping after %d steps: the %s-minute limit is reached", step, config.minutes)
-                break
-    finally:
-        bar.close()
-        log.close()
-    arch = search.architecture()
-    arch.save(out / "best.json")
-    _write_json(out / "best_info.json", {
-        "method": "darts", "order": "first", "reversible": config.reversible, "splits": config.splits,
-        "steps": search.steps_done, "wall_seconds": round(time.monotonic() - start_wall, 1),
-        "cpu_seconds": round(time.process_time() - start_cpu, 1), "threads": torch.get_num_threads(),
-        "budget_latency_ms": latency_ms, "dense_only": dense_only,
-        "predicted_latency_ms": lat.predict([arch])[0] if lat else None,
-        "predictor_measured_on": lat.measured_on if lat else None, "config": dataclasses.asdict(config),
-        "space": space.to_dict(), "probabilities": search.probabilities(), **cost(arch).to_dict()})
-    return arch
