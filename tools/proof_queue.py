@@ -25,8 +25,8 @@ Then the studies of issues #27 and #28, which need the cores as long (docs/mos.m
      (sandwich, 4M target tokens, seed 3); supernets-eval: inherited-weight test BLEU of the
      largest, smallest and searched 1/2 and 1/3 subnets of each -> benchmarks/results/supernets.jsonl.
   8. darts-small-bible: the DARTS search (reversible) under the evolutionary search's 1/3 budget;
-     darts-small-bible-model: its architecture trained with the chosen recipe. The search does not
-     resume: an interrupted one is moved aside and started again.
+     darts-small-bible-model: its architecture trained with the chosen recipe. The search resumes
+     from its checkpoint like the trainings.
 
     nohup .venv/bin/python tools/proof_queue.py >> ~/.cache/automoe/runs/queue.log 2>&1 &
     python tools/proof_queue.py --list      # what is done, what is next
@@ -190,12 +190,13 @@ def darts_command() -> list[str]:
     budget = next(r["budget_ms"] for r in rows if r.get("search") == "automoe" and r.get("fraction") == 0.3333)
     d_model = json.loads((SEARCH / "automoe-0.333.json").read_text())["encoder_embed_dim"]
     out = RUNS / "darts-small-bible"
-    if out.exists():  # a DARTS search does not resume: an interrupted one is kept aside and started again
+    resume = (out / "checkpoint.safetensors").exists()
+    if out.exists() and not resume:  # killed before its first checkpoint: kept aside, started again
         out.rename(out.with_name(f"{out.name}.interrupted-{datetime.datetime.now():%Y%m%d-%H%M%S}"))
     return automoe("search", "run", "--method", "darts", "--supernet", SUPERNET, "--data", DATA,
                    "--out", str(RUNS / "darts-small-bible"), "--predictor",
                    str(ROOT / "benchmarks" / "results" / "latency-ort-v3.safetensors"), "--latency-ms", str(budget),
-                   "--d-model", str(d_model), "--steps", "4000", "--seed", "1")
+                   "--d-model", str(d_model), "--steps", "4000", "--seed", "1", *(["--resume"] if resume else []))
 
 
 def steps() -> list[tuple[str, object]]:
