@@ -70,6 +70,10 @@ SHARING = {"prefix": [], "mos-layer": ["--mos-sets", "2", "--mos-hidden", "128"]
            "mos-neuron": ["--mos-sets", "2", "--mos-hidden", "128"]}
 EVAL_ARCHS = ("largest", "smallest", str(SEARCH / "automoe-0.500.json"), str(SEARCH / "automoe-0.333.json"))
 SUPERNETS = ROOT / "benchmarks" / "results" / "supernets.jsonl"
+# darts_step_time.jsonl (1 thread): ~10 s per weight step, ~16 s per weight + architecture step, so the
+# default 4,000 steps would take ~17 CPU hours; 1,500 (500 weight-only) take ~6, near the evolutionary
+# search's cost (supernet training included)
+DARTS_STEPS = 1500
 
 
 def automoe(*args: str) -> list[str]:
@@ -196,7 +200,7 @@ def darts_command() -> list[str]:
     return automoe("search", "run", "--method", "darts", "--supernet", SUPERNET, "--data", DATA,
                    "--out", str(RUNS / "darts-small-bible"), "--predictor",
                    str(ROOT / "benchmarks" / "results" / "latency-ort-v3.safetensors"), "--latency-ms", str(budget),
-                   "--d-model", str(d_model), "--steps", "4000", "--seed", "1", *(["--resume"] if resume else []))
+                   "--d-model", str(d_model), "--steps", str(DARTS_STEPS), "--seed", "1", *(["--resume"] if resume else []))
 
 
 def steps() -> list[tuple[str, object]]:
