@@ -477,8 +477,9 @@ def comparison_table() -> str:
 
     run = last_run(_read("bench"))
     if not run:
-        return ("_No `automoe bench` run over the shipped models is committed yet: the Switch, HAT-style and "
-                "AutoMoE models are in training (issue #25)._")
+        return ("_No `automoe bench` run over the shipped models is committed yet: the dense and Switch baselines "
+                "are shipped (test BLEU in Performance details below); the HAT-style and AutoMoE models are in "
+                "training (issue #25)._")
     plots = "".join(f"\n\n![{kind}](benchmarks/results/bench-{kind}.png)" for kind in ("latency", "gflops")
                     if (RESULTS / f"bench-{kind}.png").exists())
     return markdown_table(run) + plots
