@@ -237,6 +237,7 @@ def bench(models: list[str | Path], data: str | Path, *, engines: tuple[str, ...
             groups = [sources[i: i + throughput_batch] for i in range(0, len(sources), throughput_batch)]
             throughput, batched = _round_robin(translators, groups, beam, bar)
         medians = {k: statistics.median(v) * 1000 for k, v in latency.items()}
+        scores = {k: corpus_scores(h, references) for k, h in hyps.items()}
         for m in bench_models:
             c = cost(m.arch)
             for engine_name, listed in ((e, v) for e in engines for v in variants):
@@ -261,14 +262,13 @@ def bench(models: list[str | Path], data: str | Path, *, engines: tuple[str, ...
                     "throughput_batch": throughput_batch,
                     "throughput_sps": round(len(sources) / sum(throughput[key]), 2),
                     "throughput_tps": round(out_tokens / sum(throughput[key]), 1),
-                    **corpus_scores(hyps[key], references),
+                    **scores[key],
                     "arch": m.arch.to_dict(), **env,
                 })
                 full = key[:2] + (False,)
                 if listed and full in translators:
                     record["shortlist_speedup"] = round(medians[full] / medians[key], 3)
-                    record["shortlist_bleu_cost"] = round(corpus_scores(hyps[full], references)["bleu"]
-                                                          - record["bleu"], 2)
+                    record["shortlist_bleu_cost"] = round(scores[full]["bleu"] - record["bleu"], 2)
                     record["shortlist_size"] = round(statistics.fmean(
                         len(translators[key].shortlist.ids(translators[key].tokenizer.encode(s)))
                         for s in sources), 1)
