@@ -10,7 +10,8 @@ scripts share:
   a rotating start, so that the machine's drift hits every model alike. Median and p90 ms.
 - BLEU/chrF: sacrebleu on the translations the latency loop produced (one sentence at a time,
   so a sentence's translation never depends on its batch-mates).
-- Throughput: sentences/s and target tokens/s at `throughput_batch`, again round-robin.
+- Throughput: sentences/s and target tokens/s at `throughput_batch`, again round-robin;
+  `throughput` measures it alone at several batch sizes and thread counts, dense and MoE models.
 - Speedup: the baseline's median latency / the model's, from the same run, engine and threads.
   The baseline is the dense model with the most parameters unless named.
 - Shortlists (`shortlist=True`): every model with a `shortlist.safetensors` also runs decoding over
@@ -274,6 +275,105 @@ def bench(models: list[str | Path], data: str | Path, *, engines: tuple[str, ...
                         for s in sources), 1)
                 records.append(record)
     return records
+
+
+THROUGHPUT_BATCHES = (1, 8, 32)
+
+
+def throughput(models: list[str | Path], data: str | Path, *, engines: tuple[str, ...] = ENGINES,
+               threads: tuple[int, ...] = (1, 2), batches: tuple[int, ...] = THROUGHPUT_BATCHES,
+               sentences: int = 96, warmup: int = 4, beam: int = 4, progress: bool = True) -> list[dict]:
+    """Throughput of `models` (dense and MoE alike; no baseline needed) on every engine: the first
+    `sentences` test sentences translated in lists of each batch size, every (model, engine) pair
+    of one thread count interleaved round-robin list by list. One record per model x engine x
+    threads x batch ("benchmark": "throughput") with sentences/s, target tokens/s, and the share of
+    sentences translated exactly as at batch 1 (`same_as_batch_1`, when batch 1 is measured)."""
+    from tqdm.auto import tqdm
+
+    from .evaluate import read_split
+
+    for name in engines:
+        parse_engine(name)
+    if not threads or any(not isinstance(t, int) or t < 1 for t in threads):
+        raise ConfigError(f"threads={threads!r}: give one or more thread counts >= 1")
+    if not batches or any(not isinstance(b, int) or b < 1 for b in batches) or beam < 1 or warmup < 0:
+        raise ConfigError(f"batches={batches!r} and beam must be >= 1, warmup >= 0")
+    bench_models, _ = load_models(models, baseline=Path(str(models[0]).rstrip("/")).name)
+    for m in bench_models:  # no speedup reference here: every model keeps its own family
+        m.family = model_family(m.arch)
+    sources, _ = read_split(data, "test", sentences)
+    if not sources:
+        raise ConfigError(f"{data}: the test split is empty")
+    env = {**run_environment(), "run_id": uuid.uuid4().hex[:12]}
+    records = []
+    for n_threads in threads:
+        translators, skipped = {}, {}
+        for m in bench_models:
+            for engine_name in engines:
+                tr, reason = _translator(m, engine_name, n_threads)
+                if tr is None:
+                    skipped[(m.name, engine_name)] = reason
+                else:
+                    translators[(m.name, engine_name)] = tr
+        with tqdm(total=len(translators) * len(sources) * len(batches), desc=f"throughput {n_threads} thread(s)",
+                  unit="sent", disable=not progress) as bar:
+            for tr in translators.values():  # warm-up, not timed: one list and one sentence
+                tr.translate(sources[:warmup], beam=beam)
+                tr.translate(sources[:1], beam=beam)
+            measured = {}
+            for batch in batches:
+                groups = [sources[i: i + batch] for i in range(0, len(sources), batch)]
+                measured[batch] = _round_robin(translators, groups, beam, bar)
+        for m in bench_models:
+            for engine_name in engines:
+                key = (m.name, engine_name)
+                for batch in batches:
+                    record = {"benchmark": "throughput", "model": m.name, "folder": str(m.folder),
+                              "family": m.family, "engine": engine_name, "threads": n_threads, "batch": batch,
+                              "beam": beam, "sentences": len(sources), "data": str(data), "split": "test"}
+                    if key in skipped:
+                        records.append({**record, "skipped": skipped[key], **env})
+                        continue
+                    seconds, outputs = (part[key] for part in measured[batch])
+                    tokens = sum(len(translators[key].tokenizer.encode(h)) for h in outputs)
+                    same = None
+                    if 1 in measured:
+                        alone = measured[1][1][key]
+                        same = round(sum(a == b for a, b in zip(alone, outputs)) / len(sources), 4)
+                    records.append({**record, "seconds": round(sum(seconds), 4),
+                                    "sentences_per_s": round(len(sources) / sum(seconds), 2),
+                                    "tokens_per_s": round(tokens / sum(seconds), 1), "same_as_batch_1": same,
+                                    **env})
+    return records
+
+
+def throughput_table(records: list[dict]) -> str:
+    """A Markdown table of one `throughput` run: sentences/s (tokens/s) per batch size, one row per
+    model x engine x threads, with the speedup of the largest batch over batch 1."""
+    runs = [r for r in records if r.get("benchmark") == "throughput"]
+    if not runs:
+        return "_No throughput run yet (`automoe bench --throughput`)._"
+    batches = sorted({r["batch"] for r in runs})
+    rows = ["| model | engine | threads | " + " | ".join(f"batch {b}: sent/s (tok/s)" for b in batches)
+            + f" | batch {batches[-1]} / batch {batches[0]} | same as batch 1 |",
+            "|---|---|---:|" + "---:|" * len(batches) + "---:|---:|"]
+    keys = list(dict.fromkeys((r["model"], r["engine"], r["threads"]) for r in runs))
+    for model, engine, threads in keys:
+        cells = {r["batch"]: r for r in runs if (r["model"], r["engine"], r["threads"]) == (model, engine, threads)}
+        first = cells[batches[0]]
+        if "skipped" in first:
+            rows.append(f"| `{model}` | {engine} | {threads} | skipped: {first['skipped']} |"
+                        + " |" * (len(batches) + 1))
+            continue
+        line = " | ".join(f"{cells[b]['sentences_per_s']:.1f} ({cells[b]['tokens_per_s']:.0f})" for b in batches)
+        ratio = cells[batches[-1]]["sentences_per_s"] / first["sentences_per_s"]
+        same = cells[batches[-1]].get("same_as_batch_1")
+        rows.append(f"| `{model}` | {engine} | {threads} | {line} | {ratio:.2f}x | "
+                    f"{'' if same is None else f'{same:.0%}'} |")
+    r0 = runs[0]
+    return "\n".join(rows) + (f"\n\n{r0['sentences']} test sentences of `{r0['data']}`, beam {r0['beam']}, "
+                              "every model x engine interleaved round-robin list by list in one run; "
+                              f"{r0['cpu']}, commit `{(r0['git_commit'] or '')[:10]}`.")
 
 
 def append_records(path: str | Path, records: list[dict]) -> Path:

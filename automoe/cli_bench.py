@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 from .config import ConfigError
 
@@ -28,6 +29,14 @@ def cmd_bench(args: argparse.Namespace) -> int:
     if args.quick and args.sentences:
         raise ConfigError("--quick means --sentences 300: give one of them")
     sentences = bench.QUICK_SENTENCES if args.quick else args.sentences
+    if args.throughput:  # sentences/s at several batch sizes, appended to the same JSONL
+        records = bench.throughput(args.models, args.data, engines=engines, threads=args.threads,
+                                   batches=args.batches, sentences=sentences or 96, beam=args.beam,
+                                   progress=not args.no_progress)
+        path = bench.append_records(Path(args.results_dir) / f"{args.out}.jsonl", records)
+        print(bench.throughput_table(records))
+        print(f"jsonl: {path}")
+        return 0
     records = bench.bench(args.models, args.data, engines=engines, threads=args.threads, sentences=sentences,
                           warmup=args.warmup, beam=args.beam, throughput_batch=args.throughput_batch,
                           baseline=args.baseline, shortlist=args.shortlist, progress=not args.no_progress)
@@ -54,6 +63,11 @@ def add_bench_verb(verbs) -> None:
     p.add_argument("--warmup", type=int, default=20, help="untimed warm-up sentences per model and engine")
     p.add_argument("--beam", type=int, default=4)
     p.add_argument("--throughput-batch", type=int, default=32, help="batch size of the throughput measurement")
+    p.add_argument("--throughput", action="store_true",
+                   help="measure throughput only: sentences/s and tokens/s at each of --batches, every model "
+                        "(dense or MoE) x engine x --threads interleaved; default 96 sentences")
+    p.add_argument("--batches", type=_int_list, default=(1, 8, 32),
+                   help="comma-separated batch sizes of --throughput (default 1,8,32)")
     p.add_argument("--baseline", default=None,
                    help="the model speedups are relative to (default: the dense model with the most parameters)")
     p.add_argument("--shortlist", action="store_true",

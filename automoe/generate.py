@@ -111,10 +111,18 @@ class TorchStepper:
         return (logits if self.bias is None else logits + self.bias), routing[:, -1]
 
     def reorder(self, rows: torch.Tensor) -> None:
-        """Keep (and duplicate) the cached rows `rows` [N] to follow the surviving hypotheses.
+        """Keep (and duplicate) the cached rows `rows` [N'] to follow the surviving hypotheses.
 
-        `rows` never leave a sentence's own beams, so the cross-attention cache stays as it is."""
-        self.state = self.state.reorder(rows, self_only=True)
+        `rows` never leave a sentence's own beams, so while they cover every sentence the
+        cross-attention cache stays as it is; fewer rows than held (finished sentences left the
+        batch) select the cross-attention cache and shortlist rows too."""
+        shrink = len(rows) != self.state.cross_kv[0][0].shape[0]
+        self.state = self.state.reorder(rows, self_only=not shrink)
+        if shrink and self.ids is not None:
+            copies = self.ids.shape[0] // self.rows.shape[0]
+            self.rows = self.rows.index_select(0, rows[::copies] // copies)
+            self.ids = self.ids.index_select(0, rows)
+            self.bias = None if self.bias is None else self.bias.index_select(0, rows)
 
 
 @torch.no_grad()
@@ -123,60 +131,76 @@ def beam_search(stepper, batch_size: int, *, beam: int, max_length: int, bos_id:
     """Beam search over any stepper holding `batch_size * beam` rows (see module docstring).
 
     `min_length` forbids EOS before that many tokens are generated (latency measurements use
-    min_length == max_length for a fixed output length).
+    min_length == max_length for a fixed output length). Sentences whose search is done leave the
+    batch once they are a quarter of the sentences held: `stepper.reorder(rows)` then gets the rows
+    of the sentences still searching only (fewer than it holds), and the stepper drops the others'
+    state (encoder output included), so the steps that remain cost what the open sentences need.
+    Every row is computed on its own, so this changes no result.
 
     Returns, per sentence, (score, token ids starting with BOS, decoder routing [positions, layers] or None).
     """
     B = batch_size
-    seqs = torch.full((B * beam, 1), bos_id, dtype=torch.long)  # [B*K, L], BOS first
+    active = list(range(B))  # the sentences whose rows the stepper holds, in row order (done ones too)
+    seqs = torch.full((B * beam, 1), bos_id, dtype=torch.long)  # [A*K, L], BOS first
     beam_scores = torch.zeros(B, beam)
     beam_scores[:, 1:] = -1e9  # all hypotheses start identical: expand only the first
-    beam_scores = beam_scores.view(-1)  # [B*K]
+    beam_scores = beam_scores.view(-1)  # [A*K]
     hyps = [_Hypotheses(beam, length_penalty) for _ in range(B)]
-    routes = None  # [B*K, L, layers]
+    routes = None  # [A*K, L, layers]
 
     for _ in range(max_length):
         length = seqs.shape[1]
-        logits, routing = stepper.step(seqs[:, -1:])  # [B*K, V]
+        logits, routing = stepper.step(seqs[:, -1:])  # [A*K, V]
         if track_routing:
             step_routes = routing.cpu().unsqueeze(1)
             routes = step_routes if routes is None else torch.cat([routes, step_routes], dim=1)
-        logp = logits.float().log_softmax(dim=-1).cpu()  # [B*K, V]
+        logp = logits.float().log_softmax(dim=-1).cpu()  # [A*K, V]
         if length <= min_length:
             logp[:, eos_id] = float("-inf")
         V = logp.shape[-1]
-        scores = (logp + beam_scores[:, None]).view(B, beam * V)  # [B, K*V]
-        top_scores, top_idx = scores.topk(2 * beam, dim=-1)  # [B, 2K]
-        next_scores = torch.zeros(B, beam)
-        next_tokens = torch.full((B, beam), pad_id, dtype=torch.long)
-        next_rows = torch.zeros(B, beam, dtype=torch.long)
-        top_scores_l, top_idx_l = top_scores.tolist(), top_idx.tolist()
-        for b in range(B):
-            if hyps[b].done:
+        scores = (logp + beam_scores[:, None]).view(len(active), beam * V)  # [A, K*V]
+        top_scores, top_idx = scores.topk(2 * beam, dim=-1)  # [A, 2K]
+        next_scores, next_tokens, next_rows, still = [], [], [], []
+        for a, (b, row_scores, row_idx) in enumerate(zip(active, top_scores.tolist(), top_idx.tolist())):
+            if hyps[b].done:  # finished earlier, still held: its rows idle until the batch shrinks
+                next_scores += [0.0] * beam
+                next_tokens += [pad_id] * beam
+                next_rows += range(a * beam, (a + 1) * beam)
                 continue
-            filled = 0
+            chosen = 0
             for j in range(2 * beam):
-                row, token, score = b * beam + top_idx_l[b][j] // V, top_idx_l[b][j] % V, top_scores_l[b][j]
+                row, token, score = a * beam + row_idx[j] // V, row_idx[j] % V, row_scores[j]
                 if token == eos_id:
                     if j < beam:  # EOS only counts among the first `beam` candidates
                         hyps[b].add(seqs[row].tolist(), score, routes[row] if track_routing else None)
                     continue
-                next_scores[b, filled], next_tokens[b, filled], next_rows[b, filled] = score, token, row
-                filled += 1
-                if filled == beam:
+                next_scores.append(score)
+                next_tokens.append(token)
+                next_rows.append(row)
+                chosen += 1
+                if chosen == beam:
                     break
-            hyps[b].done = hyps[b].is_done(max(top_scores_l[b]), length)
-        if all(h.done for h in hyps):
+            hyps[b].done = hyps[b].is_done(max(row_scores), length)
+            if not hyps[b].done:
+                still.append(a)
+        if not still:
             break
-        flat_rows = next_rows.view(-1)
-        seqs = torch.cat([seqs.index_select(0, flat_rows), next_tokens.view(-1, 1)], dim=1)
-        beam_scores = next_scores.view(-1)
+        # Finished sentences leave the batch once they are a quarter of it: every shrink copies the
+        # open sentences' state, so shrinking at each finish would copy it up to batch-size times.
+        if len(active) - len(still) >= max(1, len(active) // 4):
+            keep = [a * beam + k for a in still for k in range(beam)]
+            next_scores, next_tokens, next_rows = ([v[i] for i in keep] for v in (next_scores, next_tokens, next_rows))
+            active = [active[a] for a in still]
+        flat_rows = torch.tensor(next_rows, dtype=torch.long)
+        seqs = torch.cat([seqs.index_select(0, flat_rows), torch.tensor(next_tokens, dtype=torch.long)[:, None]], dim=1)
+        beam_scores = torch.tensor(next_scores, dtype=torch.float32)
         stepper.reorder(flat_rows)
         if track_routing:
             routes = routes.index_select(0, flat_rows)
-    for b, h in enumerate(hyps):  # out of length: the open hypotheses finish as they are
+    for a, b in enumerate(active):  # out of length: the open hypotheses finish as they are
+        h = hyps[b]
         if not h.done:
-            for row in range(b * beam, (b + 1) * beam):
+            for row in range(a * beam, (a + 1) * beam):
                 h.add(seqs[row].tolist(), beam_scores[row].item(), routes[row] if track_routing else None)
     return [(hyp[0], hyp[2], hyp[3]) for hyp in (h.best() for h in hyps)]
 
@@ -284,5 +308,8 @@ class MaskedStepper:
         return logits.float() + self.mask, routing
 
     def reorder(self, rows: torch.Tensor) -> None:
-        """Follow the surviving hypotheses (rows never leave a sentence, so the mask stays)."""
+        """Follow the surviving hypotheses (rows never leave a sentence, so the mask stays unless
+        finished sentences leave the batch)."""
+        if len(rows) != self.mask.shape[0]:
+            self.mask = self.mask.index_select(0, rows)
         self.stepper.reorder(rows)

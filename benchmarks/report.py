@@ -19,7 +19,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "benchmarks" / "results"
-DOCUMENTS = (ROOT / "README.md", ROOT / "docs" / "moe_dispatch.md")
+DOCUMENTS = (ROOT / "README.md", ROOT / "docs" / "moe_dispatch.md", ROOT / "docs" / "throughput.md")
 FORMS = ("kernel", "compact")  # the MoE forms automoe exports (int8 default first); records of others stay as data
 
 
@@ -537,12 +537,58 @@ def darts_memory() -> str:
     return darts_memory_table()
 
 
+def throughput_table() -> str:
+    """Sentences/s per batch size of the latest throughput run (benchmarks/throughput.py)."""
+    sys.path.insert(0, str(ROOT))
+    from automoe.bench import throughput_table as table
+
+    runs = [r for r in _read("throughput") if r.get("benchmark") == "throughput"]
+    run = [r for r in runs if r.get("run_id") == runs[-1].get("run_id")] if runs else []
+    return table(run) if run else "_No throughput run yet (benchmarks/throughput.py)._"
+
+
+def int8_forms_table() -> str:
+    """int8 forms of a linear layer, latest run of benchmarks/int8_forms.py."""
+    run = _last_run(_read("int8_forms"), "benchmark")
+    if not run:
+        return "_No int8 forms run yet (benchmarks/int8_forms.py)._"
+    lines = ["| form | us per MatMul, 4 rows | us per MatMul, 128 rows | max error vs fp32 (4 rows) | batch-independent |",
+             "|---|---:|---:|---:|---|"]
+    for r in run:
+        lines.append(f"| {r['form']} | {r['us_per_matmul_4_rows']:.1f} | {r['us_per_matmul_128_rows']:.1f} | "
+                     f"{r['rel_error_4_rows']:.4f} | {'yes' if r['batch_independent'] else 'no'} |")
+    r0 = run[0]
+    return "\n".join(lines) + (f"\n\n{r0['layers']} FFNs {r0['d']} -> {r0['width']} -> {r0['d']}, random weights, "
+                               f"1 thread, forms interleaved, the minimum of {r0['repeats']} runs; error relative to "
+                               f"the largest fp32 output; {r0['cpu']}, commit {_commits(run)}.")
+
+
+def memory_floor_table() -> str:
+    """A decode step at batch 1 against the memory floor, latest run of benchmarks/throughput.py."""
+    floors = [r for r in _read("throughput") if r.get("benchmark") == "memory_floor"]
+    run = _last_run(floors, "benchmark", hours=1)
+    if not run:
+        return "_No memory-floor run yet (benchmarks/throughput.py)._"
+    lines = ["| model | int8 weights read per step | floor ms (DRAM copy GB/s) | floor ms, cache-sized copy | "
+             "measured step ms | step / floor |", "|---|---:|---:|---:|---:|---:|"]
+    for r in run:
+        lines.append(f"| `{r['model']}` ({r['family']}) | {r['weight_bytes']['total'] / 1e6:.2f} MB | "
+                     f"{r['floor_ms']:.3f} ({r['bandwidth_gbps']:.1f}) | {r['floor_cache_ms']:.3f} | "
+                     f"{r['step_ms']:.3f} | {r['ratio']:.2f}x |")
+    r0 = run[0]
+    return "\n".join(lines) + (f"\n\nONNX Runtime int8, batch 1, beam {r0['beam']}, 1 thread, decoder.onnx steps of "
+                               f"{r0['sentences']} test sentences; bandwidth measured in the same run; {r0['cpu']}, "
+                               f"commit {_commits(run)}.")
+
+
 TABLES = {"comparison": comparison_table, "recipes": recipes_table, "supernets": supernets_table, "darts_memory": darts_memory, "models": models_table, "search": search_table, "predictor": predictor_table, "engines": engines_table,
           "load_demo": load_demo_table, "moe_summary": moe_summary_table, "moe_overhead": moe_overhead_table,
           "moe_overhead_scale": lambda: moe_overhead_table(random=True), "moe_overhead_beam": moe_overhead_beam_table,
           "moe_forms": moe_forms_table, "moe_dispatch_parts": moe_dispatch_parts_table,
           "moe_dispatch_parts_scale": lambda: moe_dispatch_parts_table(random=True), "moe_bleu": moe_bleu_table,
-          "moe_deleted_forms": moe_deleted_forms_table}
+          "moe_deleted_forms": moe_deleted_forms_table, "throughput": throughput_table,
+          "int8_forms": int8_forms_table,
+          "memory_floor": memory_floor_table}
 
 
 def render(text: str) -> str:

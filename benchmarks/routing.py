@@ -40,18 +40,19 @@ def expert_usage(supernet, arch, batch) -> dict[str, list[float]]:
     return usage
 
 
-def distinct_experts_per_step(model, tokenizer, sources: list[str], beam: int) -> float:
-    """Mean number of distinct experts the `beam` rows of a decoding step pick, per decoder layer."""
+def experts_read(model, tokenizer, sources: list[str], beam: int) -> list[list[list[int]]]:
+    """The experts each decoder step's rows route to, per step and MoE layer (sets as sorted
+    lists), from PyTorch beam search on `sources` one at a time."""
     import torch
 
     from automoe.generate import TorchStepper, beam_search, default_max_length
 
-    counts: list[int] = []
+    steps = []
 
     class Recording(TorchStepper):
         def step(self, tokens):
             logits, routing = super().step(tokens)
-            counts.extend(len(set(routing[:, layer].tolist())) for layer in range(routing.shape[1]))
+            steps.append([sorted(set(routing[:, layer].tolist())) for layer in range(routing.shape[1])])
             return logits, routing
 
     cfg = model.config
@@ -59,9 +60,14 @@ def distinct_experts_per_step(model, tokenizer, sources: list[str], beam: int) -
         for sentence in sources:
             ids = tokenizer.encode(sentence)[: cfg.max_positions - 1] + [cfg.eos_id]
             beam_search(Recording(model, torch.tensor([ids]), beam), 1, beam=beam,
-                        max_length=default_max_length(model, len(ids)), bos_id=cfg.bos_id,
-                        eos_id=cfg.eos_id, pad_id=cfg.pad_id)
-    return statistics.mean(counts)
+                        max_length=default_max_length(model, len(ids)), bos_id=cfg.bos_id, eos_id=cfg.eos_id,
+                        pad_id=cfg.pad_id)
+    return steps
+
+
+def distinct_experts_per_step(model, tokenizer, sources: list[str], beam: int) -> float:
+    """Mean number of distinct experts the `beam` rows of a decoding step pick, per decoder layer."""
+    return statistics.mean(len(experts) for step in experts_read(model, tokenizer, sources, beam) for experts in step)
 
 
 def main(argv: list[str] | None = None) -> int:

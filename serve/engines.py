@@ -2,8 +2,10 @@
 
 - `TorchEngine`: the PyTorch model and `automoe.generate`.
 - `OnnxEngine`: an ONNX Runtime export folder. One sentence runs through the in-graph
-  BeamSearch operator (fastest at batch 1); a batch runs the exported encoder and decoder-step
-  graphs under automoe's own beam search, so results never depend on how sentences are batched.
+  BeamSearch operator; a batch of `BATCH_MIN` or more sentences (the default: none) runs the
+  exported encoder and decoder-step graphs under automoe's own beam search, smaller ones one
+  sentence at a time, so results never depend on batching (fp32 exports compute a sentence alike
+  on both paths; int8 ones only one sentence at a time, as their activation scales span a batch).
 - `CTranslate2Engine` (in `automoe.serve.ct2`) for dense exports.
 All engines return the same tokens as the torch model up to floating-point differences.
 """
@@ -112,11 +114,23 @@ class OnnxStepper:
         return torch.from_numpy(outs[0][:, -1]), None
 
     def reorder(self, rows: torch.Tensor) -> None:
-        """Follow the surviving hypotheses (rows [N])."""
+        """Follow the surviving hypotheses (rows [N']); fewer rows than held (finished sentences
+        left the batch) select the cross-attention inputs too."""
         idx = rows.numpy()
+        if len(idx) != len(self.feeds["encoder_attention_mask"]):
+            self.feeds = {name: a[idx] for name, a in self.feeds.items()}
         self.self_kv = [a[idx] for a in self.self_kv]
         if self.pending is not None:
             self.pending = self.pending[idx]
+
+
+# A batch of fewer sentences than this is translated one sentence at a time through the in-graph
+# BeamSearch, a larger one under automoe's beam search over decoder.onnx; None: always one at a
+# time. For fp32 exports both give the same translations. None because the stepped path was measured slower per
+# sentence than one at a time even at batch 32 (docs/throughput.md, "The batched path"), and because
+# int8 exports quantize activations per tensor, which on the stepped path would make a sentence's
+# translation depend on its batch-mates.
+BATCH_MIN: int | None = None
 
 
 class OnnxEngine:
@@ -139,7 +153,7 @@ class OnnxEngine:
             encoding="utf-8"))
         self.config = config if config is not None else read_model_config(self.folder)[0]
         options = ort.SessionOptions()
-        threads = check_threads(threads)
+        threads = self.threads = check_threads(threads)
         if threads:
             options.intra_op_num_threads = threads
             options.inter_op_num_threads = 1
@@ -156,7 +170,8 @@ class OnnxEngine:
         self.encoder, self.decoder, self.beam = self._load(ENCODER_FILE), self._load(DECODER_FILE), self._load(BEAM_FILE)
         self._shortlist_session = None
         self.layers = self.config.decoder_layers
-        self.use_beam_graph = True  # batch 1 through the in-graph BeamSearch (False: the python stepper)
+        self.use_beam_graph = True  # one sentence through the in-graph BeamSearch (False: the python stepper)
+        self.batch_min = BATCH_MIN
         self.past_self_names = kv_names("past", "self", self.layers)
         self.past_cross_names = kv_names("past", "cross", self.layers)
 
@@ -197,10 +212,13 @@ class OnnxEngine:
             raise ValueError("routing traces are available with engine='torch' only")
         cfg = self.config
         check_generation_args(cfg, beam, max_length)
-        src = _pad(batch, cfg.pad_id)
-        if len(batch) == 1 and self.use_beam_graph and max_length >= 2:
-            return self._beam_graph(src, beam, max_length, None if shortlist is None else shortlist.ids(batch[0]))
-        stepper = OnnxStepper(self, src, beam)
+        if self.use_beam_graph and max_length >= 2 and (self.batch_min is None or len(batch) < self.batch_min):
+            parts = [self._beam_graph(_pad([ids], cfg.pad_id), beam, max_length,
+                                      None if shortlist is None else shortlist.ids(ids)) for ids in batch]
+            return Generation([g.tokens[0] for g in parts], [g.scores[0] for g in parts])
+        if self.threads:  # beam search's log-softmax and top-k run in torch: on the engine's threads too
+            torch.set_num_threads(self.threads)
+        stepper = OnnxStepper(self, _pad(batch, cfg.pad_id), beam)
         if shortlist is not None:
             stepper = MaskedStepper(stepper, torch.from_numpy(shortlist.batch_ids(batch)), cfg.vocab_size, beam)
         best = beam_search(stepper, len(batch), beam=beam, max_length=max_length, bos_id=cfg.bos_id,
