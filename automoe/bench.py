@@ -170,9 +170,10 @@ def _translator(model: BenchModel, engine_name: str, threads: int, shortlist: bo
         return None, str(e)
 
 
-def _round_robin(translators: dict, batches: list[list[str]], beam: int, progress) -> tuple[dict, dict]:
+def round_robin(translators: dict, batches: list[list[str]], beam: int, progress=None) -> tuple[dict, dict]:
     """Seconds per batch and the translations of every translator, interleaved per batch with a
-    rotating start."""
+    rotating start, so that the machine's drifts in speed fall on every translator alike.
+    `progress`: a tqdm bar advanced by each batch's sentences."""
     keys = list(translators)
     seconds = {k: [] for k in keys}
     outputs = {k: [] for k in keys}
@@ -182,7 +183,8 @@ def _round_robin(translators: dict, batches: list[list[str]], beam: int, progres
             out = translators[k].translate(batch, beam=beam)
             seconds[k].append(time.perf_counter() - start)
             outputs[k].extend(out)
-            progress.update(len(batch))
+            if progress is not None:
+                progress.update(len(batch))
     return seconds, outputs
 
 
@@ -234,9 +236,9 @@ def bench(models: list[str | Path], data: str | Path, *, engines: tuple[str, ...
                 for s in sources[:warmup]:
                     tr.translate([s], beam=beam)
                     bar.update(1)
-            latency, hyps = _round_robin(translators, [[s] for s in sources], beam, bar)
+            latency, hyps = round_robin(translators, [[s] for s in sources], beam, bar)
             groups = [sources[i: i + throughput_batch] for i in range(0, len(sources), throughput_batch)]
-            throughput, batched = _round_robin(translators, groups, beam, bar)
+            throughput, batched = round_robin(translators, groups, beam, bar)
         medians = {k: statistics.median(v) * 1000 for k, v in latency.items()}
         scores = {k: corpus_scores(h, references) for k, h in hyps.items()}
         for m in bench_models:
@@ -323,7 +325,7 @@ def throughput(models: list[str | Path], data: str | Path, *, engines: tuple[str
             measured = {}
             for batch in batches:
                 groups = [sources[i: i + batch] for i in range(0, len(sources), batch)]
-                measured[batch] = _round_robin(translators, groups, beam, bar)
+                measured[batch] = round_robin(translators, groups, beam, bar)
         for m in bench_models:
             for engine_name in engines:
                 key = (m.name, engine_name)

@@ -16,7 +16,6 @@ import argparse
 import logging
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -75,18 +74,6 @@ def build_translators(model_dir: Path, engines: list[str], threads: int, workdir
     return out
 
 
-def round_robin(translators: dict, batches: list[list[str]], beam: int) -> dict[str, list[float]]:
-    """Seconds per batch for every engine, engines interleaved (rotating start) per batch."""
-    names = list(translators)
-    times = {n: [] for n in names}
-    for i, batch in enumerate(batches):
-        for name in names[i % len(names):] + names[: i % len(names)]:
-            start = time.perf_counter()
-            translators[name].translate(batch, beam=beam)
-            times[name].append(time.perf_counter() - start)
-    return times
-
-
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", required=True, help="model folder")
@@ -106,6 +93,7 @@ def main(argv: list[str] | None = None) -> int:
 
     import torch
 
+    from automoe.bench import round_robin
     from automoe.evaluate import corpus_scores, read_split
     from automoe.search.flops import cost
 
@@ -117,10 +105,10 @@ def main(argv: list[str] | None = None) -> int:
         for tr in translators.values():  # warm-up: first sentences, not timed
             for s in sources[: args.warmup]:
                 tr.translate([s], beam=args.beam)
-        latency = round_robin(translators, [[s] for s in sources[: args.sentences]], args.beam)
+        latency, _ = round_robin(translators, [[s] for s in sources[: args.sentences]], args.beam)
         n = args.sentences
         groups = [sources[i: i + args.throughput_batch] for i in range(0, n, args.throughput_batch)]
-        throughput = round_robin(translators, groups, args.beam)
+        throughput, _ = round_robin(translators, groups, args.beam)
         scores = {}
         if not args.no_bleu:
             limit = args.bleu_limit or len(sources)
