@@ -12,6 +12,7 @@ the first file that does not match. Folders written before checksums were record
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -158,6 +159,32 @@ def finish_out_dir(tmp: str | os.PathLike, out_dir: str | os.PathLike) -> None:
     if out_dir.exists():
         shutil.rmtree(out_dir)
     os.replace(tmp, out_dir)
+
+
+@contextlib.contextmanager
+def staged_out_dir(out_dir: str | os.PathLike, force: bool, *, marker: str = EXPORT_INFO_NAME):
+    """`prepare_out_dir` and `finish_out_dir` around a block: the block writes into the yielded
+    temporary folder, which replaces `out_dir` when the block ends and is deleted if it raises, so
+    a failed or interrupted export never leaves a half-written folder behind."""
+    tmp = prepare_out_dir(out_dir, force, marker=marker)
+    try:
+        yield tmp
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    finish_out_dir(tmp, out_dir)
+
+
+def write_export_info(folder: str | os.PathLike, model_dir: str | os.PathLike, info: dict, *,
+                      tokenizer: dict | None, tools: tuple[str, ...]) -> dict:
+    """Write `folder`/export_info.json: `info` plus the provenance every export records (the source
+    model folder and the sha256 of its weights, its tokenizer entry, the versions of `tools`, and
+    the sha256 of every file in `folder`, written last). Returns the whole record."""
+    folder, model_dir = Path(folder), Path(model_dir)
+    info = {**info, "source": str(model_dir), "source_sha256": sha256_file(model_dir / WEIGHTS_NAME),
+            "tokenizer": tokenizer, "versions": tool_versions("automoe", *tools), "sha256": folder_hashes(folder)}
+    (folder / EXPORT_INFO_NAME).write_text(json.dumps(info, indent=2) + "\n", encoding="utf-8")
+    return info
 
 
 def tool_versions(*modules: str) -> dict:

@@ -22,8 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-from automoe.artifacts import (EXPORT_INFO_NAME, finish_out_dir, folder_hashes, prepare_out_dir, sha256_file,
-                               tool_versions)
+from automoe.artifacts import staged_out_dir, write_export_info
 from automoe.checkpoint import (WEIGHTS_NAME, load_state_dict, load_tokenizer, read_model_config,
                                 verify_model_folder)
 from automoe.config import ArchConfig
@@ -188,8 +187,7 @@ def to_ctranslate2(model_dir: str | Path, out_dir: str | Path, *, quantize: str 
         raise ValueError(f"tokenizer has {len(pieces)} pieces but the model's vocab_size is {arch.vocab_size}")
     state = load_state_dict(model_dir / WEIGHTS_NAME)
     spec = convert(arch, state, pieces)
-    tmp = prepare_out_dir(out_dir, force)
-    try:
+    with staged_out_dir(out_dir, force) as tmp:
         spec.validate()
         spec.optimize(quantization=quantize)
         spec.save(str(tmp))  # model.bin, config.json (CTranslate2's own), shared_vocabulary.json
@@ -199,14 +197,7 @@ def to_ctranslate2(model_dir: str | Path, out_dir: str | Path, *, quantize: str 
         (tmp / "config.json").write_text(json.dumps({**ct2_config, **model_config}, indent=2) + "\n", encoding="utf-8")
         shutil.copyfile(model_dir / tok, tmp / tok)
         shortlist = carry_into_export(model_dir, tmp, pieces)  # shortlist + vmap.txt, None without one
-        info = {"format": "automoe-ct2", "target": "ctranslate2", "quantization": quantize,
-                "source": str(model_dir), "source_sha256": sha256_file(model_dir / WEIGHTS_NAME),
-                "tokenizer": meta.get("tokenizer"), "shortlist": shortlist,
-                "versions": tool_versions("automoe", "torch", "ctranslate2"),
-                "sha256": folder_hashes(tmp)}
-        (tmp / EXPORT_INFO_NAME).write_text(json.dumps(info, indent=2) + "\n", encoding="utf-8")
-        finish_out_dir(tmp, out_dir)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+        write_export_info(tmp, model_dir, {"format": "automoe-ct2", "target": "ctranslate2", "quantization": quantize,
+                                           "shortlist": shortlist},
+                          tokenizer=meta.get("tokenizer"), tools=("torch", "ctranslate2"))
     return out_dir

@@ -35,9 +35,8 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 
-from automoe.artifacts import (EXPORT_INFO_NAME, finish_out_dir, folder_hashes, prepare_out_dir, sha256_file,
-                               tool_versions)
-from automoe.checkpoint import CONFIG_NAME, WEIGHTS_NAME, read_model_config
+from automoe.artifacts import staged_out_dir, write_export_info
+from automoe.checkpoint import CONFIG_NAME, read_model_config
 from automoe.modeling import DecoderState, MoETransformer
 
 from . import kernel
@@ -357,8 +356,7 @@ def to_onnx(model_dir: str | Path, out_dir: str | Path, *, quantize: str | None 
     model_dir, out_dir = Path(model_dir), Path(out_dir)
     arch, meta = read_model_config(model_dir)
     model = MoETransformer.from_model_folder(model_dir, arch, meta, verify=verify)
-    tmp = prepare_out_dir(out_dir, force)
-    try:
+    with staged_out_dir(out_dir, force) as tmp:
         forms = moe_graphs(arch, moe_dispatch)
         library = None
         if "kernel" in forms.values():  # before the export: no build, no half-made folder
@@ -377,20 +375,11 @@ def to_onnx(model_dir: str | Path, out_dir: str | Path, *, quantize: str | None 
         beams = [tmp / BEAM_FILE] + ([tmp / shortlist["beam_search"]] if shortlist else [])
         store_weights_once([graphs["encoder"], graphs["decoder"], *beams], tmp / WEIGHTS_FILE)
         copy_model_files(model_dir, tmp, meta)
-        info = {"format": "automoe-onnx", "target": "onnxruntime", "layout": LAYOUT, "quantization": quantize,
-                "opset": OPSET, "moe_dispatch": moe_dispatch, "moe_graphs": forms,
-                "custom_ops_library": library and kernel.LIBRARY_FILE,
-                "kernel_isa": library and kernel.isa(library),
-                "files": {"encoder": ENCODER_FILE, "decoder": DECODER_FILE, "beam_search": BEAM_FILE,
-                          "weights": WEIGHTS_FILE},
-                "source": str(model_dir), "source_sha256": sha256_file(model_dir / WEIGHTS_NAME),
-                "tokenizer": meta.get("tokenizer"), "shortlist": shortlist,
-                "versions": tool_versions("automoe", "torch", "onnx", "onnxruntime"),
-                "sha256": folder_hashes(tmp)}
-        (tmp / EXPORT_INFO_NAME).write_text(json.dumps(info, indent=2) + "\n", encoding="utf-8")
-        finish_out_dir(tmp, out_dir)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+        write_export_info(tmp, model_dir, {
+            "format": "automoe-onnx", "target": "onnxruntime", "layout": LAYOUT, "quantization": quantize,
+            "opset": OPSET, "moe_dispatch": moe_dispatch, "moe_graphs": forms,
+            "custom_ops_library": library and kernel.LIBRARY_FILE, "kernel_isa": library and kernel.isa(library),
+            "files": {"encoder": ENCODER_FILE, "decoder": DECODER_FILE, "beam_search": BEAM_FILE, "weights": WEIGHTS_FILE},
+            "shortlist": shortlist}, tokenizer=meta.get("tokenizer"), tools=("torch", "onnx", "onnxruntime"))
     logger.info("exported %s to %s (%s)", model_dir, out_dir, quantize or "fp32")
     return out_dir

@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 
 from automoe.artifacts import (ArtifactError, IntegrityError, check_file_name, file_hashes, finish_out_dir,
-                               folder_hashes, prepare_out_dir, sha256_file, verify_files)
+                               folder_hashes, prepare_out_dir, sha256_file, staged_out_dir, verify_files,
+                               write_export_info)
 
 
 def test_sha256_and_verify_name_the_file(tmp_path):
@@ -60,6 +61,25 @@ def test_output_folders_are_replaced_only_when_they_are_exports(tmp_path):
     (tmp_path / "model" / "config.json").write_text("{}")
     with pytest.raises(FileExistsError, match="not an export folder"):
         prepare_out_dir(tmp_path / "model", force=True)
+
+
+def test_a_staged_export_replaces_its_folder_only_when_complete(tmp_path):
+    model = tmp_path / "model"
+    model.mkdir()
+    (model / "model.safetensors").write_bytes(b"w")
+    out = tmp_path / "out"
+    with staged_out_dir(out, force=False) as tmp:
+        (tmp / "a.bin").write_bytes(b"a")
+        info = write_export_info(tmp, model, {"format": "x"}, tokenizer=None, tools=())
+    assert json.loads((out / "export_info.json").read_text()) == info
+    assert info["sha256"] == {"a.bin": sha256_file(out / "a.bin")} and info["source_sha256"] == sha256_file(
+        model / "model.safetensors")
+    with pytest.raises(RuntimeError, match="half"):
+        with staged_out_dir(out, force=True) as tmp:
+            (tmp / "b.bin").write_bytes(b"b")
+            raise RuntimeError("half-written")
+    assert not tmp.exists() and sorted(p.name for p in out.iterdir()) == ["a.bin", "export_info.json"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model", "out"]  # no temporary folder left
 
 
 def test_verifying_the_shipped_model_takes_tens_of_ms():

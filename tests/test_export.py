@@ -409,6 +409,7 @@ def export_tokens(root: Path) -> dict:
         out[name] = {}
         for quantize in (None, "int8"):
             backend = Translator.from_pretrained(to_onnx(model_dir, root / f"{name}-{quantize}", quantize=quantize)).backend
+            backend.batch_min = 2  # "batched": through decoder.onnx (lists go one at a time by default)
             ids = [s for s in Translator.from_pretrained(model_dir)._encode(SOURCES) if s]
             out[name][quantize or "fp32"] = {
                 "batched": backend.translate_ids(ids, beam=4, max_length=16).tokens,
