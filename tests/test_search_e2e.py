@@ -75,6 +75,9 @@ def test_latency_table_predictor_search_extract(tmp_path):
     evaluated = [json.loads(line) for line in (tmp_path / "search" / "search.jsonl").read_text().splitlines()]
     assert evaluated and all(e["predicted_latency_ms"] <= budget for e in evaluated)
     assert {"fitness", "gflops", "active_params", "gene"} <= set(evaluated[0])
+    info = json.loads((tmp_path / "search" / "best_info.json").read_text())
+    state = json.loads((tmp_path / "search" / "search_state.json").read_text())
+    assert 0 < state["seconds"]["wall_seconds"] <= info["wall_seconds"] and info["cpu_seconds"] > 0  # the search's cost
     from automoe.search.evolution import EvolutionConfig
     from automoe.search.run import run_search
 

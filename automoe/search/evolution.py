@@ -53,6 +53,7 @@ class SearchState:
     fitness: dict[str, float] = field(default_factory=dict)  # gene key -> fitness
     rng_state: list | None = None
     history: list[dict] = field(default_factory=list)  # best fitness per iteration
+    seconds: dict | None = None  # the search's wall and CPU seconds so far (kept by the caller)
 
     def to_dict(self) -> dict:
         """JSON-ready dict."""

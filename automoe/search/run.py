@@ -12,6 +12,7 @@ import random
 import shutil
 import statistics
 import tempfile
+import time
 from pathlib import Path
 from typing import Callable
 
@@ -276,7 +277,9 @@ def run_search(supernet_dir: str | Path, data_dir: str | Path, out_dir: str | Pa
     result as one process: fitness is deterministic).
 
     Writes `out_dir/search.jsonl` (every evaluated architecture), `search_state.json` (after
-    every iteration; `resume` continues from it) and `best.json` (the best ArchConfig).
+    every iteration; `resume` continues from it), `best.json` (the best ArchConfig) and
+    `best_info.json` (its fitness, cost and the search's own cost: wall and CPU seconds summed over
+    resumed segments, CPU of this process only, so fitness workers are not counted).
     """
     from ..train import load_supernet
 
@@ -325,12 +328,22 @@ def run_search(supernet_dir: str | Path, data_dir: str | Path, out_dir: str | Pa
         log.flush()
 
     def on_iteration(state: SearchState):
+        state.seconds = seconds()
         tmp = state_path.with_name(state_path.name + ".tmp")
         tmp.write_text(json.dumps(state.to_dict()), encoding="utf-8")
         os.replace(tmp, state_path)
         logger.info("iteration %d: best fitness %.4f", state.iteration, state.history[-1]["best_fitness"])
 
     state = SearchState.from_dict(json.loads(state_path.read_text())) if resume and state_path.exists() else None
+    if state is None:
+        state = SearchState()
+    spent = state.seconds or {"wall_seconds": 0.0, "cpu_seconds": 0.0}  # of the segments before a resume
+    start_wall, start_cpu = time.monotonic(), time.process_time()
+    state.seconds = spent
+
+    def seconds() -> dict:
+        return {"wall_seconds": round(spent["wall_seconds"] + time.monotonic() - start_wall, 1),
+                "cpu_seconds": round(spent["cpu_seconds"] + time.process_time() - start_cpu, 1)}
     pool = FitnessPool(supernet_dir, data_dir, workers=workers, sentences=fitness_sentences) if workers > 1 else None
     try:
         best, best_fit, state = evolve(space, fitness, constraint, config, state=state, on_iteration=on_iteration,
@@ -344,6 +357,6 @@ def run_search(supernet_dir: str | Path, data_dir: str | Path, out_dir: str | Pa
         "fitness": best_fit, "gene_key": gene_key(genes.encode(space, best)), "budget_latency_ms": latency_ms,
         "budget_gflops": gflops, "dense_only": dense_only, "predicted_latency_ms": lat.predict([best])[0] if lat else None,
         "weight_sharing": supernet.sharing.to_dict(),
-        "predictor_measured_on": lat.measured_on if lat else None,
+        "predictor_measured_on": lat.measured_on if lat else None, "workers": workers, **seconds(),
         **cost(best).to_dict()}, indent=2) + "\n")
     return best
