@@ -507,6 +507,28 @@ def recipes_table() -> str:
             "and used for every searched model; the chosen run is then continued to the full budget.")
 
 
+def search_methods_table() -> str:
+    """Evolutionary search against DARTS: cost and resulting model (search_methods.jsonl, issue #28)."""
+    run = _last_run(_read("search_methods"), "benchmark")
+    if not run:
+        return ("_Not measured yet: the DARTS search and its model follow the MoS comparison in "
+                "tools/proof_queue.py; then `benchmarks/search_methods.py` (docs/darts.md)._")
+    lines = ["| method | supernet training, h | search, h | total, h | active params | GFLOPs | target tokens | "
+             "test BLEU | test chrF | speedup vs dense |", "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for r in run:
+        tokens = f"{r['tokens_seen'] / 1e6:.1f}M" if r.get("tokens_seen") else "?"
+        lines.append(f"| {r['method']} | {r['supernet_wall_hours']:.2f} | {r['search_wall_hours']:.2f} | "
+                     f"{r['total_wall_hours']:.2f} | {r['active_params'] / 1e6:.2f}M | {r['gflops']:.3f} | {tokens} | "
+                     f"{r['bleu']:.2f} | {r['chrf']:.2f} | {r['speedup']:.2f}x |")
+    r0 = run[0]
+    return "\n".join(lines) + (
+        f"\n\nWall hours on this machine (2 cores); the latency predictor both searches use is not counted. "
+        f"Evolution: its supernet's training (every stage) + the search; DARTS trains its own relaxed supernet "
+        f"inside the search. Models: each searched architecture trained by the shipped models' recipe; BLEU and "
+        f"speedup from one bench run with the dense model ({r0['engine']}, {r0['threads']} thread, beam 4, "
+        f"{r0['sentences']} test sentences, `{r0['bleu_signature']}`); {r0['cpu']}, commit {_commits(run)}.")
+
+
 def supernets_table() -> str:
     """Inherited-weight test BLEU of the same four subnets in the prefix, mos-layer and mos-neuron
     supernets trained alike (supernets.jsonl, issue #27)."""
@@ -581,7 +603,7 @@ def memory_floor_table() -> str:
                                f"commit {_commits(run)}.")
 
 
-TABLES = {"comparison": comparison_table, "recipes": recipes_table, "supernets": supernets_table, "darts_memory": darts_memory, "models": models_table, "search": search_table, "predictor": predictor_table, "engines": engines_table,
+TABLES = {"comparison": comparison_table, "recipes": recipes_table, "supernets": supernets_table, "search_methods": search_methods_table, "darts_memory": darts_memory, "models": models_table, "search": search_table, "predictor": predictor_table, "engines": engines_table,
           "load_demo": load_demo_table, "moe_summary": moe_summary_table, "moe_overhead": moe_overhead_table,
           "moe_overhead_scale": lambda: moe_overhead_table(random=True), "moe_overhead_beam": moe_overhead_beam_table,
           "moe_forms": moe_forms_table, "moe_dispatch_parts": moe_dispatch_parts_table,

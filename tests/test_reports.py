@@ -447,3 +447,50 @@ def test_moe_summary_is_the_kernel_beam_rows_with_their_bleu_and_a_link(monkeypa
                                               "| 384 | 1.000 | 1.000 (+5.0%; +10.0%) | 1.000"]
     assert "`kernel` MoE form" in table and "against PyTorch fp32: -0.25" in table
     assert "[docs/moe_dispatch.md](docs/moe_dispatch.md)" in table
+
+
+def test_search_methods_records_each_search_cost_and_model(tmp_path, monkeypatch):
+    """benchmarks/search_methods.py: the evolutionary cost counts every stage of its supernet's
+    training plus the search, DARTS its own run; both models are benched with the dense one in one
+    run; a search folder without its time is refused; the table renders the records."""
+    import json
+
+    import report
+    import search_methods
+
+    from automoe.random_model import save_random_model
+
+    monkeypatch.setenv("AUTOMOE_CACHE", str(tmp_path / "cache"))
+    data = ROOT / "tests" / "data" / "bible-en-de"
+    base = SearchSpace.preset("tiny").largest().replace(vocab_size=1000, max_positions=24)
+    dense = base.replace(encoder_ffn=((40,),) * base.encoder_layers, decoder_ffn=((40,),) * base.decoder_layers)
+    folders = {name: save_random_model(arch, tmp_path / name, tokenizer_file=data / "spm.model")
+               for name, arch in (("dense", dense), ("evo", base.replace(decoder_ffn=((40, 8),) * base.decoder_layers)),
+                                  ("darts", dense.replace(decoder_ffn=((8,),) * base.decoder_layers)))}
+    supernet = tmp_path / "supernet"
+    supernet.mkdir()
+    (supernet / "supernet_info.json").write_text(json.dumps({"wall_seconds": 3600, "previous": {"wall_seconds": 1800}}))
+    runs = {}
+    for name, info in (("evo-run", {"wall_seconds": 360, "cpu_seconds": 700}),
+                       ("darts-run", {"wall_seconds": 7200, "cpu_seconds": 14000, "steps": 10})):
+        runs[name] = tmp_path / name
+        runs[name].mkdir()
+        (runs[name] / "best_info.json").write_text(json.dumps(info))
+    out = tmp_path / "search_methods.jsonl"
+    argv = ["--dense-model", str(folders["dense"]), "--supernet", str(supernet), "--evolution-run", str(runs["evo-run"]),
+            "--evolution-model", str(folders["evo"]), "--darts-run", str(runs["darts-run"]), "--darts-model",
+            str(folders["darts"]), "--data", str(data), "--sentences", "3", "--out", str(out)]
+    assert search_methods.main(argv) == 0
+    evo, darts = (json.loads(line) for line in out.read_text().splitlines())
+    assert (evo["method"], evo["supernet_wall_hours"], evo["search_wall_hours"], evo["total_wall_hours"]) == (
+        "evolution", 1.5, 0.1, 1.6)
+    assert (darts["method"], darts["supernet_wall_hours"], darts["total_wall_hours"], darts["search_steps"]) == (
+        "darts", 0.0, 2.0, 10)
+    assert evo["bench_run_id"] == darts["bench_run_id"] and evo["sentences"] == 3 and darts["speedup"] > 0
+    assert evo["model"] == str(folders["evo"]) and evo["engine"] == "onnxruntime-int8"
+    monkeypatch.setattr(report, "RESULTS", tmp_path)
+    table = report.search_methods_table()
+    assert "| evolution | 1.50 | 0.10 | 1.60 |" in table and "| darts | 0.00 | 2.00 | 2.00 |" in table
+    (runs["darts-run"] / "best_info.json").write_text(json.dumps({"steps": 10}))
+    with pytest.raises(SystemExit, match="records no wall_seconds"):
+        search_methods.main(argv)

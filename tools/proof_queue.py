@@ -24,9 +24,14 @@ Then the studies of issues #27 and #28, which need the cores as long (docs/mos.m
   7. cmp-prefix, cmp-mos-layer, cmp-mos-neuron: the three weight-sharing kinds trained alike
      (sandwich, 4M target tokens, seed 3); supernets-eval: inherited-weight test BLEU of the
      largest, smallest and searched 1/2 and 1/3 subnets of each -> benchmarks/results/supernets.jsonl.
-  8. darts-small-bible: the DARTS search (reversible) under the evolutionary search's 1/3 budget;
+  8. evolution-search-third: the evolutionary 1/3 search run again as it was run for
+     benchmarks/results/search/automoe-0.333.json (population 40, 8 iterations, seed 0), now
+     timed (its best_info.json records the search's wall and CPU seconds).
+  9. darts-small-bible: the DARTS search (reversible) under the evolutionary search's 1/3 budget;
      darts-small-bible-model: its architecture trained with the chosen recipe. The search resumes
      from its checkpoint like the trainings.
+ 10. search-methods: benchmarks/search_methods.py, both searches' cost and both trained models
+     benched with the dense one -> benchmarks/results/search_methods.jsonl.
 
     nohup .venv/bin/python tools/proof_queue.py >> ~/.cache/automoe/runs/queue.log 2>&1 &
     python tools/proof_queue.py --list      # what is done, what is next
@@ -52,6 +57,7 @@ DENSE = "models/dense-small-bible"
 SUPERNET = "models/supernet-small-bible-v3"
 SEARCH = ROOT / "benchmarks" / "results" / "search"
 RECIPES = ROOT / "benchmarks" / "results" / "recipes.jsonl"
+PREDICTOR = str(ROOT / "benchmarks" / "results" / "latency-ort-v3.safetensors")
 TOKENS = 18_200_000  # the dense baseline saw 18.18M target tokens
 COMPARE_TOKENS = TOKENS // 4  # each recipe of the comparison; the winner is continued to TOKENS
 RECIPE = ["--lr", "9e-4", "--warmup-updates", "200", "--schedule", "inverse_sqrt",
@@ -187,19 +193,43 @@ def evaluate_supernets() -> None:
                                    "--threads", "2", "--results", str(SUPERNETS)), cwd=ROOT, check=True)
 
 
-def darts_command() -> list[str]:
-    """The DARTS search (#28) under the evolutionary search's 1/3 latency budget, at its width."""
+def third_budget_ms() -> float:
+    """The predicted-latency budget of the 1/3 searches (benchmarks/results/search.jsonl)."""
     rows = [json.loads(line) for line in (ROOT / "benchmarks" / "results" / "search.jsonl").read_text().splitlines()
             if line.strip()]
-    budget = next(r["budget_ms"] for r in rows if r.get("search") == "automoe" and r.get("fraction") == 0.3333)
+    return next(r["budget_ms"] for r in rows if r.get("search") == "automoe" and r.get("fraction") == 0.3333)
+
+
+def evolution_search_command() -> list[str]:
+    """The evolutionary 1/3 search with the settings of benchmarks/search_pareto.py's run (population
+    40: 8 parents, 16 mutations, 16 crossovers; 8 iterations; seed 0; 200 fitness sentences), timed."""
+    out = RUNS / "evolution-search-third"
+    resume = (out / "search_state.json").exists()
+    return automoe("search", "run", "--supernet", SUPERNET, "--data", DATA, "--out", str(out),
+                   "--latency-ms", str(third_budget_ms()), "--predictor", PREDICTOR, "--population", "40",
+                   "--parents", "8", "--mutations", "16", "--crossovers", "16", "--iterations", "8", "--seed", "0",
+                   "--fitness-sentences", "200", *(["--resume"] if resume else []))
+
+
+def search_methods_command() -> list[str]:
+    """benchmarks/search_methods.py over the two searches and their trained models."""
+    return [sys.executable, str(ROOT / "benchmarks" / "search_methods.py"), "--dense-model", DENSE,
+            "--supernet", SUPERNET, "--evolution-run", str(RUNS / "evolution-search-third"),
+            "--evolution-model", str(RUNS / "models" / "automoe-small-bible-third"),
+            "--darts-run", str(RUNS / "darts-small-bible"),
+            "--darts-model", str(RUNS / "models" / "darts-small-bible-model"), "--data", DATA]
+
+
+def darts_command() -> list[str]:
+    """The DARTS search (#28) under the evolutionary search's 1/3 latency budget, at its width."""
+    budget = third_budget_ms()
     d_model = json.loads((SEARCH / "automoe-0.333.json").read_text())["encoder_embed_dim"]
     out = RUNS / "darts-small-bible"
     resume = (out / "checkpoint.safetensors").exists()
     if out.exists() and not resume:  # killed before its first checkpoint: kept aside, started again
         out.rename(out.with_name(f"{out.name}.interrupted-{datetime.datetime.now():%Y%m%d-%H%M%S}"))
     return automoe("search", "run", "--method", "darts", "--supernet", SUPERNET, "--data", DATA,
-                   "--out", str(RUNS / "darts-small-bible"), "--predictor",
-                   str(ROOT / "benchmarks" / "results" / "latency-ort-v3.safetensors"), "--latency-ms", str(budget),
+                   "--out", str(RUNS / "darts-small-bible"), "--predictor", PREDICTOR, "--latency-ms", str(budget),
                    "--d-model", str(d_model), "--steps", str(DARTS_STEPS), "--seed", "1", *(["--resume"] if resume else []))
 
 
@@ -222,9 +252,11 @@ def steps() -> list[tuple[str, object]]:
     for kind in SHARING:
         plan.append((f"cmp-{kind}", lambda kind=kind: supernet_command(kind)))
     plan.append(("supernets-eval", evaluate_supernets))
+    plan.append(("evolution-search-third", evolution_search_command))
     plan.append(("darts-small-bible", darts_command))
     plan.append(("darts-small-bible-model", lambda: train_command(
         "darts-small-bible-model", str(RUNS / "darts-small-bible" / "best.json"), chosen_recipe())))
+    plan.append(("search-methods", search_methods_command))
     return plan
 
 
