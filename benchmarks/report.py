@@ -19,7 +19,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "benchmarks" / "results"
-DOCUMENTS = (ROOT / "README.md", ROOT / "docs" / "moe_dispatch.md", ROOT / "docs" / "throughput.md")
+DOCUMENTS = (ROOT / "README.md", ROOT / "docs" / "moe_dispatch.md", ROOT / "docs" / "throughput.md",
+             ROOT / "docs" / "darts.md", ROOT / "docs" / "mos.md")
 FORMS = ("kernel", "compact")  # the MoE forms automoe exports (int8 default first); records of others stay as data
 
 
@@ -559,6 +560,13 @@ def darts_memory() -> str:
     return darts_memory_table()
 
 
+def mos_cost() -> str:
+    """Training cost of each weight-sharing kind (mos_cost.jsonl, benchmarks/mos_cost.py)."""
+    from mos_cost import table
+
+    return table(_read("mos_cost"))
+
+
 def throughput_table() -> str:
     """Sentences/s per batch size of the latest throughput run (benchmarks/throughput.py)."""
     sys.path.insert(0, str(ROOT))
@@ -603,7 +611,7 @@ def memory_floor_table() -> str:
                                f"commit {_commits(run)}.")
 
 
-TABLES = {"comparison": comparison_table, "recipes": recipes_table, "supernets": supernets_table, "search_methods": search_methods_table, "darts_memory": darts_memory, "models": models_table, "search": search_table, "predictor": predictor_table, "engines": engines_table,
+TABLES = {"comparison": comparison_table, "recipes": recipes_table, "supernets": supernets_table, "search_methods": search_methods_table, "darts_memory": darts_memory, "mos_cost": mos_cost, "models": models_table, "search": search_table, "predictor": predictor_table, "engines": engines_table,
           "load_demo": load_demo_table, "moe_summary": moe_summary_table, "moe_overhead": moe_overhead_table,
           "moe_overhead_scale": lambda: moe_overhead_table(random=True), "moe_overhead_beam": moe_overhead_beam_table,
           "moe_forms": moe_forms_table, "moe_dispatch_parts": moe_dispatch_parts_table,
