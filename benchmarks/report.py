@@ -483,7 +483,52 @@ def comparison_table() -> str:
                 "training (issue #25)._")
     plots = "".join(f"\n\n![{kind}](benchmarks/results/bench-{kind}.png)" for kind in ("latency", "gflops")
                     if (RESULTS / f"bench-{kind}.png").exists())
-    return markdown_table(run) + plots
+    goals = proof_goals(run)
+    return markdown_table(run) + ("\n\n" + goals if goals else "") + plots
+
+
+def _mark(ok: bool) -> str:
+    return "yes" if ok else "**no**"
+
+
+def proof_goals(run: list[dict], engine: str = "onnxruntime-int8") -> str:
+    """The goals of the proof (issue #25) for each AutoMoE model of a bench run, against the
+    baselines decoded the same way (same engine, threads and shortlist setting): at least 4x faster
+    than dense with BLEU at most 0.5 below; within 1 BLEU of Switch and at least 3x faster; against
+    the HAT model of the same budget (same name suffix), 0.5 BLEU better or 20% fewer GFLOPs."""
+    from automoe.bench import label
+
+    rows = [r for r in run if r["engine"] == engine and "skipped" not in r]
+    lines = []
+    for a in (r for r in rows if r["family"] == "automoe"):
+        peers = [r for r in rows if r["threads"] == a["threads"] and bool(r.get("shortlist")) == bool(a.get("shortlist"))]
+        dense = next((r for r in peers if r["model"] == a["baseline"]), None)
+        switch = next((r for r in peers if r["family"] == "switch"), None)
+        suffix = a["model"].rsplit("-", 1)[-1]
+        hat = next((r for r in peers if r["family"] == "hat" and r["model"].rsplit("-", 1)[-1] == suffix), None)
+        cells = []
+        if dense:
+            speed, drop = dense["median_ms"] / a["median_ms"], a["bleu"] - dense["bleu"]
+            cells.append(f"{speed:.2f}x, {drop:+.2f} BLEU: {_mark(speed >= 4 and drop >= -0.5)}")
+        else:
+            cells.append("no dense run")
+        if switch:
+            speed, drop = switch["median_ms"] / a["median_ms"], a["bleu"] - switch["bleu"]
+            cells.append(f"{speed:.2f}x, {drop:+.2f} BLEU: {_mark(speed >= 3 and drop >= -1)}")
+        else:
+            cells.append("no Switch run")
+        if hat:
+            gain, flops = a["bleu"] - hat["bleu"], a["gflops"] / hat["gflops"]
+            cells.append(f"{gain:+.2f} BLEU, {flops:.2f}x GFLOPs: {_mark(gain >= 0.5 or flops <= 0.8)}")
+        else:
+            cells.append(f"no HAT model of this budget (`*-{suffix}`) in the run")
+        lines.append(f"| `{label(a)}` | " + " | ".join(cells) + " |")
+    if not lines:
+        return ""
+    return ("Goals of the proof, each AutoMoE model against the baselines decoded the same way "
+            f"({engine}, 1 thread, with or without the shortlist alike):\n\n"
+            "| AutoMoE model | vs dense (goal: >= 4x, >= -0.5 BLEU) | vs Switch (goal: >= 3x, >= -1 BLEU) | "
+            "vs HAT, same budget (goal: >= +0.5 BLEU or <= 0.8x GFLOPs) |\n|---|---|---|---|\n" + "\n".join(lines))
 
 
 def recipes_table() -> str:

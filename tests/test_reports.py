@@ -494,3 +494,25 @@ def test_search_methods_records_each_search_cost_and_model(tmp_path, monkeypatch
     (runs["darts-run"] / "best_info.json").write_text(json.dumps({"steps": 10}))
     with pytest.raises(SystemExit, match="records no wall_seconds"):
         search_methods.main(argv)
+
+
+def test_proof_goals_compare_each_automoe_model_with_baselines_decoded_alike():
+    import report
+
+    def rec(model, family, ms, bleu, gflops=1.0, shortlist=False, engine="onnxruntime-int8"):
+        return {"model": model, "family": family, "engine": engine, "threads": 1, "shortlist": shortlist,
+                "median_ms": ms, "bleu": bleu, "gflops": gflops, "baseline": "dense-small-bible"}
+
+    run = [rec("dense-small-bible", "dense", 40.0, 19.0), rec("switch-small-bible", "switch", 36.0, 17.5),
+           rec("automoe-small-bible-third", "automoe", 9.0, 18.6, gflops=0.3),
+           rec("hat-small-bible-third", "hat", 8.0, 18.0, gflops=0.4),
+           rec("dense-small-bible", "dense", 30.0, 19.0, shortlist=True),
+           rec("automoe-small-bible-third", "automoe", 6.0, 18.0, shortlist=True),
+           rec("automoe-small-bible-third", "automoe", 1.0, 0.0, engine="torch")]
+    table = report.proof_goals(run)
+    first, listed = [line for line in table.splitlines() if line.startswith("| `automoe")]
+    assert first == ("| `automoe-small-bible-third` | 4.44x, -0.40 BLEU: yes | 4.00x, +1.10 BLEU: yes | "
+                     "+0.60 BLEU, 0.75x GFLOPs: yes |")
+    assert listed.startswith("| `automoe-small-bible-third + shortlist` | 5.00x, -1.00 BLEU: **no** | no Switch run |")
+    assert "no HAT model of this budget (`*-third`)" in listed
+    assert report.proof_goals([rec("dense-small-bible", "dense", 40.0, 19.0)]) == ""
