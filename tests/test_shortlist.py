@@ -28,7 +28,7 @@ def _save(arch, path, seed=0):
     # Decoding over a shortlist renormalises the softmax over it. Greedy decoding is unchanged by
     # that; beam search compares hypotheses by summed log-probabilities, which shift by the mass
     # left out, so beam results equal the full decode's only when that mass is negligible, as in a
-    # trained model. A random model is that confident only with sharp output embeddings (at the
+    # confident model. A random model is that confident only with sharp output embeddings (at the
     # usual sharpen=4 a tenth of the vocabulary leaves ~40% of the mass out and beams differ).
     return save_random_model(arch, path, seed=seed, sharpen=80.0, tokenizer_file=DATA / "spm.model")
 
@@ -179,6 +179,23 @@ def test_onnx_shortlist_beam_graph_equals_full_decode(moe_dir, tmp_path, quantiz
     # renormalised scores (shifted by ~1e-3) tip in 3 of 16 sentences, the same way on both paths.
     beams = (1, 4) if quantize is None else (1,)
     assert_shortlist_equals_full(full, Translator.from_pretrained(export, shortlist=True), beams=beams)
+
+
+SHIPPED = Path(__file__).resolve().parents[1] / "models" / "dense-small-bible"
+
+
+@pytest.mark.skipif(not (SHIPPED / SHORTLIST_FILE).is_file(), reason="needs models/dense-small-bible")
+def test_shipped_dense_model_int8_shortlist_beam_equals_full_decode(tmp_path):
+    """The int8 beam graph of the shipped (trained) dense model, greedy, over a shortlist that holds
+    the tokens the full decode chose gives the full decode's translations. Under beam 4 it does not
+    (6 of these 16 sentences differ: the renormalised scores shift by the mass left out, which this
+    model does not make negligible; docs/shortlist.md), so beam 4 is not asserted here."""
+    from automoe.export.onnx import to_onnx
+
+    full = Translator.from_pretrained(to_onnx(SHIPPED, tmp_path / "full", quantize="int8"), threads=1)
+    folder = covering(SHIPPED, [full], tmp_path, beams=(1,))
+    short = Translator.from_pretrained(to_onnx(folder, tmp_path / "onnx", quantize="int8"), shortlist=True, threads=1)
+    assert_shortlist_equals_full(full, short, beams=(1,))
 
 
 def test_generate_refuses_a_malformed_shortlist(moe_dir):
