@@ -487,6 +487,38 @@ def comparison_table() -> str:
     return markdown_table(run) + ("\n\n" + goals if goals else "") + plots
 
 
+def headline() -> str:
+    """The README's first result: each searched MoE model of the last bench run against the dense
+    and Switch baselines on ONNX Runtime int8, 1 thread (with its shortlist where measured)."""
+    from automoe.bench import last_run
+
+    run = [r for r in last_run(_read("bench")) if r["engine"] == "onnxruntime-int8" and r["threads"] == 1
+           and "skipped" not in r]
+    models = [r for r in run if r["family"] == "automoe" and not r.get("shortlist")]
+    if not models:
+        return ("_No searched MoE model is benchmarked yet: the dense and Switch baselines are shipped, the "
+                "searched models are in training (issue #25)._")
+    dense = next((r for r in run if r["model"] == r["baseline"] and not r.get("shortlist")), None)
+    switch = next((r for r in run if r["family"] == "switch" and not r.get("shortlist")), None)
+    lines = []
+    for a in models:
+        listed = next((r for r in run if r["model"] == a["model"] and r.get("shortlist")), None)
+        text = f"- **`{a['model']}`**: BLEU {a['bleu']:.2f}"
+        if dense:
+            text += f" against the dense baseline's {dense['bleu']:.2f}, **{dense['median_ms'] / a['median_ms']:.2f}x faster**"
+        if listed and dense:
+            text += (f" ({dense['median_ms'] / listed['median_ms']:.2f}x with its lexical shortlist, "
+                     f"BLEU {listed['bleu']:.2f})")
+        if switch:
+            text += (f"; the Switch baseline: BLEU {switch['bleu']:.2f}, {switch['median_ms'] / a['median_ms']:.2f}x "
+                     "slower than it")
+        lines.append(text + ".")
+    r0 = models[0]
+    return ("\n".join(lines) + f"\n\nONNX Runtime int8, 1 thread, batch 1, beam 4, {r0['sentences']} test sentences "
+            f"(Acts), {r0['cpu']}; all models in one `automoe bench` run. The whole comparison: "
+            "[below](#the-comparison-searched-moe-vs-dense-vs-switch).")
+
+
 def _mark(ok: bool) -> str:
     return "yes" if ok else "**no**"
 
@@ -656,7 +688,7 @@ def memory_floor_table() -> str:
                                f"commit {_commits(run)}.")
 
 
-TABLES = {"comparison": comparison_table, "recipes": recipes_table, "supernets": supernets_table, "search_methods": search_methods_table, "darts_memory": darts_memory, "mos_cost": mos_cost, "models": models_table, "search": search_table, "predictor": predictor_table, "engines": engines_table,
+TABLES = {"headline": headline, "comparison": comparison_table, "recipes": recipes_table, "supernets": supernets_table, "search_methods": search_methods_table, "darts_memory": darts_memory, "mos_cost": mos_cost, "models": models_table, "search": search_table, "predictor": predictor_table, "engines": engines_table,
           "load_demo": load_demo_table, "moe_summary": moe_summary_table, "moe_overhead": moe_overhead_table,
           "moe_overhead_scale": lambda: moe_overhead_table(random=True), "moe_overhead_beam": moe_overhead_beam_table,
           "moe_forms": moe_forms_table, "moe_dispatch_parts": moe_dispatch_parts_table,

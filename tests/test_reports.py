@@ -516,3 +516,24 @@ def test_proof_goals_compare_each_automoe_model_with_baselines_decoded_alike():
     assert listed.startswith("| `automoe-small-bible-third + shortlist` | 5.00x, -1.00 BLEU: **no** | no Switch run |")
     assert "no HAT model of this budget (`*-third`)" in listed
     assert report.proof_goals([rec("dense-small-bible", "dense", 40.0, 19.0)]) == ""
+
+
+def test_headline_states_each_searched_model_against_dense_and_switch(tmp_path, monkeypatch):
+    import json
+
+    import report
+
+    def rec(model, family, ms, bleu, shortlist=False, engine="onnxruntime-int8"):
+        return {"benchmark": "bench", "run_id": "r1", "model": model, "family": family, "engine": engine, "threads": 1,
+                "shortlist": shortlist, "median_ms": ms, "bleu": bleu, "baseline": "dense", "sentences": 1007,
+                "cpu": "AMD EPYC"}
+
+    monkeypatch.setattr(report, "RESULTS", tmp_path)
+    assert "No searched MoE model" in report.headline()
+    run = [rec("dense", "dense", 40.0, 19.0), rec("switch", "switch", 36.0, 17.5), rec("moe-third", "automoe", 10.0, 18.6),
+           rec("moe-third", "automoe", 8.0, 18.4, shortlist=True), rec("moe-third", "automoe", 1.0, 1.0, engine="torch")]
+    (tmp_path / "bench.jsonl").write_text("".join(json.dumps(r) + "\n" for r in run))
+    text = report.headline()
+    assert ("- **`moe-third`**: BLEU 18.60 against the dense baseline's 19.00, **4.00x faster** (5.00x with its "
+            "lexical shortlist, BLEU 18.40); the Switch baseline: BLEU 17.50, 3.60x slower than it.") in text
+    assert "1007 test sentences" in text and text.count("- **") == 1
