@@ -99,7 +99,7 @@ def _eval_table(records: list[dict]) -> str:
 
 def _bench_section(records: list[dict]) -> str:
     """The card's speed section from the model's records of the last `automoe bench` run."""
-    from .bench import last_run
+    from .bench_results import last_run
 
     run = last_run(records)
     if not run:

@@ -21,7 +21,7 @@ def _int_list(text: str) -> tuple[int, ...]:
 def cmd_bench(args: argparse.Namespace) -> int:
     """Benchmark models together: test BLEU/chrF, latency (batch 1, beam 4) and throughput on each engine,
     models interleaved in one run; speedup vs the dense baseline; writes JSONL, a Markdown table and plots."""
-    from . import bench
+    from . import bench, bench_results
 
     engines = tuple(e.strip() for e in args.engines.split(",") if e.strip())
     for name in engines:
@@ -33,15 +33,15 @@ def cmd_bench(args: argparse.Namespace) -> int:
         records = bench.throughput(args.models, args.data, engines=engines, threads=args.threads,
                                    batches=args.batches, sentences=sentences or 96, beam=args.beam,
                                    progress=not args.no_progress)
-        path = bench.append_records(Path(args.results_dir) / f"{args.out}.jsonl", records)
-        print(bench.throughput_table(records))
+        path = bench_results.append_records(Path(args.results_dir) / f"{args.out}.jsonl", records)
+        print(bench_results.throughput_table(records))
         print(f"jsonl: {path}")
         return 0
     records = bench.bench(args.models, args.data, engines=engines, threads=args.threads, sentences=sentences,
                           warmup=args.warmup, beam=args.beam, throughput_batch=args.throughput_batch,
                           baseline=args.baseline, shortlist=args.shortlist, progress=not args.no_progress)
-    paths = bench.write_outputs(records, args.results_dir, args.out, plots=not args.no_plots)
-    print(bench.markdown_table(records))
+    paths = bench_results.write_outputs(records, args.results_dir, args.out, plots=not args.no_plots)
+    print(bench_results.markdown_table(records))
     for kind, path in paths.items():
         print(f"{kind}: {path}")
     return 0

@@ -10,7 +10,7 @@ import statistics
 from pathlib import Path
 
 from automoe.artifacts import git_commit  # noqa: F401  (re-exported: the scripts' provenance)
-from automoe.bench import append_records as append_jsonl  # noqa: F401  (re-exported)
+from automoe.bench_results import append_records as append_jsonl  # noqa: F401  (re-exported)
 from automoe.bench import cpu_name, percentile, run_environment  # noqa: F401  (re-exported)
 
 RESULTS = Path(__file__).parent / "results"

@@ -474,7 +474,7 @@ def predictor_table() -> str:
 
 def comparison_table() -> str:
     """The proof table: the last full `automoe bench` run over the shipped models (results/bench.jsonl)."""
-    from automoe.bench import last_run, markdown_table
+    from automoe.bench_results import last_run, markdown_table
 
     run = last_run(_read("bench"))
     if not run:
@@ -490,7 +490,7 @@ def comparison_table() -> str:
 def headline() -> str:
     """The README's first result: each searched MoE model of the last bench run against the dense
     and Switch baselines on ONNX Runtime int8, 1 thread (with its shortlist where measured)."""
-    from automoe.bench import last_run
+    from automoe.bench_results import last_run
 
     run = [r for r in last_run(_read("bench")) if r["engine"] == "onnxruntime-int8" and r["threads"] == 1
            and "skipped" not in r]
@@ -528,7 +528,7 @@ def proof_goals(run: list[dict], engine: str = "onnxruntime-int8") -> str:
     baselines decoded the same way (same engine, threads and shortlist setting): at least 4x faster
     than dense with BLEU at most 0.5 below; within 1 BLEU of Switch and at least 3x faster; against
     the HAT model of the same budget (same name suffix), 0.5 BLEU better or 20% fewer GFLOPs."""
-    from automoe.bench import label
+    from automoe.bench_results import label
 
     rows = [r for r in run if r["engine"] == engine and "skipped" not in r]
     lines = []
@@ -647,7 +647,7 @@ def mos_cost() -> str:
 def throughput_table() -> str:
     """Sentences/s per batch size of the latest throughput run (benchmarks/throughput.py)."""
     sys.path.insert(0, str(ROOT))
-    from automoe.bench import throughput_table as table
+    from automoe.bench_results import throughput_table as table
 
     runs = [r for r in _read("throughput") if r.get("benchmark") == "throughput"]
     run = [r for r in runs if r.get("run_id") == runs[-1].get("run_id")] if runs else []

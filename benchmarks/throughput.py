@@ -136,7 +136,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", default=str(RESULTS / "throughput.jsonl"))
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
-    from automoe import bench
+    from automoe import bench, bench_results
     from automoe.evaluate import read_split
 
     env = environment()
@@ -152,7 +152,7 @@ def main(argv: list[str] | None = None) -> int:
                                     threads=tuple(int(t) for t in args.threads.split(",")),
                                     batches=tuple(int(b) for b in args.batches.split(",")),
                                     sentences=args.sentences, beam=args.beam)
-        print(bench.throughput_table(records))
+        print(bench_results.throughput_table(records))
     append_jsonl(args.out, records)
     print(f"appended {len(records)} records to {args.out}")
     return 0

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from automoe import bench
+from automoe import bench, bench_results
 from automoe.card import read_records
 from automoe.cli import main
 from automoe.config import ConfigError, SearchSpace
@@ -68,7 +68,7 @@ def test_bench_records_table_and_plots(models, tmp_path):
             assert r["throughput_sps"] > 0 and 0 <= r["bleu"] <= 100 and "nrefs:1" in r["bleu_signature"]
     assert by_key[("switch", "torch")]["active_params"] < by_key[("switch", "torch")]["total_params"]
 
-    paths = bench.write_outputs(records, tmp_path / "results", "tiny")
+    paths = bench_results.write_outputs(records, tmp_path / "results", "tiny")
     lines = paths["jsonl"].read_text().splitlines()
     assert [json.loads(line) for line in lines] == records
     table = paths["table"].read_text()
@@ -76,13 +76,13 @@ def test_bench_records_table_and_plots(models, tmp_path):
     for key in ("latency_plot", "gflops_plot"):
         assert paths[key].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     # a second run appends; the table of the file's last run is that run only
-    bench.append_records(paths["jsonl"], [dict(r, run_id="second") for r in records[:2]])
-    assert [r["run_id"] for r in bench.last_run(read_records(paths["jsonl"]))] == ["second", "second"]
+    bench_results.append_records(paths["jsonl"], [dict(r, run_id="second") for r in records[:2]])
+    assert [r["run_id"] for r in bench_results.last_run(read_records(paths["jsonl"]))] == ["second", "second"]
 
 
 def test_pareto_front():
     points = [(10, 20.0), (5, 18.0), (7, 17.0), (20, 19.0), (3, 10.0), (5, 12.0)]
-    assert bench.pareto_front(points) == [(3, 10.0), (5, 18.0), (10, 20.0)]
+    assert bench_results.pareto_front(points) == [(3, 10.0), (5, 18.0), (10, 20.0)]
 
 
 def test_cli(models, tmp_path, capsys):
@@ -117,5 +117,5 @@ def test_shortlist_variant_records_its_cost_and_speedup(models, tmp_path):
     assert by_key[("dense", False)]["speedup"] == 1.0  # the reference is the dense model without a shortlist
     assert listed["speedup"] == listed["shortlist_speedup"]
     assert "automoe shortlist build" in by_key[("moe", True)]["skipped"]
-    table = bench.markdown_table(records)
+    table = bench_results.markdown_table(records)
     assert "`dense + shortlist`" in table and "own speedup / BLEU cost" in table

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from automoe import bench
+from automoe import bench, bench_results
 from automoe.cli import main
 from automoe.config import ConfigError, SearchSpace
 from automoe.random_model import save_random_model
@@ -36,7 +36,7 @@ def test_throughput_records_and_table(models, tmp_path, monkeypatch):
             r = by_key[(model, "torch", batch)]
             assert r["benchmark"] == "throughput" and r["threads"] == 1 and r["sentences"] == 5
             assert r["sentences_per_s"] > 0 and r["tokens_per_s"] > 0 and r["same_as_batch_1"] == 1.0
-    table = bench.throughput_table(records)
+    table = bench_results.throughput_table(records)
     assert "batch 3: sent/s (tok/s)" in table and "`moe` | torch | 1 |" in table and "100%" in table
     with pytest.raises(ConfigError, match="batches"):
         bench.throughput(list(models.values()), DATA, batches=(0,))

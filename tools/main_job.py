@@ -48,7 +48,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--sentences", type=int, default=300, help="test sentences benchmarked (default 300: --quick)")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    from automoe import bench
+    from automoe import bench, bench_results
     from automoe.serve import Translator
 
     start = time.perf_counter()
@@ -60,8 +60,8 @@ def main(argv: list[str] | None = None) -> int:
           "sentences, models interleaved (exports are made once and cached)")
     records = bench.bench([m.folder for m in models], data, engines=ENGINES, threads=(1,), sentences=args.sentences,
                           baseline=base.name)
-    paths = bench.write_outputs(records, args.out, "bench-quick")
-    print(bench.markdown_table(records))
+    paths = bench_results.write_outputs(records, args.out, "bench-quick")
+    print(bench_results.markdown_table(records))
     print(f"\nplots: {paths['latency_plot']}  {paths['gflops_plot']}\nrecords: {paths['jsonl']}")
 
     fast = pick_fast_model(records, ENGINES[0])

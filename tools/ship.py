@@ -19,7 +19,8 @@ import shutil
 import sys
 from pathlib import Path
 
-from automoe.bench import append_records, run_environment
+from automoe.bench import run_environment
+from automoe.bench_results import append_records
 
 RESULTS = Path(__file__).resolve().parent.parent / "benchmarks" / "results"
 EVAL = RESULTS / "eval.jsonl"
