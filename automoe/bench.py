@@ -21,7 +21,8 @@ scripts share:
 - Cost: analytic GFLOPs and active/total parameters (`automoe.search.flops`).
 
 Results are data: one JSONL record per model x engine x threads (with the CPU name and git
-commit), a Markdown table and PNG plots (BLEU vs latency with the Pareto front, BLEU vs GFLOPs).
+commit); `automoe.bench_results` appends them to a results file and makes the Markdown table and
+PNG plots (BLEU vs latency with the Pareto front, BLEU vs GFLOPs).
 """
 
 from __future__ import annotations
