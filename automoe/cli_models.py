@@ -19,7 +19,7 @@ def _load_eval_model(args: argparse.Namespace):
     folder = Path(args.model)
     if (folder / "supernet.safetensors").exists():
         from .extract import extract_subnet
-        from .train import load_supernet
+        from .supernet_folder import load_supernet
 
         if not args.arch:
             raise ConfigError(f"{folder} is a supernet run: pass --arch (largest, smallest or an ArchConfig JSON)")

@@ -107,7 +107,7 @@ def cmd_search_run(args: argparse.Namespace) -> int:
 def cmd_extract(args: argparse.Namespace) -> int:
     """Extract a subnet of a trained supernet into a standalone model folder."""
     from .extract import extract_subnet
-    from .train import load_supernet
+    from .supernet_folder import load_supernet
 
     supernet = load_supernet(args.supernet)
     arch = _arch_from_arg(supernet.space, args.arch)

@@ -289,3 +289,22 @@ class MoETransformer(nn.Module, HubMixin):
         )
         aux = (encoded.aux_loss + dec_aux) * self._aux_norm
         return Seq2SeqOutput(logits, aux, encoded.routing, dec_routing)
+
+
+# ------------------------------------------------------------------------------------ losses
+
+def label_smoothed_nll(logits: torch.Tensor, target: torch.Tensor, epsilon: float, pad_id: int
+                       ) -> tuple[torch.Tensor, torch.Tensor, int]:
+    """Summed label-smoothed cross-entropy (Szegedy et al. 2016; fairseq's formulation):
+
+        loss = (1 - eps) * nll + eps / V * sum_v -log p(v)
+
+    over non-padding target positions. logits [B, T, V], target [B, T].
+    Returns (smoothed loss sum, nll sum, number of target tokens).
+    """
+    logp = logits.float().log_softmax(dim=-1)  # [B, T, V]
+    mask = target.ne(pad_id)  # [B, T]
+    nll = -logp.gather(-1, target.unsqueeze(-1)).squeeze(-1)  # [B, T]
+    smooth = -logp.mean(dim=-1)  # [B, T]
+    loss = (1.0 - epsilon) * nll + epsilon * smooth
+    return loss[mask].sum(), nll[mask].sum(), int(mask.sum())

@@ -33,32 +33,14 @@ import torch.distributed as dist
 
 from . import data as data_lib
 from .artifacts import git_commit, sha256_file, truncate_jsonl
-from .checkpoint import load_optimizer_tensors, load_state_dict, optimizer_tensors, save_state_dict
+from .checkpoint import load_optimizer_tensors, load_state_dict, optimizer_tensors
 from .config import ArchConfig, SearchSpace, TrainConfig
-from .modeling import MoETransformer
-from .supernet import SuperTransformer, WeightSharing, build_supernet
+from .modeling import MoETransformer, label_smoothed_nll
+from .supernet import WeightSharing, build_supernet
+from .supernet_folder import SHARING_FILE, load_supernet, read_sharing, save_supernet
 
 logger = logging.getLogger(__name__)
 CHECKPOINT = "checkpoint.safetensors"
-
-
-# ------------------------------------------------------------------------------------ losses
-
-def label_smoothed_nll(logits: torch.Tensor, target: torch.Tensor, epsilon: float, pad_id: int
-                       ) -> tuple[torch.Tensor, torch.Tensor, int]:
-    """Summed label-smoothed cross-entropy (Szegedy et al. 2016; fairseq's formulation):
-
-        loss = (1 - eps) * nll + eps / V * sum_v -log p(v)
-
-    over non-padding target positions. logits [B, T, V], target [B, T].
-    Returns (smoothed loss sum, nll sum, number of target tokens).
-    """
-    logp = logits.float().log_softmax(dim=-1)  # [B, T, V]
-    mask = target.ne(pad_id)  # [B, T]
-    nll = -logp.gather(-1, target.unsqueeze(-1)).squeeze(-1)  # [B, T]
-    smooth = -logp.mean(dim=-1)  # [B, T]
-    loss = (1.0 - epsilon) * nll + epsilon * smooth
-    return loss[mask].sum(), nll[mask].sum(), int(mask.sum())
 
 
 def lr_at(update: int, cfg: TrainConfig) -> float:
@@ -430,50 +412,6 @@ def _previous_training(info_file: Path) -> dict | None:
     info = json.loads(info_file.read_text())
     keys = ("data", "data_manifest_sha256", "updates", "tokens_seen", "wall_seconds", "git_commit", "previous")
     return {k: info.get(k) for k in keys}
-
-
-SHARING_FILE = "weight_sharing.json"
-
-
-def save_supernet(supernet: SuperTransformer, run_dir: str | Path) -> None:
-    """Write a supernet folder's weights and description: `supernet.safetensors`, `space.json`
-    and `weight_sharing.json` (its kind, and E and H for a Mixture-of-Supernets)."""
-    run_dir = Path(run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    save_state_dict(supernet.weights(), run_dir / "supernet.safetensors")
-    supernet.space.save(run_dir / "space.json")
-    supernet.sharing.save(run_dir / SHARING_FILE)
-
-
-def read_sharing(run_dir: str | Path) -> WeightSharing:
-    """The weight sharing recorded in a supernet folder; prefix for folders written before it was."""
-    from .config import ConfigError
-
-    path = Path(run_dir) / SHARING_FILE
-    if not path.is_file():
-        return WeightSharing()
-    try:
-        return WeightSharing.load(path)
-    except (ConfigError, TypeError) as e:
-        raise ConfigError(f"{path}: {e}") from e
-
-
-def load_supernet(run_dir: str | Path) -> SuperTransformer:
-    """Load a supernet folder written by `save_supernet` (strict): the class and its size come
-    from `weight_sharing.json`, the space from `space.json`."""
-    from .checkpoint import CheckpointError
-
-    run_dir = Path(run_dir)
-    space = SearchSpace.load(run_dir / "space.json")
-    sharing = read_sharing(run_dir)
-    supernet = build_supernet(space, sharing)
-    weights = run_dir / "supernet.safetensors"
-    state = load_state_dict(weights)
-    if sharing.kind == "prefix" and any(k.startswith("arch_router.") for k in state):
-        raise CheckpointError(f"{weights} holds a Mixture-of-Supernets (arch_router tensors) but "
-                              f"{run_dir / SHARING_FILE} is missing: copy it from the training run folder")
-    supernet.load_weights(state, str(weights))
-    return supernet.eval()
 
 
 def training_recipe(data_dir: str | Path, init_from: str | Path | None) -> str:

@@ -372,7 +372,7 @@ def forms(p: argparse.ArgumentParser, args: argparse.Namespace) -> dict:
     from automoe.export import kernel
     from automoe.export.onnx import export_graphs, fix_custom_op_shapes, quantize_int8, to_onnx
     from automoe.serve import Translator
-    from automoe.train import load_supernet
+    from automoe.supernet_folder import load_supernet
 
     supernet = load_supernet(args.supernet)
     width = args.width or max(supernet.space.ffn_dims)
@@ -439,7 +439,7 @@ def bleu(p: argparse.ArgumentParser, args: argparse.Namespace) -> dict:
     from automoe.evaluate import corpus_scores, read_split
     from automoe.export.onnx import MOE_DISPATCHES, to_onnx
     from automoe.serve import Translator
-    from automoe.train import load_supernet
+    from automoe.supernet_folder import load_supernet
 
     supernet = load_supernet(args.supernet)
     width = args.width or max(supernet.space.ffn_dims)

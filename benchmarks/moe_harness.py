@@ -216,7 +216,7 @@ def load_weights(args: argparse.Namespace):
     from automoe.config import SearchSpace
     from automoe.data import load_tokenizer
     from automoe.supernet import SuperTransformer
-    from automoe.train import load_supernet
+    from automoe.supernet_folder import load_supernet
 
     if args.supernet:
         return load_supernet(args.supernet), {"supernet": str(args.supernet)}

@@ -61,7 +61,7 @@ def update(task, optimizer, batch: dict, pad_id: int, cfg, number: int) -> tuple
     """(wall, CPU) seconds of one supernet update (every subnet of `task.archs(number)`, clip, Adam step)."""
     import torch
 
-    from automoe.train import label_smoothed_nll
+    from automoe.modeling import label_smoothed_nll
 
     start, cpu = time.perf_counter(), time.process_time()
     optimizer.zero_grad(set_to_none=True)

@@ -86,7 +86,7 @@ def main(argv: list[str] | None = None) -> int:
     from automoe.evaluate import read_split
     from automoe.extract import extract_subnet
     from automoe.search.run import supernet_fitness
-    from automoe.train import load_supernet
+    from automoe.supernet_folder import load_supernet
 
     torch.set_num_threads(1)
     supernet = load_supernet(args.supernet)

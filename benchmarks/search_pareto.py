@@ -95,7 +95,7 @@ def main(argv: list[str] | None = None) -> int:
     from automoe.search.latency import LatencyPredictor
     from automoe.search.run import run_search
     from automoe.serve import Translator
-    from automoe.train import load_supernet
+    from automoe.supernet_folder import load_supernet
 
     supernet = load_supernet(args.supernet)
     tokenizer = load_tokenizer(Path(args.supernet) / "spm.model")

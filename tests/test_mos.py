@@ -16,7 +16,7 @@ from automoe.cli import main
 from automoe.config import ConfigError, SearchSpace
 from automoe.mos import MixtureOfSupernets, arch_encoding, encoding_names
 from automoe.supernet import SuperTransformer, WeightSharing, build_supernet
-from automoe.train import load_supernet, save_supernet
+from automoe.supernet_folder import load_supernet, save_supernet
 from contracts import assert_extraction_exact
 
 DATA = Path(__file__).parent / "data" / "bible-en-de"

@@ -15,7 +15,9 @@ import torch
 from safetensors.torch import load_file
 
 from automoe.config import SearchSpace, TrainConfig
-from automoe.train import label_smoothed_nll, load_supernet, lr_at, train_model, train_supernet
+from automoe.modeling import label_smoothed_nll
+from automoe.supernet_folder import load_supernet
+from automoe.train import lr_at, train_model, train_supernet
 
 DATA = Path(__file__).parent / "data" / "bible-en-de"
 SPACE = dataclasses.replace(SearchSpace.preset("tiny"), vocab_size=1000)

@@ -47,7 +47,7 @@ def ship_supernet(run_dir: Path, out: Path, data: str, beam: int, limit: int | N
     from automoe.checkpoint import load_state_dict, save_state_dict
     from automoe.data import load_tokenizer
     from automoe.extract import extract_subnet
-    from automoe.train import load_supernet
+    from automoe.supernet_folder import load_supernet
 
     out.mkdir(parents=True, exist_ok=True)
     save_state_dict(load_state_dict(run_dir / "supernet.safetensors"), out / "supernet.safetensors", dtype=torch.float16)

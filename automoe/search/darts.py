@@ -38,7 +38,6 @@ The relaxed network itself is `darts_supernet.DartsSupernet`; the search on a da
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import logging
 import math
 from dataclasses import dataclass

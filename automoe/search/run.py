@@ -53,7 +53,7 @@ def latency_table(space: SearchSpace, out: str | Path, *, samples: int, sentence
         return out
     supernet = None
     if supernet_dir is not None:
-        from ..train import load_supernet
+        from ..supernet_folder import load_supernet
 
         supernet = load_supernet(supernet_dir)
     if isinstance(reference, str):
@@ -192,7 +192,7 @@ def supernet_fitness(supernet, data_dir: str | Path, *, sentences: int = 200, ma
     on CPU here, with NLLs within 1e-4 of fp32 (measured on three subnets of `small`).
     """
     from .. import data as data_lib
-    from ..train import label_smoothed_nll
+    from ..modeling import label_smoothed_nll
 
     folder = Path(data_dir)
     sp = data_lib.load_tokenizer(folder)
@@ -221,7 +221,7 @@ _WORKER_FITNESS: Callable[[ArchConfig], float] | None = None
 def _init_worker(supernet_dir: str, data_dir: str, sentences: int, threads: int) -> None:
     """Process-pool initializer: each worker loads the supernet and its dev batches once."""
     global _WORKER_FITNESS
-    from ..train import load_supernet
+    from ..supernet_folder import load_supernet
 
     torch.set_num_threads(threads)
     _WORKER_FITNESS = supernet_fitness(load_supernet(supernet_dir), data_dir, sentences=sentences)
@@ -281,7 +281,7 @@ def run_search(supernet_dir: str | Path, data_dir: str | Path, out_dir: str | Pa
     `best_info.json` (its fitness, cost and the search's own cost: wall and CPU seconds summed over
     resumed segments, CPU of this process only, so fitness workers are not counted).
     """
-    from ..train import load_supernet
+    from ..supernet_folder import load_supernet
 
     if latency_ms is None and gflops is None:
         raise ValueError("give a budget: latency_ms (with a predictor) and/or gflops")
