@@ -46,11 +46,14 @@ def _set_offline(monkeypatch, offline: bool) -> None:
 
 
 @pytest.fixture
-def hub(monkeypatch, tmp_path):
-    """A loopback Hub; HF_ENDPOINT/HF_TOKEN point at it, online mode, an empty default cache."""
+def hub(monkeypatch, tmp_path, request):
+    """A loopback Hub; HF_ENDPOINT/HF_TOKEN point at it, online mode, an empty default cache.
+    Requests of up to 64 MB, or the size a test names with `@pytest.mark.hub_body_mb(N)`."""
     import huggingface_hub.constants as hf_constants
 
-    with HubServer(token=TOKEN, max_lifetime_s=120) as server:
+    mark = request.node.get_closest_marker("hub_body_mb")
+    limit = (mark.args[0] if mark else 64) << 20
+    with HubServer(token=TOKEN, max_lifetime_s=120, max_body_bytes=limit) as server:
         monkeypatch.setenv("HF_ENDPOINT", server.url)
         monkeypatch.setenv("HF_TOKEN", TOKEN)
         monkeypatch.setenv("HF_HUB_DISABLE_TELEMETRY", "1")
@@ -195,3 +198,24 @@ def test_pulled_files_are_verified(hub, tmp_path, monkeypatch):
     (folder / "spm.model").write_bytes(b"not a tokenizer")
     with pytest.raises(IntegrityError, match="spm.model is corrupt or was changed"):
         push(folder, "automoe/tiny")
+
+
+SHIPPED = sorted(d for d in (Path(__file__).resolve().parents[1] / "models").iterdir()
+                 if (d / "config.json").is_file() and (d / "model.safetensors").is_file())
+
+
+@pytest.mark.hub_body_mb(256)  # the loopback takes files inline (no LFS): a 91 MB model is one 122 MB request
+@pytest.mark.parametrize("folder", SHIPPED, ids=[d.name for d in SHIPPED])
+def test_every_shipped_model_folder_pushes_and_pulls_as_it_is(hub, tmp_path, folder):
+    """Each model folder in models/ goes to the Hub and comes back byte for byte, card, shortlist
+    and all, and translates the same from the repo id as from the folder."""
+    repo = f"automoe/{folder.name}"
+    push(folder, repo)
+    pulled = pull(repo, cache_dir=tmp_path / "cache")
+    files = sorted(p.relative_to(folder) for p in folder.rglob("*") if p.is_file())
+    assert sorted(p.relative_to(pulled) for p in pulled.rglob("*") if p.is_file()) == files
+    for name in files:
+        assert (pulled / name).read_bytes() == (folder / name).read_bytes(), name
+    kw = {"beam": 1, "max_length": 8}
+    assert Translator.from_pretrained(repo).translate(SENTENCES, **kw) == \
+        Translator.from_pretrained(folder).translate(SENTENCES, **kw)
