@@ -23,7 +23,9 @@ import time
 from pathlib import Path
 
 from .routing_view import WIDTH_HEADERS, routing_html, width_rows
-from .translator import ENGINES, Translator, visible
+from automoe.bench import ENGINES, parse_engine
+
+from .translator import Translator, visible
 
 logger = logging.getLogger(__name__)
 
@@ -61,11 +63,13 @@ def _experts_summary(arch) -> str:
 
 
 def available_engines() -> tuple[str, ...]:
-    """The Translator engines whose runtime is installed (torch always; others when their package,
-    named like the engine, e.g. onnxruntime or ctranslate2, can be imported)."""
+    """The engine choices, named as `automoe bench` names them: torch always, and each runtime
+    whose package (onnxruntime, ctranslate2) can be imported, in fp32 and int8 ("onnxruntime-int8",
+    the shipped CPU setting)."""
     import importlib.util
 
-    return tuple(e for e in ENGINES if e == "torch" or importlib.util.find_spec(e) is not None)
+    return tuple(e for e in ENGINES if parse_engine(e)[0] == "torch"
+                 or importlib.util.find_spec(parse_engine(e)[0]) is not None)
 
 
 def _skip_note(path: Path) -> str | None:
@@ -203,9 +207,10 @@ class DemoBackend:
         with self._lock:
             if key not in self._cache:
                 start = time.perf_counter()
+                runtime, quantize = parse_engine(engine)
                 try:
-                    tr = Translator.from_pretrained(self.models[name], engine=engine, threads=self.threads,
-                                                    shortlist=bool(shortlist))
+                    tr = Translator.from_pretrained(self.models[name], engine=runtime, quantize=quantize,
+                                                    threads=self.threads, shortlist=bool(shortlist))
                 except Exception as e:  # shown to the user, not a crash (e.g. no shortlist.safetensors)
                     what = f"engine {engine!r}" + (" and its lexical shortlist" if shortlist else "")
                     raise InputError(f"could not load model {name!r} with {what}: {e}") from e
@@ -420,7 +425,7 @@ def build_app(models, default: str | None = None, *, data_dir: str | Path | None
                 c_source = gr.Textbox(label="English", lines=3, max_length=max_chars + 1, elem_id="compare-input",
                                       scale=3)
                 with gr.Column(scale=1):
-                    c_engine = gr.Dropdown(list(be.engines), value=engine0, label="Engine")
+                    c_engine = gr.Dropdown(list(be.engines), value=engine0, label="Engine", elem_id="compare-engine")
                     c_beam = gr.Slider(1, 8, value=be.default_beam, step=1, label="Beam size")
             c_button = gr.Button("Compare models", variant="primary", elem_id="compare-btn")
             c_table = gr.Dataframe(headers=COMPARE_HEADERS, datatype=["str", "str", "str", "number", "str", "str"],

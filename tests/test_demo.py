@@ -84,7 +84,7 @@ def test_app_config(app, models):
     # the demo opens on the AutoMoE model when one is shipped
     assert be.model_choices() == ["dense-tiny", "automoe-tiny"] and be.default == "automoe-tiny"
     assert be.moe_models() == ["automoe-tiny"]
-    from automoe.serve.translator import ENGINES
+    from automoe.bench import ENGINES
 
     assert be.engines[0] == "torch" and set(be.engines) <= set(ENGINES) and be.threads == 1
     from automoe.serve.app import load_examples, model_kind
@@ -114,6 +114,15 @@ def test_translate_endpoint(client, models):
 
     german, ms, _ = client.predict("x" * 1200, "dense-tiny", "torch", 4, api_name="/translate")
     assert "1200 characters long" in german and ms is None
+
+
+def test_translate_on_the_int8_export(client, models, tmp_path, monkeypatch):
+    """The int8 engines the package ships for CPU are choices of the demo, named as the bench names them."""
+    monkeypatch.setenv("AUTOMOE_CACHE", str(tmp_path / "cache"))
+    german, ms, status = client.predict(SENTENCE, "automoe-tiny", "onnxruntime-int8", 2, api_name="/translate")
+    expected = Translator.from_pretrained(models["automoe-tiny"], engine="onnxruntime", quantize="int8").translate(
+        [SENTENCE], beam=2)[0]
+    assert german == expected and ms > 0 and "onnxruntime-int8" in status
 
 
 def test_translate_with_shortlist(client, models):
