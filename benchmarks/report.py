@@ -637,6 +637,14 @@ def darts_memory() -> str:
     return darts_memory_table()
 
 
+def decode_profile() -> str:
+    """Where the int8 beam graph's time goes, by part of the model (decode_profile.jsonl)."""
+    from decode_profile import table
+
+    run = _last_run(_read("decode_profile"), "benchmark")
+    return table(run) if run else "_No decode profile yet (benchmarks/decode_profile.py)._"
+
+
 def mos_cost() -> str:
     """Training cost of each weight-sharing kind (mos_cost.jsonl, benchmarks/mos_cost.py)."""
     from mos_cost import table
@@ -688,7 +696,7 @@ def memory_floor_table() -> str:
                                f"commit {_commits(run)}.")
 
 
-TABLES = {"headline": headline, "comparison": comparison_table, "recipes": recipes_table, "supernets": supernets_table, "search_methods": search_methods_table, "darts_memory": darts_memory, "mos_cost": mos_cost, "models": models_table, "search": search_table, "predictor": predictor_table, "engines": engines_table,
+TABLES = {"headline": headline, "comparison": comparison_table, "recipes": recipes_table, "supernets": supernets_table, "search_methods": search_methods_table, "darts_memory": darts_memory, "mos_cost": mos_cost, "decode_profile": decode_profile, "models": models_table, "search": search_table, "predictor": predictor_table, "engines": engines_table,
           "load_demo": load_demo_table, "moe_summary": moe_summary_table, "moe_overhead": moe_overhead_table,
           "moe_overhead_scale": lambda: moe_overhead_table(random=True), "moe_overhead_beam": moe_overhead_beam_table,
           "moe_forms": moe_forms_table, "moe_dispatch_parts": moe_dispatch_parts_table,

@@ -537,3 +537,17 @@ def test_headline_states_each_searched_model_against_dense_and_switch(tmp_path, 
     assert ("- **`moe-third`**: BLEU 18.60 against the dense baseline's 19.00, **4.00x faster** (5.00x with its "
             "lexical shortlist, BLEU 18.40); the Switch baseline: BLEU 17.50, 3.60x slower than it.") in text
     assert "1007 test sentences" in text and text.count("- **") == 1
+
+
+def test_decode_profile_puts_each_node_in_one_part():
+    from decode_profile import part_of
+
+    vocab = 8000
+    assert part_of("DynamicQuantizeMatMul", "/MatMul_quant_kernel_time", [[4, 1, 8000]], vocab) == "output projection"
+    assert part_of("MatMulIntegerToFloat", "/encoder_layers.0/self_attn/q_proj/MatMul_quant", [[1, 9, 256]], vocab) \
+        == "encoder"
+    assert part_of("MatMulIntegerToFloat", "/k_proj_2/MatMul_quant", [[1, 9, 384]], vocab) == "attention"
+    assert part_of("Softmax", "/decoder_layers.1/cross_attn/Softmax", [[4, 4, 1, 9]], vocab) == "attention"
+    assert part_of("AutomoeMoE", "/decoder_layers.0/ffn/moe", [[4, 1, 384]], vocab) == "FFN / MoE"
+    assert part_of("SkipLayerNormalization", "SkipLayerNormalization_token_2", [[4, 1, 384]], vocab) == "norms"
+    assert part_of("Cast", "/Cast_1", [[4, 1]], vocab) == "other nodes"
