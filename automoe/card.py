@@ -104,13 +104,19 @@ def _bench_section(records: list[dict]) -> str:
     run = last_run(records)
     if not run:
         return ""
-    rows = ["| engine | threads | median ms / sentence | p90 ms | speedup vs dense | BLEU | chrF |",
-            "|---|---:|---:|---:|---:|---:|---:|"]
+    rows = ["| engine | threads | decoding | median ms / sentence | p90 ms | speedup vs dense | BLEU | chrF |",
+            "|---|---:|---|---:|---:|---:|---:|---:|"]
+    skipped = {(r["engine"], r["threads"]) for r in run if "skipped" in r and not r.get("shortlist")}
     for r in run:
+        listed = bool(r.get("shortlist"))
+        if listed and "skipped" in r and (r["engine"], r["threads"]) in skipped:
+            continue  # the engine cannot run the model at all: said once, on the full-vocabulary row
+        decoding = (f"lexical shortlist ({r['shortlist_size']:.0f} pieces per sentence on average)"
+                    if listed and "shortlist_size" in r else "lexical shortlist" if listed else "full vocabulary")
         if "skipped" in r:
-            rows.append(f"| {r['engine']} | {r['threads']} | skipped: {r['skipped']} | | | | |")
+            rows.append(f"| {r['engine']} | {r['threads']} | {decoding} | skipped: {r['skipped']} | | | | |")
         else:
-            rows.append(f"| {r['engine']} | {r['threads']} | {r['median_ms']:.1f} | {r['p90_ms']:.1f} | "
+            rows.append(f"| {r['engine']} | {r['threads']} | {decoding} | {r['median_ms']:.1f} | {r['p90_ms']:.1f} | "
                         f"{r['speedup']:.2f}x | {r['bleu']:.2f} | {r['chrf']:.2f} |")
     r0 = run[0]
     return (f"\n## Speed (`automoe bench`)\n\n{r0['cpu']}, batch 1, beam {r0['beam']}, {r0['sentences']} test sentences, "

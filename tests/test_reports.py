@@ -551,3 +551,19 @@ def test_decode_profile_puts_each_node_in_one_part():
     assert part_of("AutomoeMoE", "/decoder_layers.0/ffn/moe", [[4, 1, 384]], vocab) == "FFN / MoE"
     assert part_of("SkipLayerNormalization", "SkipLayerNormalization_token_2", [[4, 1, 384]], vocab) == "norms"
     assert part_of("Cast", "/Cast_1", [[4, 1]], vocab) == "other nodes"
+
+
+def test_card_speed_rows_say_how_they_decode_and_name_a_skipped_engine_once():
+    arch = SearchSpace.preset("small").largest()
+    base = {"benchmark": "bench", "run_id": "r", "cpu": "cpu", "beam": 4, "sentences": 1007, "baseline": "dense",
+            "threads": 1, "git_commit": "abc"}
+    bench = [{**base, "engine": "onnxruntime-int8", "shortlist": False, "median_ms": 9.8, "p90_ms": 14.8,
+              "speedup": 3.2, "bleu": 20.02, "chrf": 45.7},
+             {**base, "engine": "onnxruntime-int8", "shortlist": True, "median_ms": 10.1, "p90_ms": 15.8,
+              "speedup": 3.12, "bleu": 19.85, "chrf": 45.64, "shortlist_size": 696.2},
+             {**base, "engine": "ctranslate2-int8", "shortlist": False, "skipped": "MoE layers"},
+             {**base, "engine": "ctranslate2-int8", "shortlist": True, "skipped": "MoE layers"}]
+    card = model_card("Title", "Summary.", arch, {}, [], bench_records=bench)
+    assert "| onnxruntime-int8 | 1 | full vocabulary | 9.8 | 14.8 | 3.20x | 20.02 | 45.70 |" in card
+    assert "| onnxruntime-int8 | 1 | lexical shortlist (696 pieces per sentence on average) | 10.1 |" in card
+    assert card.count("skipped: MoE layers") == 1
