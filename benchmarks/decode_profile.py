@@ -55,26 +55,19 @@ def _shapes(args: dict) -> list:
 
 def profile(folder: Path, sources: list[str], warmup: int, beam: int) -> dict:
     """One record: the parts' shares of the beam graph's time over `sources`."""
-    import onnxruntime as ort
-
     from automoe.bench import model_family
+    from automoe.export.onnx import BEAM_FILE
     from automoe.serve import Translator
-    from automoe.serve.engines import custom_ops_library
 
     tr = Translator.from_pretrained(folder, engine="onnxruntime", quantize="int8", threads=1)
     engine = tr.backend
     vocab = tr.config.vocab_size
     with tempfile.TemporaryDirectory() as tmp:
-        options = ort.SessionOptions()
-        options.intra_op_num_threads, options.inter_op_num_threads = 1, 1
-        library = engine.info.get("custom_ops_library")
-        if library:
-            options.register_custom_ops_library(str(custom_ops_library(engine.folder, library)))
         for s in sources[:warmup]:
             tr.translate([s], beam=beam)
-        options.enable_profiling, options.profile_file_prefix = True, str(Path(tmp) / "profile")
-        engine.beam = ort.InferenceSession(str(engine.folder / "beam_search.onnx"), options,
-                                           providers=["CPUExecutionProvider"])
+        # the engine's own session options (threads, automoe's operator library), profiling on
+        engine.options.enable_profiling, engine.options.profile_file_prefix = True, str(Path(tmp) / "profile")
+        engine.beam = engine._load(BEAM_FILE)
         for s in sources:
             tr.translate([s], beam=beam)
         events = json.loads(Path(engine.beam.end_profiling()).read_text(encoding="utf-8"))

@@ -152,7 +152,7 @@ class OnnxEngine:
         self.info = info if info is not None else json.loads((self.folder / "export_info.json").read_text(
             encoding="utf-8"))
         self.config = config if config is not None else read_model_config(self.folder)[0]
-        options = ort.SessionOptions()
+        options = self.options = ort.SessionOptions()  # kept: a caller may open a graph with it (profiling)
         threads = self.threads = check_threads(threads)
         if threads:
             options.intra_op_num_threads = threads
