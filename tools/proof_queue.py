@@ -18,19 +18,19 @@ so the queue can be stopped at any time and started again):
   5. automoe-small-bible-third: the winning run continued to the full budget. The inverse-sqrt
      schedule does not depend on the budget, so continuing it is the same run as one started with
      the full budget, and three quarters of two runs are saved.
-  6. automoe-small-bible-half, hat-small-bible-half, hat-small-bible-third with that recipe.
-
-Then the studies of issues #27 and #28, which need the cores as long (docs/mos.md, docs/darts.md):
+  6. automoe-small-bible-half with that recipe.
   7. cmp-prefix, cmp-mos-layer, cmp-mos-neuron: the three weight-sharing kinds trained alike
      (sandwich, 4M target tokens, seed 3); supernets-eval: inherited-weight test BLEU of the
-     largest, smallest and searched 1/2 and 1/3 subnets of each -> benchmarks/results/supernets.jsonl.
-  8. evolution-search-third: the evolutionary 1/3 search run again as it was run for
+     largest, smallest and searched 1/2 and 1/3 subnets of each -> benchmarks/results/supernets.jsonl
+     (issue #27; three short runs, so it completes before the two long HAT runs).
+  8. hat-small-bible-half, hat-small-bible-third with the chosen recipe.
+  9. evolution-search-third: the evolutionary 1/3 search run again as it was run for
      benchmarks/results/search/automoe-0.333.json (population 40, 8 iterations, seed 0), now
      timed (its best_info.json records the search's wall and CPU seconds).
-  9. darts-small-bible: the DARTS search (reversible) under the evolutionary search's 1/3 budget;
+ 10. darts-small-bible: the DARTS search (reversible) under the evolutionary search's 1/3 budget;
      darts-small-bible-model: its architecture trained with the chosen recipe. The search resumes
      from its checkpoint like the trainings.
- 10. search-methods: benchmarks/search_methods.py, both searches' cost and both trained models
+ 11. search-methods: benchmarks/search_methods.py, both searches' cost and both trained models
      benched with the dense one -> benchmarks/results/search_methods.jsonl.
 
     nohup .venv/bin/python tools/proof_queue.py >> ~/.cache/automoe/runs/queue.log 2>&1 &
@@ -247,11 +247,14 @@ def steps() -> list[tuple[str, object]]:
                                                                           tokens=COMPARE_TOKENS)))
     plan.append(("pick-recipe", None))
     plan.append(("automoe-small-bible-third", lambda: continue_winner("automoe-small-bible-third", third)))
-    for name, arch in SEARCHED.items():
-        plan.append((name, lambda name=name, arch=arch: train_command(name, str(SEARCH / arch), chosen_recipe())))
+    searched = list(SEARCHED.items())
+    plan.append((searched[0][0], lambda: train_command(searched[0][0], str(SEARCH / searched[0][1]), chosen_recipe())))
+    # the weight-sharing comparison (3 x 4M tokens) before the two HAT models (2 x 18.2M): it completes a study
     for kind in SHARING:
         plan.append((f"cmp-{kind}", lambda kind=kind: supernet_command(kind)))
     plan.append(("supernets-eval", evaluate_supernets))
+    for name, arch in searched[1:]:
+        plan.append((name, lambda name=name, arch=arch: train_command(name, str(SEARCH / arch), chosen_recipe())))
     plan.append(("evolution-search-third", evolution_search_command))
     plan.append(("darts-small-bible", darts_command))
     plan.append(("darts-small-bible-model", lambda: train_command(
