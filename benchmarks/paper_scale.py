@@ -14,8 +14,9 @@ a vocabulary shortlist of realistic size, on ONNX Runtime and CTranslate2.
   top_k 50, frequent 100, Dice, on the Bible training pairs) is measured on the same sentences;
   a synthetic 32k shortlist (random targets per source id, 100 frequent + specials always) is
   given a per-source list length so its average per-sentence size matches the real one. Both
-  engines decode over the same per-sentence sets (ONNX Runtime: beam_search_shortlist.onnx fed
-  `Shortlist.ids`; CTranslate2: a vmap.txt of the same table, `use_vmap`).
+  engines decode over the same per-sentence sets (ONNX Runtime: the export's shortlist beam graphs,
+  the narrowest fixed width that holds `Shortlist.ids`, as `Translator` picks it; CTranslate2: a
+  vmap.txt of the same table, `use_vmap`).
 - all variants of one engine are interleaved round-robin per sentence in one run; ratios are
   taken from that run (DESIGN.md section 6). Records go to results/paper_scale.jsonl.
 
@@ -39,7 +40,8 @@ from common import RESULTS, append_jsonl, environment, summary_ms  # noqa: E402
 
 from automoe.config import ArchConfig, SearchSpace  # noqa: E402
 from automoe.search.flops import cost  # noqa: E402
-from automoe.shortlist import Shortlist, build_shortlist, write_vmap  # noqa: E402
+from automoe.artifacts import sha256_file  # noqa: E402
+from automoe.shortlist import SHORTLIST_FILE, Shortlist, build_shortlist, write_vmap  # noqa: E402
 
 SPACE = SearchSpace.preset("wmt14")
 # A paper-like AutoMoE subnet of the wmt14 space: 6 encoder layers, a shallow 3-layer decoder,
@@ -83,29 +85,26 @@ def synthetic_shortlist(vocab: int, frequent: int, per_source: int, seed: int) -
 
 
 def onnx_runners(model_dir: Path, out: Path, threads: int, beam: int):
-    """(full, shortlist) fixed-length decoders of an int8 ONNX Runtime export of `model_dir`."""
-    from automoe.export.onnx import BEAM_FILE, to_onnx
-    from automoe.export.onnx_shortlist import SHORTLIST_BEAM_FILE, build_shortlist_beam_search
+    """(full, shortlist) fixed-length decoders of an int8 ONNX Runtime export of `model_dir`, whose
+    shortlist.safetensors the export turns into the shortlist beam graphs (the engine picks the
+    narrowest fixed-width graph that holds a sentence's shortlist, as `Translator` does)."""
+    from automoe.export.onnx import to_onnx
     from automoe.serve.engines import OnnxEngine
 
-    folder = to_onnx(model_dir, out, quantize="int8")
-    vocab = OnnxEngine(folder, threads).config.vocab_size
-    build_shortlist_beam_search(folder / BEAM_FILE, folder / SHORTLIST_BEAM_FILE, vocab)
-    eng = OnnxEngine(folder, threads)
-    short_session = eng._shortlist_beam()
+    eng = OnnxEngine(to_onnx(model_dir, out, quantize="int8"), threads)
 
-    def make(session, with_shortlist: bool):
-        def run(ids: list[int], out_len: int, shortlist: np.ndarray) -> None:
-            src = np.array([ids], dtype=np.int32)
-            feeds = {"input_ids": src, "attention_mask": np.ones_like(src),
-                     "max_length": np.array([out_len + 1], np.int32), "min_length": np.array([out_len + 1], np.int32),
-                     "num_beams": np.array([beam], np.int32), "num_return_sequences": np.array([1], np.int32),
-                     "length_penalty": np.array([1.0], np.float32), "repetition_penalty": np.array([1.0], np.float32)}
-            if with_shortlist:
-                feeds["shortlist"] = shortlist
-            session.run(None, feeds)
-        return run
-    return make(eng.beam, False), make(short_session, True)
+    def run(ids: list[int], out_len: int, shortlist: np.ndarray | None) -> None:
+        src = np.array([ids], dtype=np.int32)
+        feeds = {"input_ids": src, "attention_mask": np.ones_like(src),
+                 "max_length": np.array([out_len + 1], np.int32), "min_length": np.array([out_len + 1], np.int32),
+                 "num_beams": np.array([beam], np.int32), "num_return_sequences": np.array([1], np.int32),
+                 "length_penalty": np.array([1.0], np.float32), "repetition_penalty": np.array([1.0], np.float32)}
+        session = eng.beam
+        if shortlist is not None:
+            session, extra, _ = eng._shortlist_beam(shortlist)
+            feeds.update(extra)
+        session.run(None, feeds)
+    return (lambda ids, out_len, _shortlist: run(ids, out_len, None)), run
 
 
 def ct2_runners(model_dir: Path, out: Path, shortlist: Shortlist, threads: int, beam: int):
@@ -176,7 +175,11 @@ def main(argv: list[str] | None = None) -> int:
                 label = name
                 if engine == "ctranslate2" and any(len(w) > 1 for w in arch.encoder_ffn + arch.decoder_ffn):
                     arch, label = dense_equivalent(arch), f"{name}-dense-equivalent"
-                folder = save_random_model(arch, tmp / f"{label}-{engine}", seed=args.seed)
+                # the shipped model's tokenizer rides along only so that the shortlist file can name one
+                folder = save_random_model(arch, tmp / f"{label}-{engine}", seed=args.seed,
+                                           tokenizer_file=Path(args.model) / "spm.model")
+                named = dict(shortlist.header, tokenizer_sha256=sha256_file(folder / "spm.model"))
+                dataclasses.replace(shortlist, header=named).save(folder / SHORTLIST_FILE)
                 t0 = time.perf_counter()
                 if engine == "onnxruntime":
                     full, short = onnx_runners(folder, tmp / f"{label}-onnx", args.threads, args.beam)
@@ -209,6 +212,8 @@ def main(argv: list[str] | None = None) -> int:
                     "speedup_vs_dense_full": round(medians[(dense_label, False)] / medians[(label, with_sl)], 3),
                     "speedup_vs_dense_same_shortlist": round(medians[(dense_label, with_sl)] / medians[(label, with_sl)], 3),
                     "shortlist_avg_size": round(statistics.fmean(sizes[args.warmup:]), 1) if with_sl else None,
+                    "shortlist_form": (None if not with_sl else "vmap" if engine == "ctranslate2" else
+                                       "fixed width (the narrowest holding the shortlist)"),
                     "real_shortlist_avg_size": round(statistics.fmean(real_sizes[args.warmup:]), 1),
                     "real_shortlist": {k: real_header[k] for k in ("top_k", "frequent", "score", "data", "stats")},
                     "synthetic_targets_per_source": per_source, "sentences": args.sentences, "warmup": args.warmup,

@@ -20,7 +20,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "benchmarks" / "results"
 DOCUMENTS = (ROOT / "README.md", ROOT / "docs" / "moe_dispatch.md", ROOT / "docs" / "throughput.md",
-             ROOT / "docs" / "darts.md", ROOT / "docs" / "mos.md")
+             ROOT / "docs" / "darts.md", ROOT / "docs" / "mos.md", ROOT / "docs" / "shortlist.md")
 FORMS = ("kernel", "compact")  # the MoE forms automoe exports (int8 default first); records of others stay as data
 
 
@@ -630,6 +630,42 @@ def supernets_table() -> str:
             "same batches, budget and seed (docs/mos.md).")
 
 
+def paper_scale_table() -> str:
+    """Paper-scale latency (random weights): the wmt14 dense baseline against a paper-like AutoMoE
+    subnet, with and without a shortlist, the last run of each engine (paper_scale.jsonl, issue #26)."""
+    records = _read("paper_scale")
+    engines = list(dict.fromkeys(r["engine"] for r in records))
+    runs = [_last_run([r for r in records if r["engine"] == e], "engine") for e in engines]
+    if not runs:
+        return "_Not measured yet: `benchmarks/paper_scale.py`._"
+    lines = ["| engine | model | active / total params | GFLOPs | median ms | with shortlist | shortlist's own "
+             "speedup | speedup vs dense (both alike) | vs dense without a shortlist |",
+             "|---|---|---:|---:|---:|---:|---:|---:|---:|"]
+    for run in runs:
+        by = {(r["model"], r["shortlist"]): r for r in run}
+        for model in dict.fromkeys(r["model"] for r in run):
+            full, short = by.get((model, False)), by.get((model, True))
+            if not (full and short):
+                continue
+            form = f" ({short['shortlist_form']})" if short.get("shortlist_form") else " (scattered)" \
+                if full["engine"] == "onnxruntime" else ""
+            lines.append(
+                f"| {full['engine']}{form} | {model} | {full['active_params'] / 1e6:.1f}M / "
+                f"{full['total_params'] / 1e6:.1f}M | {full['gflops']:.2f} | {full['median_ms']:.0f} | "
+                f"{short['median_ms']:.0f} | {full['median_ms'] / short['median_ms']:.2f}x | "
+                f"{full['speedup_vs_dense_same_shortlist']:.2f}x / {short['speedup_vs_dense_same_shortlist']:.2f}x | "
+                f"{short['speedup_vs_dense_full']:.2f}x |")
+    r0 = next(r for r in runs[-1] if r["shortlist"])
+    return "\n".join(lines) + (
+        f"\n\n**Latency only** (random weights): int8, {r0['threads']} thread, batch {r0['batch']}, beam {r0['beam']}, "
+        f"{r0['sentences']} sentences of the Bible test split's lengths (mean {r0['src_len_mean']} source / "
+        f"{r0['out_len_mean']} output tokens, every decode of the reference's length), the variants of one engine "
+        f"interleaved per sentence; a synthetic 32k shortlist of the real one's mean size ({r0['shortlist_avg_size']:.0f} "
+        f"against {r0['real_shortlist_avg_size']:.0f} ids per sentence). \"both alike\": without / with a shortlist on "
+        f"both models. On CTranslate2, which has no MoE layer, the subnet runs as its dense equivalent. "
+        f"{r0['cpu']}, commit {_commits([r for run in runs for r in run])}.")
+
+
 def darts_memory() -> str:
     """Peak training memory of the DARTS supernet, reversible vs stored activations (darts_memory.jsonl)."""
     from darts_memory import darts_memory_table
@@ -703,7 +739,7 @@ TABLES = {"headline": headline, "comparison": comparison_table, "recipes": recip
           "moe_dispatch_parts_scale": lambda: moe_dispatch_parts_table(random=True), "moe_bleu": moe_bleu_table,
           "moe_deleted_forms": moe_deleted_forms_table, "throughput": throughput_table,
           "int8_forms": int8_forms_table,
-          "memory_floor": memory_floor_table}
+          "memory_floor": memory_floor_table, "paper_scale": paper_scale_table}
 
 
 def render(text: str) -> str:

@@ -8,7 +8,11 @@ An export folder holds
                     past self K/V, cross K/V -> logits, present self K/V
   beam_search.onnx  both wrapped in ONNX Runtime's com.microsoft.BeamSearch operator (T5 layout):
                     a whole translation in one `session.run`, usable with onnxruntime alone
-  weights.onnx.data every weight of the three graphs, each stored once (ONNX external data:
+  beam_search_shortlist*.onnx
+                    with a shortlist in the model folder (shortlist.safetensors, copied): the
+                    beam graph decoding over one sentence's shortlist, at fixed widths and
+                    scattered (`onnx_shortlist`)
+  weights.onnx.data every weight of the graphs, each stored once (ONNX external data:
                     the graphs share the decoder's and the encoder's tensors)
   config.json       the model's config (the architecture: engines read it from here only)
   spm.model, export_info.json (provenance: source checksum, tool versions, MoE forms, layout)
@@ -50,7 +54,9 @@ BEAM_DECODER_FILE = "beam_decoder.onnx"  # written only while exporting: beam_se
 OPSET = 17
 QUANTIZATIONS = (None, "int8")
 WEIGHTS_FILE = "weights.onnx.data"
-LAYOUT = 2  # export_info.json "layout": 2 = weights stored once in WEIGHTS_FILE (absent: each graph held its own)
+# export_info.json "layout": 3 = weights stored once in WEIGHTS_FILE and, with a shortlist, the
+# fixed-width shortlist beam graphs (2: the scattered one only; absent: each graph held its weights)
+LAYOUT = 3
 MOE_DISPATCHES = ("compact", "kernel")
 CUSTOM_OPSETS = {kernel.DOMAIN: 1}  # automoe.Top1MoE (the kernel form)
 
@@ -371,8 +377,9 @@ def to_onnx(model_dir: str | Path, out_dir: str | Path, *, quantize: str | None 
         build_beam_search(graphs["encoder"], graphs["beam_decoder"], tmp / BEAM_FILE, arch)
         if graphs["beam_decoder"] != graphs["decoder"]:
             graphs["beam_decoder"].unlink()
-        shortlist = add_shortlist_to_export(model_dir, tmp, arch.vocab_size)  # None without MODEL/shortlist.safetensors
-        beams = [tmp / BEAM_FILE] + ([tmp / shortlist["beam_search"]] if shortlist else [])
+        shortlist = add_shortlist_to_export(model_dir, tmp, arch)  # None without MODEL/shortlist.safetensors
+        beams = [tmp / BEAM_FILE] + ([tmp / shortlist["beam_search"], *(tmp / f for f in shortlist["widths"].values())]
+                                     if shortlist else [])
         store_weights_once([graphs["encoder"], graphs["decoder"], *beams], tmp / WEIGHTS_FILE)
         copy_model_files(model_dir, tmp, meta)
         write_export_info(tmp, model_dir, {

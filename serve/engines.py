@@ -168,7 +168,7 @@ class OnnxEngine:
         self._load = lambda name: ort.InferenceSession(str(self.folder / name), options,  # noqa: E731
                                                        providers=["CPUExecutionProvider"])
         self.encoder, self.decoder, self.beam = self._load(ENCODER_FILE), self._load(DECODER_FILE), self._load(BEAM_FILE)
-        self._shortlist_session = None
+        self._shortlist_sessions = {}  # shortlist beam graph file -> session
         self.layers = self.config.decoder_layers
         self.use_beam_graph = True  # one sentence through the in-graph BeamSearch (False: the python stepper)
         self.batch_min = BATCH_MIN
@@ -184,22 +184,30 @@ class OnnxEngine:
                  "max_length": np.array([max_length + 1], np.int32), "min_length": np.array([1], np.int32),
                  "num_beams": np.array([beam], np.int32), "num_return_sequences": np.array([1], np.int32),
                  "length_penalty": np.array([1.0], np.float32), "repetition_penalty": np.array([1.0], np.float32)}
-        session = self.beam
-        if shortlist is not None:  # the beam graph whose projection reads the shortlisted rows only
-            session, feeds["shortlist"] = self._shortlist_beam(), shortlist
+        session, positions = self.beam, None
+        if shortlist is not None:  # a beam graph whose projection reads the shortlisted rows only
+            session, extra, positions = self._shortlist_beam(shortlist)
+            feeds.update(extra)
         sequences, scores = session.run(None, feeds)
+        if positions is not None:  # the fixed-width graph returns shortlist positions
+            sequences = positions[sequences]
         return Generation([_strip(seq[0][1:], cfg) for seq in sequences], scores[:, 0].tolist())
 
-    def _shortlist_beam(self):
-        """The session of beam_search_shortlist.onnx (`automoe.export.onnx_shortlist`), opened on first use."""
-        if self._shortlist_session is None:
-            from automoe.export.onnx_shortlist import SHORTLIST_BEAM_FILE
+    def _shortlist_beam(self, ids: np.ndarray | None = None):
+        """(session, extra inputs, positions or None) of the shortlist beam graph for one sentence's
+        shortlist `ids` (`automoe.export.onnx_shortlist`): the narrowest fixed-width graph that
+        holds it, else the scattered one (positions None: it returns ids). Sessions open on first use."""
+        from automoe.export.onnx_shortlist import INPUT, SHORTLIST_BEAM_FILE, fit_width
 
-            if not (self.folder / SHORTLIST_BEAM_FILE).is_file():
-                raise ValueError(f"{self.folder} has no {SHORTLIST_BEAM_FILE}: export the model folder again "
+        entry = self.info.get("shortlist") or {}
+        fitted = None if ids is None else fit_width(ids, {int(w): f for w, f in (entry.get("widths") or {}).items()})
+        name, extra, positions = fitted if fitted else (SHORTLIST_BEAM_FILE, {INPUT: ids}, None)
+        if name not in self._shortlist_sessions:
+            if not (self.folder / name).is_file():
+                raise ValueError(f"{self.folder} has no {name}: export the model folder again "
                                  "after `automoe shortlist build`")
-            self._shortlist_session = self._load(SHORTLIST_BEAM_FILE)
-        return self._shortlist_session
+            self._shortlist_sessions[name] = self._load(name)
+        return self._shortlist_sessions[name], extra, positions
 
     def translate_ids(self, batch: list[list[int]], *, beam: int, max_length: int, routing: bool = False,
                       shortlist=None):

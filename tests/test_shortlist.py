@@ -160,25 +160,56 @@ def test_ct2_vmap_decode_equals_full_decode(dense_dir, tmp_path):
 @pytest.mark.parametrize("quantize", [None, "int8"])
 def test_onnx_shortlist_beam_graph_equals_full_decode(moe_dir, tmp_path, quantize):
     from automoe.export.onnx import to_onnx
-    from automoe.export.onnx_shortlist import SHORTLIST_BEAM_FILE
+    from automoe.export.onnx_shortlist import SHORTLIST_BEAM_FILE, width_file
 
     full = Translator.from_pretrained(to_onnx(moe_dir, tmp_path / "full", quantize=quantize))
     folder = covering(moe_dir, [full], tmp_path)
     export = to_onnx(folder, tmp_path / "onnx", quantize=quantize)
-    assert json.loads((export / "export_info.json").read_text())["shortlist"]["beam_search"] == SHORTLIST_BEAM_FILE
-    # its weights live in weights.onnx.data with the other graphs' (one copy): no large tensor inline
+    entry = json.loads((export / "export_info.json").read_text())["shortlist"]
+    # the widths below the vocabulary size (1,000 here)
+    assert entry["beam_search"] == SHORTLIST_BEAM_FILE and entry["widths"] == {"512": width_file(512),
+                                                                               "768": width_file(768)}
+    # their weights live in weights.onnx.data with the other graphs' (one copy): no large tensor inline
     import onnx
 
     from automoe.export.onnx import _tensors
 
-    graph = onnx.load(str(export / SHORTLIST_BEAM_FILE), load_external_data=False).graph
-    assert max(len(t.raw_data) for t in _tensors(graph) if t.data_location != onnx.TensorProto.EXTERNAL) < 1024
+    for name in (SHORTLIST_BEAM_FILE, width_file(512)):
+        graph = onnx.load(str(export / name), load_external_data=False).graph
+        assert max(len(t.raw_data) for t in _tensors(graph) if t.data_location != onnx.TensorProto.EXTERNAL) < 1024
     # one sentence: the shortlist beam graph; a batch: the step graphs' logits masked to the shortlist.
     # int8: greedy only. The K logits are the full graph's numbers (greedy scores are equal to the
     # last bit), but this random int8 model's beams switch tokens at near-ties that the shortlist's
     # renormalised scores (shifted by ~1e-3) tip in 3 of 16 sentences, the same way on both paths.
     beams = (1, 4) if quantize is None else (1,)
     assert_shortlist_equals_full(full, Translator.from_pretrained(export, shortlist=True), beams=beams)
+
+
+@pytest.mark.parametrize("quantize", [None, "int8"])
+def test_onnx_fixed_width_and_scattered_shortlist_graphs_decode_alike(moe_dir, tmp_path, quantize):
+    """The fixed-width graph (positions mapped back to ids, padding masked) and the scattered graph
+    (a shortlist longer than every width falls back to it) give the same tokens and scores; the
+    engine picks the narrowest width that holds a sentence's shortlist."""
+    from automoe.export.onnx import to_onnx
+    from automoe.export.onnx_shortlist import SHORTLIST_BEAM_FILE, width_file
+
+    short = Translator.from_pretrained(to_onnx(moe_dir, tmp_path / "onnx", quantize=quantize), shortlist=True)
+    engine = short.backend
+    sources = [short._encode([s])[0] for s in SOURCES]
+    for beam in (1, 4):
+        fixed = [engine.translate_ids([ids], beam=beam, max_length=24, shortlist=short.shortlist) for ids in sources]
+        assert set(engine._shortlist_sessions) - {SHORTLIST_BEAM_FILE} == {width_file(512)}  # all < 512 ids
+        widths = engine.info["shortlist"].pop("widths")
+        scattered = [engine.translate_ids([ids], beam=beam, max_length=24, shortlist=short.shortlist)
+                     for ids in sources]
+        engine.info["shortlist"]["widths"] = widths
+        assert SHORTLIST_BEAM_FILE in engine._shortlist_sessions
+        assert [g.tokens for g in fixed] == [g.tokens for g in scattered]
+        assert np.allclose([g.scores for g in fixed], [g.scores for g in scattered], atol=1e-5)
+    # a shortlist longer than 512 ids goes to the 768-wide graph
+    wide = dataclasses.replace(short.shortlist, always=np.arange(600, dtype=np.int32))
+    engine.translate_ids([sources[0]], beam=2, max_length=8, shortlist=wide)
+    assert width_file(768) in engine._shortlist_sessions
 
 
 SHIPPED = Path(__file__).resolve().parents[1] / "models" / "dense-small-bible"
