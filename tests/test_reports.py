@@ -567,3 +567,39 @@ def test_card_speed_rows_say_how_they_decode_and_name_a_skipped_engine_once():
     assert "| onnxruntime-int8 | 1 | full vocabulary | 9.8 | 14.8 | 3.20x | 20.02 | 45.70 |" in card
     assert "| onnxruntime-int8 | 1 | lexical shortlist (696 pieces per sentence on average) | 10.1 |" in card
     assert card.count("skipped: MoE layers") == 1
+
+
+def test_supernets_table_sets_each_subnet_beside_the_shipped_model_of_its_architecture(monkeypatch):
+    import report
+
+    largest, smallest = SearchSpace.preset("small").largest().to_dict(), SearchSpace.preset("small").smallest().to_dict()
+    common = {"split": "test", "sentences": 1007, "beam": 4, "bleu_signature": "sig"}
+    records = {
+        "supernets": [dict(common, model="/runs/cmp-prefix", arch_name="largest", arch=largest, bleu=8.5),
+                      dict(common, model="/runs/cmp-mos-layer", arch_name="largest", arch=largest, bleu=9.25),
+                      dict(common, model="/runs/cmp-prefix", arch_name="smallest", arch=smallest, bleu=5.0)],
+        "eval": [dict(common, model="models/dense-small-bible", arch_name=None, arch=largest, bleu=18.97),
+                 dict(common, model="models/not-shipped-here", arch_name=None, arch=smallest, bleu=30.0)],
+    }
+    monkeypatch.setattr(report, "_read", lambda name: records.get(name, []))
+    lines = report.supernets_table().splitlines()
+    assert lines[0] == "| subnet | prefix | mos-layer | trained on its own (shipped model) |"
+    assert lines[2] == "| largest | 8.50 | 9.25 | 18.97 (`dense-small-bible`) |"
+    assert lines[3] == "| smallest | 5.00 |  | none shipped |"  # that model folder is not in models/
+
+
+def test_paper_scale_table_pairs_each_model_with_and_without_its_shortlist(monkeypatch):
+    import report
+
+    def record(engine, model, shortlist, ms, vs_same, vs_full, form=None):
+        return {"engine": engine, "model": model, "shortlist": shortlist, "median_ms": ms, "active_params": 43e6,
+                "total_params": 99e6, "gflops": 3.84, "speedup_vs_dense_same_shortlist": vs_same,
+                "speedup_vs_dense_full": vs_full, "shortlist_form": form, "threads": 1, "batch": 1, "beam": 4,
+                "sentences": 20, "src_len_mean": 35.4, "out_len_mean": 36.0, "shortlist_avg_size": 714 if shortlist
+                else None, "real_shortlist_avg_size": 702, "cpu": "CPU", "git_commit": "abc", "date": "2026-12-06T14"}
+    runs = [record("onnxruntime", "dense", False, 800, 1.0, 1.0), record("onnxruntime", "dense", True, 400, 1.0, 2.0, "w"),
+            record("onnxruntime", "automoe", False, 500, 1.6, 1.6), record("onnxruntime", "automoe", True, 200, 2.0, 4.0, "w")]
+    monkeypatch.setattr(report, "_read", lambda name: runs if name == "paper_scale" else [])
+    lines = report.paper_scale_table().splitlines()
+    assert lines[2] == "| onnxruntime (w) | dense | 43.0M / 99.0M | 3.84 | 800 | 400 | 2.00x | 1.00x / 1.00x | 2.00x |"
+    assert lines[3] == "| onnxruntime (w) | automoe | 43.0M / 99.0M | 3.84 | 500 | 200 | 2.50x | 1.60x / 2.00x | 4.00x |"
