@@ -498,10 +498,9 @@ def headline() -> str:
     if not models:
         return ("_No searched MoE model is benchmarked yet: the dense and Switch baselines are shipped, the "
                 "searched models are in training (issue #25)._")
-    dense = next((r for r in run if r["model"] == r["baseline"] and not r.get("shortlist")), None)
-    switch = next((r for r in run if r["family"] == "switch" and not r.get("shortlist")), None)
     lines = []
     for a in models:
+        dense, switch, _ = _baselines(run, a)
         listed = next((r for r in run if r["model"] == a["model"] and r.get("shortlist")), None)
         text = f"- **`{a['model']}`**: BLEU {a['bleu']:.2f}"
         if dense:
@@ -519,6 +518,17 @@ def headline() -> str:
             "[below](#the-comparison-searched-moe-vs-dense-vs-switch).")
 
 
+def _baselines(rows: list[dict], a: dict) -> tuple[dict | None, dict | None, dict | None]:
+    """The dense, Switch and HAT (the same budget: the same name suffix, e.g. `-third`) rows of a
+    bench run decoded as row `a` was (same threads, same shortlist setting; the caller picks the
+    engine): (dense, switch, hat), None where absent."""
+    peers = [r for r in rows if r["threads"] == a["threads"] and bool(r.get("shortlist")) == bool(a.get("shortlist"))]
+    suffix = a["model"].rsplit("-", 1)[-1]
+    return (next((r for r in peers if r["model"] == a["baseline"]), None),
+            next((r for r in peers if r["family"] == "switch"), None),
+            next((r for r in peers if r["family"] == "hat" and r["model"].rsplit("-", 1)[-1] == suffix), None))
+
+
 def _mark(ok: bool) -> str:
     return "yes" if ok else "**no**"
 
@@ -533,11 +543,7 @@ def proof_goals(run: list[dict], engine: str = "onnxruntime-int8") -> str:
     rows = [r for r in run if r["engine"] == engine and "skipped" not in r]
     lines = []
     for a in (r for r in rows if r["family"] == "automoe"):
-        peers = [r for r in rows if r["threads"] == a["threads"] and bool(r.get("shortlist")) == bool(a.get("shortlist"))]
-        dense = next((r for r in peers if r["model"] == a["baseline"]), None)
-        switch = next((r for r in peers if r["family"] == "switch"), None)
-        suffix = a["model"].rsplit("-", 1)[-1]
-        hat = next((r for r in peers if r["family"] == "hat" and r["model"].rsplit("-", 1)[-1] == suffix), None)
+        dense, switch, hat = _baselines(rows, a)
         cells = []
         if dense:
             speed, drop = dense["median_ms"] / a["median_ms"], a["bleu"] - dense["bleu"]
@@ -553,7 +559,7 @@ def proof_goals(run: list[dict], engine: str = "onnxruntime-int8") -> str:
             gain, flops = a["bleu"] - hat["bleu"], a["gflops"] / hat["gflops"]
             cells.append(f"{gain:+.2f} BLEU, {flops:.2f}x GFLOPs: {_mark(gain >= 0.5 or flops <= 0.8)}")
         else:
-            cells.append(f"no HAT model of this budget (`*-{suffix}`) in the run")
+            cells.append(f"no HAT model of this budget (`*-{a['model'].rsplit('-', 1)[-1]}`) in the run")
         lines.append(f"| `{label(a)}` | " + " | ".join(cells) + " |")
     if not lines:
         return ""
