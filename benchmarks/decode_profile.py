@@ -67,7 +67,7 @@ def profile(folder: Path, sources: list[str], warmup: int, beam: int) -> dict:
             tr.translate([s], beam=beam)
         # the engine's own session options (threads, automoe's operator library), profiling on
         engine.options.enable_profiling, engine.options.profile_file_prefix = True, str(Path(tmp) / "profile")
-        engine.beam = engine._load(BEAM_FILE)
+        engine.beam = engine.open_graph(BEAM_FILE)
         for s in sources:
             tr.translate([s], beam=beam)
         events = json.loads(Path(engine.beam.end_profiling()).read_text(encoding="utf-8"))

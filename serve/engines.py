@@ -152,7 +152,7 @@ class OnnxEngine:
         self.info = info if info is not None else json.loads((self.folder / "export_info.json").read_text(
             encoding="utf-8"))
         self.config = config if config is not None else read_model_config(self.folder)[0]
-        options = self.options = ort.SessionOptions()  # kept: a caller may open a graph with it (profiling)
+        options = self.options = ort.SessionOptions()  # every graph opens with these (`open_graph`)
         threads = self.threads = check_threads(threads)
         if threads:
             options.intra_op_num_threads = threads
@@ -165,15 +165,21 @@ class OnnxEngine:
             except Exception as e:  # noqa: BLE001  ORT raises its own Fail / RuntimeError types
                 raise RuntimeError(f"{self.folder}: its operator library {library} does not load here ({e}); "
                                    "re-export the model on this machine, or with moe_dispatch='compact'") from e
-        self._load = lambda name: ort.InferenceSession(str(self.folder / name), options,  # noqa: E731
-                                                       providers=["CPUExecutionProvider"])
-        self.encoder, self.decoder, self.beam = self._load(ENCODER_FILE), self._load(DECODER_FILE), self._load(BEAM_FILE)
+        self.encoder, self.decoder = self.open_graph(ENCODER_FILE), self.open_graph(DECODER_FILE)
+        self.beam = self.open_graph(BEAM_FILE)
         self._shortlist_sessions = {}  # shortlist beam graph file -> session
         self.layers = self.config.decoder_layers
         self.use_beam_graph = True  # one sentence through the in-graph BeamSearch (False: the python stepper)
         self.batch_min = BATCH_MIN
         self.past_self_names = kv_names("past", "self", self.layers)
         self.past_cross_names = kv_names("past", "cross", self.layers)
+
+    def open_graph(self, name: str):
+        """An ONNX Runtime session of the folder's graph `name` with the engine's session options
+        (`self.options`: threads, automoe's operator library, anything a caller set, e.g. profiling)."""
+        import onnxruntime as ort
+
+        return ort.InferenceSession(str(self.folder / name), self.options, providers=["CPUExecutionProvider"])
 
     def _beam_graph(self, src: np.ndarray, beam: int, max_length: int, shortlist: np.ndarray | None = None):
         from automoe.generate import Generation
@@ -206,7 +212,7 @@ class OnnxEngine:
             if not (self.folder / name).is_file():
                 raise ValueError(f"{self.folder} has no {name}: export the model folder again "
                                  "after `automoe shortlist build`")
-            self._shortlist_sessions[name] = self._load(name)
+            self._shortlist_sessions[name] = self.open_graph(name)
         return self._shortlist_sessions[name], extra, positions
 
     def translate_ids(self, batch: list[list[int]], *, beam: int, max_length: int, routing: bool = False,
