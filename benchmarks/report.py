@@ -595,7 +595,7 @@ def search_methods_table() -> str:
     """Evolutionary search against DARTS: cost and resulting model (search_methods.jsonl, issue #28)."""
     run = _last_run(_read("search_methods"), "benchmark")
     if not run:
-        return ("_Not measured yet: the DARTS search and its model follow the MoS comparison in "
+        return ("_Not measured yet: the DARTS search and its model follow the HAT models in "
                 "tools/proof_queue.py; then `benchmarks/search_methods.py` (docs/darts.md)._")
     lines = ["| method | supernet training, h | search, h | total, h | active params | GFLOPs | target tokens | "
              "test BLEU | test chrF | speedup vs dense |", "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
@@ -618,7 +618,7 @@ def supernets_table() -> str:
     supernets trained alike (supernets.jsonl, issue #27)."""
     rows = _read("supernets")
     if not rows:
-        return ("_Not measured yet: the three comparison supernets follow the proof's trainings in "
+        return ("_Not measured yet: the three comparison supernets follow the 1/2-latency AutoMoE model in "
                 "tools/proof_queue.py (docs/mos.md)._")
     latest: dict[tuple, dict] = {}
     for r in rows:
