@@ -515,6 +515,12 @@ def test_proof_goals_compare_each_automoe_model_with_baselines_decoded_alike():
                      "+0.60 BLEU, 0.75x GFLOPs: yes |")
     assert listed.startswith("| `automoe-small-bible-third + shortlist` | 5.00x, -1.00 BLEU: **no** | no Switch run |")
     assert "no HAT model of this budget (`*-third`)" in listed
+    assert table.endswith("vs dense: met by `automoe-small-bible-third`; vs Switch: met by `automoe-small-bible-third`.")
+    assert report.proof_goals(run[:3]).endswith("vs dense: met by `automoe-small-bible-third`; vs Switch: met by "
+                                                "`automoe-small-bible-third`.")
+    slow = [r for r in run if r["model"] != "automoe-small-bible-third"] + [rec("automoe-small-bible-third", "automoe",
+                                                                                 20.0, 18.6)]
+    assert report.proof_goals(slow).endswith("vs dense: **met by none**; vs Switch: **met by none**.")
     assert report.proof_goals([rec("dense-small-bible", "dense", 40.0, 19.0)]) == ""
 
 
