@@ -94,16 +94,8 @@ def onnx_runners(model_dir: Path, out: Path, threads: int, beam: int):
     eng = OnnxEngine(to_onnx(model_dir, out, quantize="int8"), threads)
 
     def run(ids: list[int], out_len: int, shortlist: np.ndarray | None) -> None:
-        src = np.array([ids], dtype=np.int32)
-        feeds = {"input_ids": src, "attention_mask": np.ones_like(src),
-                 "max_length": np.array([out_len + 1], np.int32), "min_length": np.array([out_len + 1], np.int32),
-                 "num_beams": np.array([beam], np.int32), "num_return_sequences": np.array([1], np.int32),
-                 "length_penalty": np.array([1.0], np.float32), "repetition_penalty": np.array([1.0], np.float32)}
-        session = eng.beam
-        if shortlist is not None:
-            session, extra, _ = eng._shortlist_beam(shortlist)
-            feeds.update(extra)
-        session.run(None, feeds)
+        # min_length counts the start token: exactly out_len tokens come out
+        eng.run_beam_graph(np.array([ids]), beam, out_len, min_length=out_len + 1, shortlist=shortlist)
     return (lambda ids, out_len, _shortlist: run(ids, out_len, None)), run
 
 

@@ -253,10 +253,9 @@ def fit_width(ids: np.ndarray, widths: dict[int, str]) -> tuple[str, dict[str, n
     """For one sentence's shortlist `ids`, the fixed-width graph that holds it (file name), its
     two inputs (the ids padded with their first id, the mask -inf on the padding) and the padded
     ids that map the operator's output positions back; None when no width holds it."""
-    fitting = [w for w in sorted(widths) if w >= len(ids)]
-    if not fitting:
+    width = min((w for w in widths if w >= len(ids)), default=None)
+    if width is None:
         return None
-    width = fitting[0]
     padded = np.full(width, ids[0], dtype=np.int64)
     padded[: len(ids)] = ids
     mask = np.zeros(width, dtype=np.float32)

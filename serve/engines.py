@@ -168,6 +168,9 @@ class OnnxEngine:
         self.encoder, self.decoder = self.open_graph(ENCODER_FILE), self.open_graph(DECODER_FILE)
         self.beam = self.open_graph(BEAM_FILE)
         self._shortlist_sessions = {}  # shortlist beam graph file -> session
+        # width -> fixed-width shortlist beam graph (export_info.json keys are strings)
+        widths = (self.info.get("shortlist") or {}).get("widths") or {}
+        self.shortlist_widths = {int(w): name for w, name in widths.items()}
         self.layers = self.config.decoder_layers
         self.use_beam_graph = True  # one sentence through the in-graph BeamSearch (False: the python stepper)
         self.batch_min = BATCH_MIN
@@ -181,32 +184,39 @@ class OnnxEngine:
 
         return ort.InferenceSession(str(self.folder / name), self.options, providers=["CPUExecutionProvider"])
 
-    def _beam_graph(self, src: np.ndarray, beam: int, max_length: int, shortlist: np.ndarray | None = None):
-        from automoe.generate import Generation
-
+    def run_beam_graph(self, src: np.ndarray, beam: int, max_length: int, *, min_length: int = 1,
+                       shortlist: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """One `session.run` of the in-graph beam search over `src` (int [B, S]): (sequences [B, 1,
+        start + up to max_length] ids, scores [B, 1]). With `shortlist` (one sentence's
+        `Shortlist.ids`), a beam graph whose projection reads the shortlisted rows only."""
         cfg = self.config
         feeds = {"input_ids": src.astype(np.int32), "attention_mask": (src != cfg.pad_id).astype(np.int32),
                  # the operator counts the start token in max_length
-                 "max_length": np.array([max_length + 1], np.int32), "min_length": np.array([1], np.int32),
+                 "max_length": np.array([max_length + 1], np.int32), "min_length": np.array([min_length], np.int32),
                  "num_beams": np.array([beam], np.int32), "num_return_sequences": np.array([1], np.int32),
                  "length_penalty": np.array([1.0], np.float32), "repetition_penalty": np.array([1.0], np.float32)}
         session, positions = self.beam, None
-        if shortlist is not None:  # a beam graph whose projection reads the shortlisted rows only
+        if shortlist is not None:
             session, extra, positions = self._shortlist_beam(shortlist)
             feeds.update(extra)
         sequences, scores = session.run(None, feeds)
         if positions is not None:  # the fixed-width graph returns shortlist positions
             sequences = positions[sequences]
-        return Generation([_strip(seq[0][1:], cfg) for seq in sequences], scores[:, 0].tolist())
+        return sequences, scores
 
-    def _shortlist_beam(self, ids: np.ndarray | None = None):
+    def _beam_graph(self, src: np.ndarray, beam: int, max_length: int, shortlist: np.ndarray | None = None):
+        from automoe.generate import Generation
+
+        sequences, scores = self.run_beam_graph(src, beam, max_length, shortlist=shortlist)
+        return Generation([_strip(seq[0][1:], self.config) for seq in sequences], scores[:, 0].tolist())
+
+    def _shortlist_beam(self, ids: np.ndarray):
         """(session, extra inputs, positions or None) of the shortlist beam graph for one sentence's
         shortlist `ids` (`automoe.export.onnx_shortlist`): the narrowest fixed-width graph that
         holds it, else the scattered one (positions None: it returns ids). Sessions open on first use."""
         from automoe.export.onnx_shortlist import INPUT, SHORTLIST_BEAM_FILE, fit_width
 
-        entry = self.info.get("shortlist") or {}
-        fitted = None if ids is None else fit_width(ids, {int(w): f for w, f in (entry.get("widths") or {}).items()})
+        fitted = fit_width(ids, self.shortlist_widths)
         name, extra, positions = fitted if fitted else (SHORTLIST_BEAM_FILE, {INPUT: ids}, None)
         if name not in self._shortlist_sessions:
             if not (self.folder / name).is_file():

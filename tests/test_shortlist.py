@@ -199,10 +199,10 @@ def test_onnx_fixed_width_and_scattered_shortlist_graphs_decode_alike(moe_dir, t
     for beam in (1, 4):
         fixed = [engine.translate_ids([ids], beam=beam, max_length=24, shortlist=short.shortlist) for ids in sources]
         assert set(engine._shortlist_sessions) - {SHORTLIST_BEAM_FILE} == {width_file(512)}  # all < 512 ids
-        widths = engine.info["shortlist"].pop("widths")
+        widths, engine.shortlist_widths = engine.shortlist_widths, {}
         scattered = [engine.translate_ids([ids], beam=beam, max_length=24, shortlist=short.shortlist)
                      for ids in sources]
-        engine.info["shortlist"]["widths"] = widths
+        engine.shortlist_widths = widths
         assert SHORTLIST_BEAM_FILE in engine._shortlist_sessions
         assert [g.tokens for g in fixed] == [g.tokens for g in scattered]
         assert np.allclose([g.scores for g in fixed], [g.scores for g in scattered], atol=1e-5)

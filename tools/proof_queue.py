@@ -247,14 +247,15 @@ def steps() -> list[tuple[str, object]]:
                                                                           tokens=COMPARE_TOKENS)))
     plan.append(("pick-recipe", None))
     plan.append(("automoe-small-bible-third", lambda: continue_winner("automoe-small-bible-third", third)))
-    searched = list(SEARCHED.items())
-    plan.append((searched[0][0], lambda: train_command(searched[0][0], str(SEARCH / searched[0][1]), chosen_recipe())))
+    def searched(name: str) -> tuple[str, object]:
+        return name, lambda: train_command(name, str(SEARCH / SEARCHED[name]), chosen_recipe())
+
+    plan.append(searched("automoe-small-bible-half"))
     # the weight-sharing comparison (3 x 4M tokens) before the two HAT models (2 x 18.2M): it completes a study
     for kind in SHARING:
         plan.append((f"cmp-{kind}", lambda kind=kind: supernet_command(kind)))
     plan.append(("supernets-eval", evaluate_supernets))
-    for name, arch in searched[1:]:
-        plan.append((name, lambda name=name, arch=arch: train_command(name, str(SEARCH / arch), chosen_recipe())))
+    plan += [searched("hat-small-bible-half"), searched("hat-small-bible-third")]
     plan.append(("evolution-search-third", evolution_search_command))
     plan.append(("darts-small-bible", darts_command))
     plan.append(("darts-small-bible-model", lambda: train_command(
