@@ -120,6 +120,21 @@ class MixtureOfSupernets(SuperTransformer):
                 offset += n
         self.arch_router = ArchRouter(len(encoding_names(space)), hidden, offset)
 
+    def load_prefix_supernet(self, prefix: SuperTransformer) -> None:
+        """Start from a trained prefix supernet of the same space: every weight set of a generated
+        matrix becomes a copy of its weight, the rest is copied as is, the router keeps its
+        initialisation. Whatever the mixing, each subnet then runs exactly as in `prefix`, and the
+        sets drift apart only as training routes architectures to them. Raises `ValueError` if
+        `prefix` is not a prefix supernet of this space."""
+        if isinstance(prefix, MixtureOfSupernets) or prefix.space != self.space:
+            raise ValueError("a Mixture-of-Supernets starts only from a prefix supernet of the same space; got "
+                             f"weight sharing {prefix.sharing.kind!r}, space {prefix.space.name!r}")
+        own = dict(self.model.named_parameters())
+        with torch.no_grad():
+            for name, weight in prefix.model.named_parameters():
+                target = own[name]
+                target.copy_(weight.expand_as(target) if name in self.heads else weight)
+
     @property
     def sharing(self) -> WeightSharing:
         """The kind of weight sharing of this supernet (recorded in its folder)."""

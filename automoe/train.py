@@ -374,7 +374,8 @@ def train_supernet(space: SearchSpace, cfg: TrainConfig, run_dir: str | Path, *,
     """Train the weight-sharing supernet of `space` (`sharing`: prefix slicing or a
     Mixture-of-Supernets kind); writes the supernet folder files (`save_supernet`) into `run_dir`
     at every checkpoint. `init_from` starts (not resumes: fresh optimizer and schedule) from the
-    weights of a supernet folder of the same kind, e.g. a shipped one whose run state is gone."""
+    weights of a supernet folder of the same kind, e.g. a shipped one whose run state is gone, or
+    a Mixture-of-Supernets from a prefix supernet (`MixtureOfSupernets.load_prefix_supernet`)."""
     run_dir = Path(run_dir)
     recorded = read_sharing(run_dir) if (run_dir / SHARING_FILE).is_file() else sharing
     if resume and recorded != sharing:
@@ -391,10 +392,14 @@ def train_supernet(space: SearchSpace, cfg: TrainConfig, run_dir: str | Path, *,
         if start.space != space:
             raise ValueError(f"{init_from} is a supernet of another space ({start.space.name}); use --space "
                              f"{Path(init_from) / 'space.json'}")
-        if start.sharing != sharing:
+        if start.sharing == sharing:
+            task.module.load_state_dict(start.state_dict(), strict=True)
+        elif start.sharing.kind == "prefix" and sharing.kind != "prefix":
+            task.module.load_prefix_supernet(start)  # every weight set starts as the prefix weights
+        else:
             raise ValueError(f"{init_from} is a supernet with weight sharing {start.sharing.to_dict()}, not "
-                             f"{sharing.to_dict()}: pass the same --weight-sharing/--mos-sets/--mos-hidden")
-        task.module.load_state_dict(start.state_dict(), strict=True)
+                             f"{sharing.to_dict()}: pass the same --weight-sharing/--mos-sets/--mos-hidden "
+                             "(a Mixture-of-Supernets may also start from a prefix supernet)")
 
     def on_save(task, state, data):
         save_supernet(task.module, run_dir)

@@ -627,7 +627,8 @@ def supernets_table() -> str:
                 "tools/proof_queue.py (docs/mos.md)._")
     latest: dict[tuple, dict] = {}
     for r in rows:
-        kind = Path(r["model"]).name.removeprefix("cmp-")
+        name = Path(r["model"]).name
+        kind = name.removeprefix("cmp-") if name.startswith("cmp-") else f"start: `{name}`"
         latest[(Path(str(r.get("arch_name"))).stem, kind)] = r
     kinds = list(dict.fromkeys(k for _, k in latest))
     archs = list(dict.fromkeys(a for a, _ in latest))
@@ -645,8 +646,9 @@ def supernets_table() -> str:
         lines.append(f"| {arch} | " + " | ".join(cells) + " |")
     r0 = next(iter(latest.values()))
     return ("\n".join(lines) + f"\n\nTest BLEU with inherited weights, no fine-tuning ({r0['sentences']} sentences, "
-            f"beam {r0['beam']}, `{r0['bleu_signature']}`); each supernet trained with the sandwich rule on the "
-            "same batches, budget and seed (docs/mos.md). Last column: the shipped model whose architecture is "
+            f"beam {r0['beam']}, `{r0['bleu_signature']}`). Each kind starts from the shipped prefix supernet "
+            "v3 (first column) and trains 3M target tokens more with the sandwich rule on the same batches, "
+            "schedule and seed (docs/mos.md). Last column: the shipped model whose architecture is "
             "this subnet's, trained by its own recipe on 18.2M target tokens (its card), for the gap to close.")
 
 

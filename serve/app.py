@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import html
 import logging
+import socket
 import threading
 import time
 from pathlib import Path
@@ -462,6 +463,13 @@ def build_app(models, default: str | None = None, *, data_dir: str | Path | None
     demo.queue(default_concurrency_limit=concurrency_limit, max_size=max_queue)
     demo.backend = be
     return demo
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A port free on `host` now, for a demo launched in the background (tests, screenshots)."""
+    with socket.socket() as s:
+        s.bind((host, 0))
+        return s.getsockname()[1]
 
 
 def launch(models=None, host: str = "127.0.0.1", port: int = 7860, *, default: str | None = None,

@@ -3,7 +3,6 @@ and a browser test (Playwright + Debian chromium) that types, clicks and reads t
 
 import logging
 import os
-import socket
 from pathlib import Path
 
 import pytest
@@ -34,12 +33,6 @@ def _tiny(path: Path, seed: int, moe: bool) -> Path:
     return save_random_model(arch, path, seed=seed, tokenizer_file=DATA / "spm.model")
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def models(tmp_path_factory):
     root = tmp_path_factory.mktemp("demo-models")
@@ -53,10 +46,10 @@ def models(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def app(models):
-    from automoe.serve.app import launch
+    from automoe.serve.app import free_port, launch
 
     os.environ["GRADIO_ANALYTICS_ENABLED"] = "False"
-    port = _free_port()
+    port = free_port()
     demo = launch(models, port=port, data_dir=DATA, concurrency_limit=2, prevent_thread_lock=True, quiet=True)
     assert demo.server_name == "127.0.0.1" and demo.server_port == port  # loopback unless told otherwise
     try:

@@ -56,6 +56,24 @@ def test_mixing_depends_on_the_architecture(tiny_space, kind):
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 
+@pytest.mark.parametrize("kind", MOS_KINDS)
+def test_start_from_prefix_supernet_runs_every_subnet_as_the_prefix_one(tiny_space, rng, batch, kind):
+    torch.manual_seed(1)
+    prefix = build_supernet(tiny_space).eval()
+    mos = _mos(tiny_space, kind, seed=2).eval()
+    mos.load_prefix_supernet(prefix)
+    src, tgt = batch
+    for arch in [tiny_space.sample(rng) for _ in range(10)] + [tiny_space.largest(), tiny_space.smallest()]:
+        with torch.no_grad():
+            expected, got = prefix(src, tgt, arch), mos(src, tgt, arch)
+        torch.testing.assert_close(got.logits, expected.logits)
+    # the router is the MoS supernet's own; a MoS supernet is no starting point for another
+    assert not torch.equal(mos.mixing(tiny_space.smallest())["decoder_layers.0.self_attn.q_proj.weight"],
+                           mos.mixing(tiny_space.largest())["decoder_layers.0.self_attn.q_proj.weight"])
+    with pytest.raises(ValueError, match="starts only from a prefix supernet"):
+        mos.load_prefix_supernet(_mos(tiny_space, kind))
+
+
 @pytest.mark.parametrize("preset", ["small", "tiny"])
 def test_encoding_is_deterministic_normalised_and_distinguishes_archs(preset):
     space = SearchSpace.preset(preset)
@@ -193,6 +211,10 @@ def test_train_supernet_cli_each_kind(tmp_path, capsys, kind):
         assert "records weight sharing" in capsys.readouterr().err
         assert _train_cli(tmp_path, "run2", "--init-from", str(tmp_path / "run")) == 2
         assert "pass the same --weight-sharing" in capsys.readouterr().err
+    else:
+        # a Mixture-of-Supernets may start from a trained prefix supernet
+        assert _train_cli(tmp_path, "mos", "--init-from", str(tmp_path / "run"), "--weight-sharing", "mos-layer") == 0
+        assert json.loads((tmp_path / "mos" / "supernet_info.json").read_text())["init_from"] == str(tmp_path / "run")
 
 
 def test_train_supernet_cli_rejects_bad_flags(tmp_path, capsys):

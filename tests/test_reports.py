@@ -581,7 +581,8 @@ def test_supernets_table_sets_each_subnet_beside_the_shipped_model_of_its_archit
     largest, smallest = SearchSpace.preset("small").largest().to_dict(), SearchSpace.preset("small").smallest().to_dict()
     common = {"split": "test", "sentences": 1007, "beam": 4, "bleu_signature": "sig"}
     records = {
-        "supernets": [dict(common, model="/runs/cmp-prefix", arch_name="largest", arch=largest, bleu=8.5),
+        "supernets": [dict(common, model="models/supernet-v3", arch_name="largest", arch=largest, bleu=8.0),
+                      dict(common, model="/runs/cmp-prefix", arch_name="largest", arch=largest, bleu=8.5),
                       dict(common, model="/runs/cmp-mos-layer", arch_name="largest", arch=largest, bleu=9.25),
                       dict(common, model="/runs/cmp-prefix", arch_name="smallest", arch=smallest, bleu=5.0)],
         "eval": [dict(common, model="models/dense-small-bible", arch_name=None, arch=largest, bleu=18.97),
@@ -589,9 +590,9 @@ def test_supernets_table_sets_each_subnet_beside_the_shipped_model_of_its_archit
     }
     monkeypatch.setattr(report, "_read", lambda name: records.get(name, []))
     lines = report.supernets_table().splitlines()
-    assert lines[0] == "| subnet | prefix | mos-layer | trained on its own (shipped model) |"
-    assert lines[2] == "| largest | 8.50 | 9.25 | 18.97 (`dense-small-bible`) |"
-    assert lines[3] == "| smallest | 5.00 |  | none shipped |"  # that model folder is not in models/
+    assert lines[0] == "| subnet | start: `supernet-v3` | prefix | mos-layer | trained on its own (shipped model) |"
+    assert lines[2] == "| largest | 8.00 | 8.50 | 9.25 | 18.97 (`dense-small-bible`) |"
+    assert lines[3] == "| smallest |  | 5.00 |  | none shipped |"  # that model folder is not in models/
 
 
 def test_paper_scale_table_pairs_each_model_with_and_without_its_shortlist(monkeypatch):

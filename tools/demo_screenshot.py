@@ -14,19 +14,12 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import socket
 import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 CHROMIUM = "/usr/bin/chromium"
 SENTENCE = "And when they had prayed, the place was shaken where they were assembled together."
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -43,10 +36,10 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
     from playwright.sync_api import sync_playwright
 
-    from automoe.serve.app import discover_models, launch
+    from automoe.serve.app import discover_models, free_port, launch
 
     models = discover_models(args.models)
-    port = _free_port()
+    port = free_port()
     demo = launch(models, port=port, data_dir=args.data if Path(args.data).is_dir() else None,
                   prevent_thread_lock=True, quiet=True)
     chrome = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
