@@ -121,11 +121,13 @@ class MixtureOfSupernets(SuperTransformer):
         self.arch_router = ArchRouter(len(encoding_names(space)), hidden, offset)
 
     def load_prefix_supernet(self, prefix: SuperTransformer) -> None:
-        """Start from a trained prefix supernet of the same space: every weight set of a generated
-        matrix becomes a copy of its weight, the rest is copied as is, the router keeps its
-        initialisation. Whatever the mixing, each subnet then runs exactly as in `prefix`, and the
-        sets drift apart only as training routes architectures to them. Raises `ValueError` if
-        `prefix` is not a prefix supernet of this space."""
+        """Start from a trained prefix supernet of the same space, so that every subnet runs
+        exactly as in `prefix`: weight set k of a generated matrix W becomes W + d_k, with offsets
+        d_k drawn like a fresh weight set (Xavier) and centred so that they sum to zero, and the
+        router's output layer is zeroed, so every mixture starts uniform and equals W. The rest is
+        copied as is. Identical sets would not do: the router's gradient, which compares the sets,
+        would be zero, and the sets would barely drift apart. Raises `ValueError` if `prefix` is
+        not a prefix supernet of this space."""
         if isinstance(prefix, MixtureOfSupernets) or prefix.space != self.space:
             raise ValueError("a Mixture-of-Supernets starts only from a prefix supernet of the same space; got "
                              f"weight sharing {prefix.sharing.kind!r}, space {prefix.space.name!r}")
@@ -133,7 +135,13 @@ class MixtureOfSupernets(SuperTransformer):
         with torch.no_grad():
             for name, weight in prefix.model.named_parameters():
                 target = own[name]
-                target.copy_(weight.expand_as(target) if name in self.heads else weight)
+                if name not in self.heads:
+                    target.copy_(weight)
+                    continue
+                offsets = torch.stack([nn.init.xavier_uniform_(torch.empty_like(weight)) for _ in range(self.sets)])
+                target.copy_(weight + offsets - offsets.mean(dim=0))
+            self.arch_router.fc2.weight.zero_()
+            self.arch_router.fc2.bias.zero_()
 
     @property
     def sharing(self) -> WeightSharing:

@@ -623,8 +623,8 @@ def supernets_table() -> str:
     supernets trained alike (supernets.jsonl, issue #27)."""
     rows = _read("supernets")
     if not rows:
-        return ("_Not measured yet: the three comparison supernets follow the 1/2-latency AutoMoE model in "
-                "tools/proof_queue.py (docs/mos.md)._")
+        return ("_Not measured yet: the three comparison supernets, each started from supernet v3, are step 7 "
+                "of tools/proof_queue.py (docs/mos.md)._")
     latest: dict[tuple, dict] = {}
     for r in rows:
         name = Path(r["model"]).name

@@ -71,7 +71,7 @@ SEARCHED = {"automoe-small-bible-half": "automoe-0.500.json", "hat-small-bible-h
 
 # From scratch, 4M tokens left a prefix supernet at dev perplexity 222 (largest subnet: 0.24 dev BLEU):
 # too early to rank anything. So all three kinds start from supernet v3 (18.3M tokens; a MoS supernet
-# copies its weights into every weight set) and train 3M tokens more with v3's own continuation
+# runs each subnet as v3 does at the start: MixtureOfSupernets.load_prefix_supernet) and train 3M tokens more with v3's own continuation
 # schedule (lr 3e-4, 50 warmup updates)
 MOS_START = str(ROOT / "models" / "supernet-small-bible-v3")
 MOS_COMMON = ["--data", DATA, "--space", "small", "--sandwich", "--bf16", "--max-tokens", "3000", "--lr", "3e-4",
