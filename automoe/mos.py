@@ -174,3 +174,20 @@ class MixtureOfSupernets(SuperTransformer):
             alpha = alphas[name][: shape[0]] if self.per_neuron else alphas[name]  # [out or 1, E]
             out[name] = (alpha.t().unsqueeze(-1).to(sets.dtype) * sets).sum(dim=0)  # [out, in]
         return out
+
+
+def mixing_spread(supernet: MixtureOfSupernets, archs: list[ArchConfig]) -> float:
+    """How far the router tells `archs` apart: the largest difference between the mixing
+    coefficients two of them get for the same matrix and set (0: every architecture gets the same
+    mixture, as a router that learned nothing does; up to 1). Raises `ValueError` for fewer than
+    two architectures."""
+    if len(archs) < 2:
+        raise ValueError(f"mixing_spread compares architectures: give at least two, got {len(archs)}")
+    spread = 0.0
+    with torch.no_grad():
+        mixes = [supernet.mixing(arch) for arch in archs]
+        for name in mixes[0]:
+            stacked = torch.stack([m[name] for m in mixes])  # [archs, rows, E]
+            spread = max(spread, float((stacked.amax(0) - stacked.amin(0)).max()))
+    return spread
+

@@ -621,7 +621,8 @@ def search_methods_table() -> str:
 def supernets_table() -> str:
     """Inherited-weight test BLEU of the same four subnets in the prefix, mos-layer and mos-neuron
     supernets trained alike (supernets.jsonl, issue #27)."""
-    rows = _read("supernets")
+    records = _read("supernets")
+    rows = [r for r in records if "bleu" in r]
     if not rows:
         return ("_Not measured yet: the three comparison supernets, each started from supernet v3, are step 7 "
                 "of tools/proof_queue.py (docs/mos.md)._")
@@ -649,7 +650,27 @@ def supernets_table() -> str:
             f"beam {r0['beam']}, `{r0['bleu_signature']}`). Each kind starts from the shipped prefix supernet "
             "v3 (first column) and trains 3M target tokens more with the sandwich rule on the same batches, "
             "schedule and seed (docs/mos.md). Last column: the shipped model whose architecture is "
-            "this subnet's, trained by its own recipe on 18.2M target tokens (its card), for the gap to close.")
+            "this subnet's, trained by its own recipe on 18.2M target tokens (its card), for the gap to close."
+            + _supernet_training([r for r in records if r.get("benchmark") == "supernet_training"]))
+
+
+def _supernet_training(records: list[dict]) -> str:
+    """The training side of the supernet comparison: each supernet's last validation perplexities
+    and how far its router tells the evaluated subnets apart (its latest record)."""
+    latest = {r["model"]: r for r in records}
+    if not latest:
+        return ""
+    lines = ["| supernet | weight sharing | target tokens (this run) | dev ppl, largest | dev ppl, smallest | "
+             "router spread |", "|---|---|---:|---:|---:|---:|"]
+    for r in latest.values():
+        name = Path(r["model"]).name + (f" ({r['note']})" if r.get("note") else "")
+        spread = "" if r.get("mixing_spread") is None else f"{r['mixing_spread']:.4f}"
+        lines.append(f"| `{name}` | {r['weight_sharing']['kind']} | {r['tokens_seen'] / 1e6:.2f}M | "
+                     f"{r['valid']['largest']['ppl']:.2f} | {r['valid']['smallest']['ppl']:.2f} | {spread} |")
+    return ("\n\n" + "\n".join(lines) + "\n\nDev perplexity on the first 300 dev sentences at the end of each run. "
+            "Router spread: the largest difference between the mixing coefficients that two of the four subnets "
+            "above get for the same matrix (0: the router gives every architecture the same mixture; "
+            "`automoe.mos.mixing_spread`).")
 
 
 def paper_scale_table() -> str:

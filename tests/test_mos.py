@@ -14,7 +14,7 @@ from safetensors.torch import load_file, save_file
 from automoe.checkpoint import CheckpointError
 from automoe.cli import main
 from automoe.config import ConfigError, SearchSpace
-from automoe.mos import MixtureOfSupernets, arch_encoding, encoding_names
+from automoe.mos import MixtureOfSupernets, arch_encoding, encoding_names, mixing_spread
 from automoe.supernet import SuperTransformer, WeightSharing, build_supernet
 from automoe.supernet_folder import load_supernet, save_supernet
 from contracts import assert_extraction_exact
@@ -73,6 +73,11 @@ def test_start_from_prefix_supernet_runs_every_subnet_as_the_prefix_one(tiny_spa
     out = mos.train()(src, tgt, tiny_space.largest())
     out.logits.logsumexp(-1).mean().backward()
     assert mos.arch_router.fc2.weight.grad.abs().sum() > 0
+    # the router starts from uniform mixtures: it tells no architecture apart yet
+    archs = [tiny_space.largest(), tiny_space.smallest()]
+    assert mixing_spread(mos, archs) < 1e-6 < mixing_spread(_mos(tiny_space, kind), archs) <= 1
+    with pytest.raises(ValueError, match="at least two"):
+        mixing_spread(mos, archs[:1])
     # a MoS supernet is no starting point for another
     with pytest.raises(ValueError, match="starts only from a prefix supernet"):
         mos.load_prefix_supernet(_mos(tiny_space, kind))

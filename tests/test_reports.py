@@ -593,6 +593,18 @@ def test_supernets_table_sets_each_subnet_beside_the_shipped_model_of_its_archit
     assert lines[0] == "| subnet | start: `supernet-v3` | prefix | mos-layer | trained on its own (shipped model) |"
     assert lines[2] == "| largest | 8.00 | 8.50 | 9.25 | 18.97 (`dense-small-bible`) |"
     assert lines[3] == "| smallest |  | 5.00 |  | none shipped |"  # that model folder is not in models/
+    assert "router spread" not in report.supernets_table()  # no training record yet
+
+    valid = {"largest": {"ppl": 33.26}, "smallest": {"ppl": 52.24}}
+    training = dict(benchmark="supernet_training", tokens_seen=3_004_569, valid=valid, note="")
+    records["supernets"] += [dict(training, model="/runs/cmp-prefix", weight_sharing={"kind": "prefix"},
+                                  mixing_spread=None),
+                             dict(training, model="/runs/cmp-mos-layer", weight_sharing={"kind": "mos-layer"},
+                                  mixing_spread=0.0047, note="copies")]
+    table = report.supernets_table()
+    assert "| `cmp-prefix` | prefix | 3.00M | 33.26 | 52.24 |  |" in table
+    assert "| `cmp-mos-layer (copies)` | mos-layer | 3.00M | 33.26 | 52.24 | 0.0047 |" in table
+    assert table.splitlines()[:5] == lines[:5]  # the BLEU table ignores the training records
 
 
 def test_paper_scale_table_pairs_each_model_with_and_without_its_shortlist(monkeypatch):

@@ -21,7 +21,8 @@ so the queue can be stopped at any time and started again):
   6. automoe-small-bible-half with that recipe.
   7. cmp-prefix, cmp-mos-layer, cmp-mos-neuron: the three weight-sharing kinds trained alike
      (all started from supernet v3, sandwich, 3M target tokens more, seed 3); supernets-eval: inherited-weight test BLEU of the
-     largest, smallest and searched 1/2 and 1/3 subnets of each -> benchmarks/results/supernets.jsonl
+     largest, smallest and searched 1/2 and 1/3 subnets of each -> benchmarks/results/supernets.jsonl;
+     supernets-stats: each one's validation perplexities and router spread, same file
      (issue #27; three short runs, so it completes before the two long HAT runs).
   8. hat-small-bible-half, hat-small-bible-third with the chosen recipe.
   9. evolution-search-third: the evolutionary 1/3 search run again as it was run for
@@ -262,6 +263,7 @@ def steps() -> list[tuple[str, object]]:
     for kind in SHARING:
         plan.append((f"cmp-{kind}", lambda kind=kind: supernet_command(kind)))
     plan.append(("supernets-eval", evaluate_supernets))
+    plan.append(("supernets-stats", supernet_stats))
     plan += [searched("hat-small-bible-half"), searched("hat-small-bible-third")]
     plan.append(("evolution-search-third", evolution_search_command))
     plan.append(("darts-small-bible", darts_command))
@@ -269,6 +271,35 @@ def steps() -> list[tuple[str, object]]:
         "darts-small-bible-model", str(RUNS / "darts-small-bible" / "best.json"), chosen_recipe())))
     plan.append(("search-methods", search_methods_command))
     return plan
+
+
+def supernet_stats() -> None:
+    """One training record per comparison supernet (and v3, and the first mos-layer run, whose
+    weight sets started as plain copies), appended to benchmarks/results/supernets.jsonl: its last
+    validation perplexities and, for a MoS supernet, how far its router tells the four evaluated
+    subnets apart (`automoe.mos.mixing_spread`)."""
+    from automoe.artifacts import git_commit
+    from automoe.config import ArchConfig
+    from automoe.mos import MixtureOfSupernets, mixing_spread
+    from automoe.supernet_folder import load_supernet
+
+    runs = {MOS_START: "start", str(RUNS / "symmetric-cmp-mos-layer"): "weight sets started as copies"}
+    runs |= {str(RUNS / f"cmp-{kind}"): "" for kind in SHARING}
+    with SUPERNETS.open("a", encoding="utf-8") as out:
+        for folder, note in runs.items():
+            if not Path(folder, "supernet_info.json").is_file():
+                continue
+            info = json.loads(Path(folder, "supernet_info.json").read_text())
+            supernet = load_supernet(folder)
+            space = supernet.space
+            archs = [space.largest(), space.smallest()] + [ArchConfig.load(a) for a in EVAL_ARCHS[2:]]
+            record = {"benchmark": "supernet_training", "model": folder, "note": note,
+                      "weight_sharing": supernet.sharing.to_dict(), "tokens_seen": info["tokens_seen"],
+                      "updates": info["updates"], "valid": info["valid"], "init_from": info.get("init_from"),
+                      "mixing_spread": (mixing_spread(supernet, archs) if isinstance(supernet, MixtureOfSupernets)
+                                        else None),
+                      "git_commit": git_commit(), "date": datetime.datetime.now(datetime.timezone.utc).isoformat()}
+            out.write(json.dumps(record) + "\n")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -289,9 +320,9 @@ def main(argv: list[str] | None = None) -> int:
             (RUNS / name).mkdir(parents=True, exist_ok=True)
             (RUNS / name / "DONE").write_text(recipe + "\n")
             continue
-        if action is evaluate_supernets:
+        if action in (evaluate_supernets, supernet_stats):
             print(f"[{datetime.datetime.now():%H:%M:%S}] {name}", flush=True)
-            evaluate_supernets()
+            action()
             (RUNS / name).mkdir(parents=True, exist_ok=True)
             (RUNS / name / "DONE").write_text(datetime.datetime.now().isoformat() + "\n")
             continue
