@@ -629,7 +629,7 @@ def supernets_table() -> str:
     latest: dict[tuple, dict] = {}
     for r in rows:
         name = Path(r["model"]).name
-        kind = name.removeprefix("cmp-") if name.startswith("cmp-") else f"start: `{name}`"
+        kind = name.removeprefix("cmp-") if name.startswith("cmp-") else f"`{name}`"
         latest[(Path(str(r.get("arch_name"))).stem, kind)] = r
     kinds = list(dict.fromkeys(k for _, k in latest))
     archs = list(dict.fromkeys(a for a, _ in latest))
@@ -647,9 +647,10 @@ def supernets_table() -> str:
         lines.append(f"| {arch} | " + " | ".join(cells) + " |")
     r0 = next(iter(latest.values()))
     return ("\n".join(lines) + f"\n\nTest BLEU with inherited weights, no fine-tuning ({r0['sentences']} sentences, "
-            f"beam {r0['beam']}, `{r0['bleu_signature']}`). Each kind starts from the shipped prefix supernet "
-            "v3 (first column) and trains 3M target tokens more with the sandwich rule on the same batches, "
-            "schedule and seed (docs/mos.md). Last column: the shipped model whose architecture is "
+            f"beam {r0['beam']}, `{r0['bleu_signature']}`). prefix, mos-layer and mos-neuron each start from the "
+            "shipped prefix supernet v3 (`supernet-small-bible-v3`) and train 3M target tokens more with the "
+            "sandwich rule on the same batches, schedule and seed; `mos-neuron-scratch` is a neuron-wise MoS "
+            "supernet trained from scratch on v3's own schedule and budget (docs/mos.md). Last column: the shipped model whose architecture is "
             "this subnet's, trained by its own recipe on 18.2M target tokens (its card), for the gap to close."
             + _supernet_training([r for r in records if r.get("benchmark") == "supernet_training"]))
 

@@ -590,7 +590,7 @@ def test_supernets_table_sets_each_subnet_beside_the_shipped_model_of_its_archit
     }
     monkeypatch.setattr(report, "_read", lambda name: records.get(name, []))
     lines = report.supernets_table().splitlines()
-    assert lines[0] == "| subnet | start: `supernet-v3` | prefix | mos-layer | trained on its own (shipped model) |"
+    assert lines[0] == "| subnet | `supernet-v3` | prefix | mos-layer | trained on its own (shipped model) |"
     assert lines[2] == "| largest | 8.00 | 8.50 | 9.25 | 18.97 (`dense-small-bible`) |"
     assert lines[3] == "| smallest |  | 5.00 |  | none shipped |"  # that model folder is not in models/
     assert "router spread" not in report.supernets_table()  # no training record yet

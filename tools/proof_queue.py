@@ -33,6 +33,10 @@ so the queue can be stopped at any time and started again):
      from its checkpoint like the trainings.
  11. search-methods: benchmarks/search_methods.py, both searches' cost and both trained models
      benched with the dense one -> benchmarks/results/search_methods.jsonl.
+ 12. mos-neuron-scratch-leg1, -leg2, mos-neuron-scratch: a neuron-wise MoS supernet trained from
+     scratch on supernet v3's own three-leg schedule (same seeds, learning rates and token counts,
+     18.3M target tokens); mos-scratch-eval: its four subnets' test BLEU and its training record
+     -> benchmarks/results/supernets.jsonl (issue #27: MoS against prefix sharing at v3's budget).
 
     nohup .venv/bin/python tools/proof_queue.py >> ~/.cache/automoe/runs/queue.log 2>&1 &
     python tools/proof_queue.py --list      # what is done, what is next
@@ -80,6 +84,13 @@ MOS_COMMON = ["--data", DATA, "--space", "small", "--sandwich", "--bf16", "--max
               "--max-tokens-seen", "3000000", "--save-every-minutes", "5", "--threads", "2"]
 SHARING = {"prefix": [], "mos-layer": ["--mos-sets", "2", "--mos-hidden", "128"],
            "mos-neuron": ["--mos-sets", "2", "--mos-hidden", "128"]}
+# MoS from scratch on supernet v3's own schedule (#27: the paper's setting, the same budget as v3):
+# v3 was trained in three legs, each started from the last (git: 3f9bbad, 7b7fbfe, e1d100e); the
+# same legs, same seeds and token counts, with neuron-wise MoS (the MoS paper's variant for MT)
+MOS_SCRATCH_KIND = "mos-neuron"
+MOS_SCRATCH_LEGS = (  # (--lr, --warmup-updates, --balance-coef, --seed, target tokens of the leg)
+    ("9e-4", "200", "0.01", "1", 9_970_863), ("3.6e-4", "100", "0.1", "2", 4_924_854),
+    ("3e-4", "50", "0.1", "3", 3_402_069))
 EVAL_ARCHS = ("largest", "smallest", str(SEARCH / "automoe-0.500.json"), str(SEARCH / "automoe-0.333.json"))
 SUPERNETS = ROOT / "benchmarks" / "results" / "supernets.jsonl"
 # darts_step_time.jsonl (1 thread): ~10 s per weight step, ~16 s per weight + architecture step, so the
@@ -191,11 +202,42 @@ def supernet_command(kind: str) -> list[str]:
     return cmd + ["--init-from", MOS_START] + (["--resume"] if (run / "checkpoint.safetensors").exists() else [])
 
 
-def evaluate_supernets() -> None:
+def mos_scratch_command(leg: int) -> list[str]:
+    """Leg `leg` (1-3) of the MoS supernet trained from scratch on v3's schedule; leg 3's folder is
+    `mos-neuron-scratch`, the supernet compared with v3."""
+    lr, warmup, balance, seed, tokens = MOS_SCRATCH_LEGS[leg - 1]
+    run = RUNS / mos_scratch_name(leg)
+    cmd = automoe("train", "supernet", "--data", DATA, "--space", "small", "--sandwich", "--bf16", "--max-tokens", "3000",
+                  "--lr", lr, "--warmup-updates", warmup, "--schedule", "inverse_sqrt", "--balance-coef", balance,
+                  "--seed", seed, "--max-tokens-seen", str(tokens), "--save-every-minutes", "5", "--threads", "2",
+                  "--valid-every", "100", "--run-dir", str(run), "--weight-sharing", MOS_SCRATCH_KIND,
+                  *SHARING[MOS_SCRATCH_KIND])
+    if leg > 1:
+        cmd += ["--init-from", str(RUNS / mos_scratch_name(leg - 1))]
+    return cmd + (["--resume"] if (run / "checkpoint.safetensors").exists() else [])
+
+
+def mos_scratch_name(leg: int) -> str:
+    """The run folder name of a leg of the MoS-from-scratch supernet."""
+    return f"{MOS_SCRATCH_KIND}-scratch" + ("" if leg == len(MOS_SCRATCH_LEGS) else f"-leg{leg}")
+
+
+def comparison_supernets() -> list[str]:
+    """Supernet v3 (where the three warm-started kinds start) and the three comparison supernets."""
+    return [MOS_START] + [str(RUNS / f"cmp-{kind}") for kind in SHARING]
+
+
+def evaluate_mos_scratch() -> None:
+    """Test BLEU of the four subnets and the training record of the MoS-from-scratch supernet."""
+    scratch = str(RUNS / mos_scratch_name(len(MOS_SCRATCH_LEGS)))
+    evaluate_supernets([scratch])
+    supernet_stats({scratch: "from scratch, v3's schedule"})
+
+
+def evaluate_supernets(supernets: list[str]) -> None:
     """Inherited-weight test BLEU (beam 4, all test sentences, no fine-tuning) of the same four
-    subnets of supernet v3 (where all three start) and of each comparison supernet, appended to
-    benchmarks/results/supernets.jsonl."""
-    for supernet in [MOS_START] + [str(RUNS / f"cmp-{kind}") for kind in SHARING]:
+    subnets of each supernet folder, appended to benchmarks/results/supernets.jsonl."""
+    for supernet in supernets:
         for arch in EVAL_ARCHS:
             subprocess.run(automoe("eval", supernet, "--arch", arch, "--data", DATA, "--split", "test",
                                    "--threads", "2", "--results", str(SUPERNETS)), cwd=ROOT, check=True)
@@ -241,6 +283,9 @@ def darts_command() -> list[str]:
                    "--d-model", str(d_model), "--steps", str(DARTS_STEPS), "--seed", "1", *(["--resume"] if resume else []))
 
 
+IN_PROCESS = ("supernets-eval", "supernets-stats", "mos-scratch-eval")  # steps that are callables, not commands
+
+
 def steps() -> list[tuple[str, object]]:
     """(name, action) in order; an action is a command list or a callable."""
     plan = [("data", lambda: automoe("data", "build", "--corpus", "bible", "--out", DATA)),
@@ -262,31 +307,34 @@ def steps() -> list[tuple[str, object]]:
     # the weight-sharing comparison (3 x 4M tokens) before the two HAT models (2 x 18.2M): it completes a study
     for kind in SHARING:
         plan.append((f"cmp-{kind}", lambda kind=kind: supernet_command(kind)))
-    plan.append(("supernets-eval", evaluate_supernets))
-    plan.append(("supernets-stats", supernet_stats))
+    plan.append(("supernets-eval", lambda: evaluate_supernets(comparison_supernets())))
+    # the first mos-layer run, whose weight sets started as plain copies, is kept for its router spread
+    plan.append(("supernets-stats", lambda: supernet_stats(
+        {MOS_START: "start", str(RUNS / "symmetric-cmp-mos-layer"): "weight sets started as copies"}
+        | {str(RUNS / f"cmp-{kind}"): "" for kind in SHARING})))
     plan += [searched("hat-small-bible-half"), searched("hat-small-bible-third")]
     plan.append(("evolution-search-third", evolution_search_command))
     plan.append(("darts-small-bible", darts_command))
     plan.append(("darts-small-bible-model", lambda: train_command(
         "darts-small-bible-model", str(RUNS / "darts-small-bible" / "best.json"), chosen_recipe())))
     plan.append(("search-methods", search_methods_command))
+    for leg in range(1, len(MOS_SCRATCH_LEGS) + 1):
+        plan.append((mos_scratch_name(leg), lambda leg=leg: mos_scratch_command(leg)))
+    plan.append(("mos-scratch-eval", evaluate_mos_scratch))
     return plan
 
 
-def supernet_stats() -> None:
-    """One training record per comparison supernet (and v3, and the first mos-layer run, whose
-    weight sets started as plain copies), appended to benchmarks/results/supernets.jsonl: its last
-    validation perplexities and, for a MoS supernet, how far its router tells the four evaluated
-    subnets apart (`automoe.mos.mixing_spread`)."""
+def supernet_stats(supernets: dict[str, str]) -> None:
+    """One training record per supernet folder (folder -> note), appended to
+    benchmarks/results/supernets.jsonl: its last validation perplexities and, for a MoS supernet,
+    how far its router tells the four evaluated subnets apart (`automoe.mos.mixing_spread`)."""
     from automoe.artifacts import git_commit
     from automoe.config import ArchConfig
     from automoe.mos import MixtureOfSupernets, mixing_spread
     from automoe.supernet_folder import load_supernet
 
-    runs = {MOS_START: "start", str(RUNS / "symmetric-cmp-mos-layer"): "weight sets started as copies"}
-    runs |= {str(RUNS / f"cmp-{kind}"): "" for kind in SHARING}
     with SUPERNETS.open("a", encoding="utf-8") as out:
-        for folder, note in runs.items():
+        for folder, note in supernets.items():
             if not Path(folder, "supernet_info.json").is_file():
                 continue
             info = json.loads(Path(folder, "supernet_info.json").read_text())
@@ -320,7 +368,7 @@ def main(argv: list[str] | None = None) -> int:
             (RUNS / name).mkdir(parents=True, exist_ok=True)
             (RUNS / name / "DONE").write_text(recipe + "\n")
             continue
-        if action in (evaluate_supernets, supernet_stats):
+        if name in IN_PROCESS:
             print(f"[{datetime.datetime.now():%H:%M:%S}] {name}", flush=True)
             action()
             (RUNS / name).mkdir(parents=True, exist_ok=True)
