@@ -117,7 +117,8 @@ def add_train_verbs(verbs) -> None:
     sup.add_argument("--run-dir", required=True, help="run folder (checkpoint, log, supernet weights)")
     sup.add_argument("--sandwich", action="store_true", help="also train the largest and smallest subnet each update")
     sup.add_argument("--init-from", default=None,
-                     help="start from the weights of a supernet folder (fresh optimizer; use --resume to continue a run)")
+                     help="start from the weights of a supernet folder of the same kind, or a mos-* supernet from a "
+                          "prefix one (fresh optimizer; use --resume to continue a run)")
     sup.add_argument("--weight-sharing", default="prefix", metavar="KIND",
                      help="prefix (slices of one weight set, HAT) | mos-layer | mos-neuron (Mixture-of-Supernets: "
                           "weight sets mixed per matrix or per output neuron by an architecture router; docs/mos.md)")
