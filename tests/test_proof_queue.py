@@ -1,0 +1,34 @@
+"""The proof queue's MoS-from-scratch run follows supernet v3's recorded schedule (tools/proof_queue.py)."""
+
+import json
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "tools"))
+
+import proof_queue  # noqa: E402
+
+
+def test_mos_scratch_legs_follow_supernet_v3s_recorded_schedule():
+    info = json.loads((ROOT / proof_queue.MOS_START / "supernet_info.json").read_text())
+    legs, leg = [], info
+    while leg:  # newest first: v3's own leg, then what it was started from
+        legs.append(leg["tokens_seen"])
+        leg = leg.get("previous")
+    assert [t for *_, t in proof_queue.MOS_SCRATCH_LEGS] == legs[::-1]
+    lr, warmup, balance, seed, _ = proof_queue.MOS_SCRATCH_LEGS[-1]
+    cfg = info["train_config"]
+    assert (float(lr), int(warmup), float(balance), int(seed)) == (
+        cfg["lr"], cfg["warmup_updates"], cfg["balance_coef"], cfg["seed"])
+
+
+def test_mos_scratch_legs_chain_and_resume(tmp_path, monkeypatch):
+    monkeypatch.setattr(proof_queue, "RUNS", tmp_path)
+    first, last = proof_queue.mos_scratch_command(1), proof_queue.mos_scratch_command(3)
+    assert "--init-from" not in first and "--resume" not in first
+    assert last[last.index("--init-from") + 1] == str(tmp_path / "mos-neuron-scratch-leg2")
+    assert last[last.index("--run-dir") + 1] == str(tmp_path / "mos-neuron-scratch")
+    (tmp_path / "mos-neuron-scratch").mkdir()
+    (tmp_path / "mos-neuron-scratch" / "checkpoint.safetensors").write_bytes(b"")
+    assert proof_queue.mos_scratch_command(3)[-1] == "--resume"
