@@ -395,7 +395,7 @@ def train_supernet(space: SearchSpace, cfg: TrainConfig, run_dir: str | Path, *,
         if start.sharing == sharing:
             task.module.load_state_dict(start.state_dict(), strict=True)
         elif start.sharing.kind == "prefix" and sharing.kind != "prefix":
-            task.module.load_prefix_supernet(start)  # every weight set starts as the prefix weights
+            task.module.load_prefix_supernet(start)  # each subnet starts as in the prefix supernet
         else:
             raise ValueError(f"{init_from} is a supernet with weight sharing {start.sharing.to_dict()}, not "
                              f"{sharing.to_dict()}: pass the same --weight-sharing/--mos-sets/--mos-hidden "

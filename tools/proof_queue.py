@@ -76,12 +76,13 @@ SEARCHED = {"automoe-small-bible-half": "automoe-0.500.json", "hat-small-bible-h
 
 # From scratch, 4M tokens left a prefix supernet at dev perplexity 222 (largest subnet: 0.24 dev BLEU):
 # too early to rank anything. So all three kinds start from supernet v3 (18.3M tokens; a MoS supernet
-# runs each subnet as v3 does at the start: MixtureOfSupernets.load_prefix_supernet) and train 3M tokens more with v3's own continuation
-# schedule (lr 3e-4, 50 warmup updates)
+# runs each subnet as v3 does at the start: MixtureOfSupernets.load_prefix_supernet) and train 3M
+# tokens more with v3's own continuation schedule (lr 3e-4, 50 warmup updates)
 MOS_START = str(ROOT / "models" / "supernet-small-bible-v3")
-MOS_COMMON = ["--data", DATA, "--space", "small", "--sandwich", "--bf16", "--max-tokens", "3000", "--lr", "3e-4",
-              "--warmup-updates", "50", "--schedule", "inverse_sqrt", "--balance-coef", "0.1", "--seed", "3",
-              "--max-tokens-seen", "3000000", "--save-every-minutes", "5", "--threads", "2"]
+SUPERNET_COMMON = ["--data", DATA, "--space", "small", "--sandwich", "--bf16", "--max-tokens", "3000",
+                   "--schedule", "inverse_sqrt", "--save-every-minutes", "5", "--threads", "2"]
+MOS_COMMON = SUPERNET_COMMON + ["--lr", "3e-4", "--warmup-updates", "50", "--balance-coef", "0.1", "--seed", "3",
+                                "--max-tokens-seen", "3000000"]
 SHARING = {"prefix": [], "mos-layer": ["--mos-sets", "2", "--mos-hidden", "128"],
            "mos-neuron": ["--mos-sets", "2", "--mos-hidden", "128"]}
 # MoS from scratch on supernet v3's own schedule (#27: the paper's setting, the same budget as v3):
@@ -207,11 +208,9 @@ def mos_scratch_command(leg: int) -> list[str]:
     `mos-neuron-scratch`, the supernet compared with v3."""
     lr, warmup, balance, seed, tokens = MOS_SCRATCH_LEGS[leg - 1]
     run = RUNS / mos_scratch_name(leg)
-    cmd = automoe("train", "supernet", "--data", DATA, "--space", "small", "--sandwich", "--bf16", "--max-tokens", "3000",
-                  "--lr", lr, "--warmup-updates", warmup, "--schedule", "inverse_sqrt", "--balance-coef", balance,
-                  "--seed", seed, "--max-tokens-seen", str(tokens), "--save-every-minutes", "5", "--threads", "2",
-                  "--valid-every", "100", "--run-dir", str(run), "--weight-sharing", MOS_SCRATCH_KIND,
-                  *SHARING[MOS_SCRATCH_KIND])
+    cmd = automoe("train", "supernet", *SUPERNET_COMMON, "--lr", lr, "--warmup-updates", warmup, "--balance-coef",
+                  balance, "--seed", seed, "--max-tokens-seen", str(tokens), "--valid-every", "100",
+                  "--run-dir", str(run), "--weight-sharing", MOS_SCRATCH_KIND, *SHARING[MOS_SCRATCH_KIND])
     if leg > 1:
         cmd += ["--init-from", str(RUNS / mos_scratch_name(leg - 1))]
     return cmd + (["--resume"] if (run / "checkpoint.safetensors").exists() else [])
