@@ -6,7 +6,9 @@ re-exports them under the names the scripts use.
 
 from __future__ import annotations
 
+import json
 import statistics
+from datetime import datetime, timedelta
 from pathlib import Path
 
 from automoe.artifacts import git_commit  # noqa: F401  (re-exported: the scripts' provenance)
@@ -26,3 +28,32 @@ def summary_ms(seconds: list[float]) -> dict:
 def environment(**extra) -> dict:
     """What every result record carries about where and when it was measured."""
     return {**run_environment(), **extra}
+
+
+def read_results(name: str, folder: Path = RESULTS) -> list[dict]:
+    """The records of `folder`/`name`.jsonl, oldest first ([] when the file does not exist)."""
+    path = folder / f"{name}.jsonl"
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+
+
+def last_run(records: list[dict], field: str, hours: float | None = None) -> list[dict]:
+    """Records of the last record's run: same commit, same hour and same `field` value. A benchmark
+    launched as several scripts one after another, which may start under different commits of
+    other files, passes `hours`: then the run is every record with the same `field` value written
+    within that many hours before the last one, whatever its commit."""
+    if not records:
+        return []
+    if hours is not None:
+        end = datetime.fromisoformat(records[-1]["date"])
+        return [r for r in records if r.get(field) == records[-1].get(field)
+                and timedelta(0) <= end - datetime.fromisoformat(r["date"]) <= timedelta(hours=hours)]
+    key = lambda r: (r.get("git_commit"), r.get("date", "")[:13], r.get(field))  # noqa: E731
+    return [r for r in records if key(r) == key(records[-1])]
+
+
+def commits(run: list[dict]) -> str:
+    """The distinct commits of a run's records, short, in order of appearance."""
+    return ", ".join(f"`{c[:10]}{'-dirty' if c.endswith('-dirty') else ''}`"
+                     for c in dict.fromkeys(r.get("git_commit") or "" for r in run))

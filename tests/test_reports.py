@@ -181,18 +181,18 @@ def _overhead_record(**fields) -> dict:
 
 def test_moe_overhead_tables_keep_trained_and_random_weights_apart(monkeypatch):
     """A run on random weights (--space) fills its own table and does not replace the trained run's."""
-    import report
+    import moe_tables
 
     trained = _overhead_record(supernet="models/trained", width=768)
     random = _overhead_record(supernet=None, space="wmt14", seed=0, d_model=640, decoder_layers=6, width=3072,
                               date="2026-12-03T00:30:00+00:00")
-    monkeypatch.setattr(report, "_read", lambda name: [trained, random] if name == "moe_overhead" else [])
-    table, scale = report.moe_overhead_table(), report.moe_overhead_table(random=True)
+    monkeypatch.setattr(moe_tables, "_read", lambda name: [trained, random] if name == "moe_overhead" else [])
+    table, scale = moe_tables.moe_overhead_table(), moe_tables.moe_overhead_table(random=True)
     assert "| 768 |" in table and "3072" not in table and "models/trained" in table
     assert "| 3072 |" in scale and "| 768 |" not in scale and "d_model 640, 6 decoder layers" in scale
     assert "at most 32 tokens per sentence" in scale
-    monkeypatch.setattr(report, "_read", lambda name: [trained] if name == "moe_overhead" else [])
-    assert report.moe_overhead_table(random=True).startswith("_Not measured yet")
+    monkeypatch.setattr(moe_tables, "_read", lambda name: [trained] if name == "moe_overhead" else [])
+    assert moe_tables.moe_overhead_table(random=True).startswith("_Not measured yet")
 
 
 def test_moe_overhead_weights_come_from_exactly_one_source():
@@ -220,7 +220,7 @@ def test_moe_overhead_weights_come_from_exactly_one_source():
 
 def test_moe_dispatch_parts_tables_keep_trained_and_random_weights_apart(monkeypatch):
     """The in-place breakdown on random weights (--space) has its own table, as in moe_overhead."""
-    import report
+    import moe_tables
 
     part = {"overhead": 0.1, "overhead_min": 0.1, "turns": 12}
     cuts = {"moe-one": part, "no-empty": part, "no-split": part, "router-only": part, "dense-again": part}
@@ -230,8 +230,8 @@ def test_moe_dispatch_parts_tables_keep_trained_and_random_weights_apart(monkeyp
     trained = {**base, "supernet": "models/trained", "width": 768, "date": "2026-12-03T00:00:00+00:00"}
     random = {**base, "supernet": None, "space": "wmt14", "seed": 0, "d_model": 640, "max_length": 32, "width": 2048,
               "date": "2026-12-03T00:30:00+00:00"}
-    monkeypatch.setattr(report, "_read", lambda name: [trained, random] if name == "moe_dispatch_parts" else [])
-    table, scale = report.moe_dispatch_parts_table(), report.moe_dispatch_parts_table(random=True)
+    monkeypatch.setattr(moe_tables, "_read", lambda name: [trained, random] if name == "moe_dispatch_parts" else [])
+    table, scale = moe_tables.moe_dispatch_parts_table(), moe_tables.moe_dispatch_parts_table(random=True)
     assert "| 768 |" in table and "| 2048 |" not in table and "models/trained" in table
     assert "| 2048 |" in scale and "| 768 |" not in scale and "`wmt14` space's largest model (d_model 640)" in scale
 
@@ -276,23 +276,23 @@ def test_moe_overhead_beam_decodes_to_fixed_lengths_and_differences_them(tmp_pat
 
 def test_moe_overhead_beam_table_reads_the_last_trained_run(monkeypatch):
     """The beam-graph table shows the last run's widths and says how a step was obtained."""
-    import report
+    import moe_tables
 
     records = [_overhead_record(benchmark="moe_overhead_beam", supernet="models/trained", width=w, lengths=[8, 40])
                for w in (384, 768)]
-    monkeypatch.setattr(report, "_read", lambda name: records if name == "moe_overhead_beam" else [])
-    table = report.moe_overhead_beam_table()
+    monkeypatch.setattr(moe_tables, "_read", lambda name: records if name == "moe_overhead_beam" else [])
+    table = moe_tables.moe_overhead_beam_table()
     assert "| 768 |" in table and "| 384 |" in table and "(time at 40 - time at 8) / 32" in table
     assert "models/trained" in table
-    monkeypatch.setattr(report, "_read", lambda name: [])
-    assert report.moe_overhead_beam_table().startswith("_Not measured yet")
+    monkeypatch.setattr(moe_tables, "_read", lambda name: [])
+    assert moe_tables.moe_overhead_beam_table().startswith("_Not measured yet")
 
 
 def test_moe_overhead_beam_table_shows_the_last_run_of_each_moe_form(monkeypatch):
     """Kernel rows (the int8 default) come first, then the last compact run; records older than the
     moe_dispatch field timed the compact form; a newer run of one form does not hide another, and
     records of a form automoe no longer exports (qmoe) are not shown, nor their paired ratios."""
-    import report
+    import moe_tables
 
     beam = {"benchmark": "moe_overhead_beam", "supernet": "models/trained", "lengths": [8, 40]}
     records = [_overhead_record(**beam, width=384, dense_step={"median_ms": 1.5}),  # compact, before the field
@@ -300,8 +300,8 @@ def test_moe_overhead_beam_table_shows_the_last_run_of_each_moe_form(monkeypatch
                                 git_commit="def", date="2026-12-04T00:00:00+00:00"),
                _overhead_record(**beam, width=384, moe_dispatch="kernel", dense_step={"median_ms": 3.5},
                                 against_form="qmoe", form_ratio=-0.3, git_commit="fed", date="2026-12-05T00:00:00+00:00")]
-    monkeypatch.setattr(report, "_read", lambda name: records if name == "moe_overhead_beam" else [])
-    table = report.moe_overhead_beam_table()
+    monkeypatch.setattr(moe_tables, "_read", lambda name: records if name == "moe_overhead_beam" else [])
+    table = moe_tables.moe_overhead_beam_table()
     rows = [line for line in table.splitlines() if line.startswith("| ")]
     assert rows[0].startswith("| MoE form | FFN width |") and len(rows) == 3
     assert rows[1].startswith("| kernel | 384 | 3.500 |") and rows[2].startswith("| compact | 384 | 1.500 |")
@@ -311,14 +311,14 @@ def test_moe_overhead_beam_table_shows_the_last_run_of_each_moe_form(monkeypatch
 
 def test_moe_overhead_beam_table_reports_the_paired_form_ratio(monkeypatch):
     """Records timed with --against-form add one sentence: each width's ratio of the two forms."""
-    import report
+    import moe_tables
 
     beam = {"benchmark": "moe_overhead_beam", "supernet": "models/trained", "lengths": [8, 40], "moe_dispatch": "kernel",
             "against_form": "compact"}
     records = [_overhead_record(**beam, width=w, form_ratio=r, form_ratio_min=m) for w, r, m in ((384, -0.1, -0.05),
                                                                                              (768, -0.2, -0.15))]
-    monkeypatch.setattr(report, "_read", lambda name: records if name == "moe_overhead_beam" else [])
-    assert "kernel over compact, by FFN width: 768: -20.0%; -15.0%, 384: -10.0%; -5.0%." in report.moe_overhead_beam_table()
+    monkeypatch.setattr(moe_tables, "_read", lambda name: records if name == "moe_overhead_beam" else [])
+    assert "kernel over compact, by FFN width: 768: -20.0%; -15.0%, 384: -10.0%; -5.0%." in moe_tables.moe_overhead_beam_table()
 
 
 def _forms_cell(compact: float, kernel: float, ratio: float, least: float, rows: int | None) -> dict:
@@ -330,7 +330,7 @@ def test_moe_forms_table_has_a_column_per_graph_in_decode_order(monkeypatch):
     """The forms table: one row per width (widest first), the encoder then decoder.onnx by batch
     size, each cell compact / kernel ms with the paired ratio and the ratio of minima; records
     written before the kernel form was timed are left out."""
-    import report
+    import moe_tables
 
     graphs = {"decoder@8": _forms_cell(2.0, 1.0, -0.5, -0.4, 32), "encoder": _forms_cell(2.0, 1.0, -0.5, -0.4, None),
               "decoder@1": _forms_cell(2.0, 1.0, -0.5, -0.4, 4)}
@@ -338,16 +338,16 @@ def test_moe_forms_table_has_a_column_per_graph_in_decode_order(monkeypatch):
                 "sentences": 96, "rounds": 3, "graphs": graphs, "git_commit": "abc", "date": "2026-12-03T00:00:00+00:00"}
                for w in (384, 1536)]
     old = {**records[0], "width": 768, "graphs": {"encoder": {"compact_call": {"median_ms": 2.0}, "ratio": -0.1}}}
-    monkeypatch.setattr(report, "_read", lambda name: records + [old] if name == "moe_forms" else [])
-    table = report.moe_forms_table()
+    monkeypatch.setattr(moe_tables, "_read", lambda name: records + [old] if name == "moe_forms" else [])
+    table = moe_tables.moe_forms_table()
     rows = [line for line in table.splitlines() if line.startswith("|")]
     assert rows[0] == ("| FFN width | encoder (one source) | decoder.onnx, batch 1 (4 rows per step) "
                        "| decoder.onnx, batch 8 (32 rows per step) |")
     assert rows[2] == "| 1536 | " + " | ".join(["2.000 / 1.000 (-50.0%; -40.0%)"] * 3) + " |"
     assert rows[3].startswith("| 384 |") and len(rows) == 4
     assert "ms per call, `compact` / `kernel`, and in brackets kernel over compact" in table
-    monkeypatch.setattr(report, "_read", lambda name: [])
-    assert report.moe_forms_table().startswith("_Not measured yet")
+    monkeypatch.setattr(moe_tables, "_read", lambda name: [])
+    assert moe_tables.moe_forms_table().startswith("_Not measured yet")
 
 
 def test_recording_session_shares_inputs_equal_to_the_previous_step():
@@ -373,32 +373,32 @@ def test_recording_session_shares_inputs_equal_to_the_previous_step():
 
 
 def test_moe_bleu_table_lists_every_form_against_torch(monkeypatch):
-    import report
+    import moe_tables
 
     record = {"benchmark": "moe_bleu", "supernet": "models/trained", "experts": 4, "width": 768, "beam": 4,
               "sentences": 10, "bleu_signature": "sig", "git_commit": "abc", "date": "2026-12-03T00:00:00+00:00",
               "scores": {"torch-fp32": {"bleu": 7.0, "chrf": 28.0, "bleu_change": 0.0},
                          "onnxruntime-int8-kernel": {"bleu": 6.75, "chrf": 27.5, "bleu_change": -0.25}}}
-    monkeypatch.setattr(report, "_read", lambda name: [record] if name == "moe_bleu" else [])
-    rows = report.moe_bleu_table().splitlines()
+    monkeypatch.setattr(moe_tables, "_read", lambda name: [record] if name == "moe_bleu" else [])
+    rows = moe_tables.moe_bleu_table().splitlines()
     assert rows[2] == "| torch-fp32 | 7.00 | +0.00 | 28.00 |"
     assert rows[3] == "| onnxruntime-int8-kernel | 6.75 | -0.25 | 27.50 |"
-    assert "4 top-1 experts of width 768" in report.moe_bleu_table()
-    monkeypatch.setattr(report, "_read", lambda name: [])
-    assert report.moe_bleu_table().startswith("_Not measured yet")
+    assert "4 top-1 experts of width 768" in moe_tables.moe_bleu_table()
+    monkeypatch.setattr(moe_tables, "_read", lambda name: [])
+    assert moe_tables.moe_bleu_table().startswith("_Not measured yet")
 
 
 def test_moe_overhead_beam_table_lists_every_repeated_run(monkeypatch):
     """When the shown run timed a width several times, the row is the last one and one sentence lists
     every run's overhead, oldest first; a form timed once gets no such sentence."""
-    import report
+    import moe_tables
 
     beam = {"benchmark": "moe_overhead_beam", "supernet": "models/trained", "lengths": [8, 40], "moe_dispatch": "kernel"}
     records = [_overhead_record(**beam, width=w, overhead=o, overhead_min=m, date=f"2026-12-05T00:{20 * i:02d}:00+00:00")
                for i, (w, o, m) in enumerate([(384, 0.05, 0.01), (768, 0.07, 0.02), (384, 0.09, 0.03)])]
     records.append(_overhead_record(**{**beam, "moe_dispatch": "compact"}, width=384, overhead=0.2))
-    monkeypatch.setattr(report, "_read", lambda name: records if name == "moe_overhead_beam" else [])
-    table = report.moe_overhead_beam_table()
+    monkeypatch.setattr(moe_tables, "_read", lambda name: records if name == "moe_overhead_beam" else [])
+    table = moe_tables.moe_overhead_beam_table()
     rows = [line for line in table.splitlines() if line.startswith("| kernel | 384 |")]
     assert len(rows) == 1 and "(+9.0%; +3.0%)" in rows[0]
     assert ("The kernel rows are the last of repeated runs; the 4-expert overhead of every run, oldest first "
@@ -410,7 +410,7 @@ def test_deleted_forms_table_states_the_measurements_that_decided(monkeypatch):
     """The forms deleted in issue #29 keep their deciding numbers in docs/moe_dispatch.md, rendered
     from the records: traced against compact in the decoder step, qmoe against compact and kernel
     (paired), qmoe's BLEU."""
-    import report
+    import moe_tables
 
     overhead = [_overhead_record(supernet="models/trained", width=w, overhead=0.25, traced_overhead=t, paired_turns=40)
                 for w, t in ((768, 0.35), (384, 0.2))]
@@ -421,27 +421,27 @@ def test_deleted_forms_table_states_the_measurements_that_decided(monkeypatch):
     bleu = {"width": 768, "scores": {"torch-fp32": {"bleu": 7.0}, "onnxruntime-int8-kernel": {"bleu": 7.1},
                                      "onnxruntime-int8-qmoe": {"bleu": 7.2}}}
     files = {"moe_overhead": overhead, "moe_overhead_beam": paired, "moe_bleu": [bleu]}
-    monkeypatch.setattr(report, "_read", lambda name: files.get(name, []))
-    rows = report.moe_deleted_forms_table().splitlines()
+    monkeypatch.setattr(moe_tables, "_read", lambda name: files.get(name, []))
+    rows = moe_tables.moe_deleted_forms_table().splitlines()
     assert rows[2].startswith("| traced | decoder.onnx step over dense, traced vs compact, `models/trained`")
     assert "traced slower in 1 of all 2 such records) | 768: +35.0% vs +25.0%, 384: +20.0% vs +25.0% |" in rows[2]
     assert rows[3].endswith("qmoe over compact, paired (moe_overhead_beam, 1 runs) | 384: -10.0% |")
     assert rows[4].endswith("kernel over qmoe, paired (moe_overhead_beam, 2 runs) | 384: -20.0% .. -5.0% |")
     assert rows[5].endswith("| fp32 7.00, kernel 7.10, qmoe 7.20 |") and len(rows) == 6
-    monkeypatch.setattr(report, "_read", lambda name: [])
-    assert report.moe_deleted_forms_table().startswith("_No records")
+    monkeypatch.setattr(moe_tables, "_read", lambda name: [])
+    assert moe_tables.moe_deleted_forms_table().startswith("_No records")
 
 
 def test_moe_summary_is_the_kernel_beam_rows_with_their_bleu_and_a_link(monkeypatch):
-    import report
+    import moe_tables
 
     beam = {"benchmark": "moe_overhead_beam", "supernet": "models/trained", "lengths": [8, 40], "moe_dispatch": "kernel"}
     records = [_overhead_record(**beam, width=w, overhead=o) for w, o in ((384, 0.05), (768, 0.07))]
     records.append(_overhead_record(**{**beam, "moe_dispatch": "compact"}, width=384, overhead=0.3))
     bleu = {"scores": {"onnxruntime-int8-kernel": {"bleu_change": -0.25}}}
     files = {"moe_overhead_beam": records, "moe_bleu": [bleu]}
-    monkeypatch.setattr(report, "_read", lambda name: files.get(name, []))
-    table = report.moe_summary_table()
+    monkeypatch.setattr(moe_tables, "_read", lambda name: files.get(name, []))
+    table = moe_tables.moe_summary_table()
     rows = [line for line in table.splitlines() if line.startswith("| ")]
     assert [row[:45] for row in rows[1:]] == ["| 768 | 1.000 | 1.000 (+7.0%; +10.0%) | 1.000",
                                               "| 384 | 1.000 | 1.000 (+5.0%; +10.0%) | 1.000"]
@@ -557,6 +557,26 @@ def test_decode_profile_puts_each_node_in_one_part():
     assert part_of("AutomoeMoE", "/decoder_layers.0/ffn/moe", [[4, 1, 384]], vocab) == "FFN / MoE"
     assert part_of("SkipLayerNormalization", "SkipLayerNormalization_token_2", [[4, 1, 384]], vocab) == "norms"
     assert part_of("Cast", "/Cast_1", [[4, 1]], vocab) == "other nodes"
+
+
+def test_decode_profile_timed_split_accounts_for_the_whole_beam_graph(tmp_path):
+    """Without the profiler: encoder, decoder steps and the operator's own work are shares of the
+    beam graph's time that add up to it, for a tiny int8 MoE export."""
+    from decode_profile import SPLIT, timed_split
+
+    from automoe.export.onnx import to_onnx
+    from automoe.random_model import save_random_model
+    from automoe.serve.engines import OnnxEngine
+
+    data = ROOT / "tests" / "data" / "bible-en-de"
+    arch = SearchSpace.preset("tiny").largest().replace(vocab_size=1000, max_positions=64)
+    model = save_random_model(arch.replace(decoder_ffn=((24, 8),) * arch.decoder_layers), tmp_path / "m", seed=1,
+                              sharpen=4.0, tokenizer_file=data / "spm.model")
+    engine = OnnxEngine(to_onnx(model, tmp_path / "onnx", quantize="int8"), threads=1)
+    split = timed_split(engine, [[5, 6, 7, 8], [9, 10, 11, 12, 13, 14]], beam=4)
+    assert set(split["timed_shares"]) == set(SPLIT) and split["ms_per_sentence"] > 0
+    assert sum(split["timed_shares"].values()) == pytest.approx(1.0, abs=2e-4)
+    assert split["timed_shares"]["encoder + first step"] > 0 and split["timed_shares"]["decoder steps"] > 0
 
 
 def test_card_speed_rows_say_how_they_decode_and_name_a_skipped_engine_once():
