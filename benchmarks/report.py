@@ -174,7 +174,8 @@ def comparison_table() -> str:
 
 def headline() -> str:
     """The README's first result: each searched MoE model of the last bench run against the dense
-    and Switch baselines on ONNX Runtime int8, 1 thread (with its shortlist where measured)."""
+    and Switch baselines and the HAT-style model of its budget, on ONNX Runtime int8, 1 thread
+    (with its shortlist where measured)."""
     from automoe.bench_results import last_run
 
     run = [r for r in last_run(_read("bench")) if r["engine"] == "onnxruntime-int8" and r["threads"] == 1
@@ -185,7 +186,7 @@ def headline() -> str:
                 "searched models are in training (issue #25)._")
     lines = []
     for a in models:
-        dense, switch, _ = _baselines(run, a)
+        dense, switch, hat = _baselines(run, a)
         listed = next((r for r in run if r["model"] == a["model"] and r.get("shortlist")), None)
         text = f"- **`{a['model']}`**: BLEU {a['bleu']:.2f}"
         if dense:
@@ -196,6 +197,9 @@ def headline() -> str:
         if switch:
             text += (f"; the Switch baseline: BLEU {switch['bleu']:.2f}, {switch['median_ms'] / a['median_ms']:.2f}x "
                      "slower than it")
+        if hat:
+            text += (f"; the HAT-style dense model searched for the same budget: BLEU {hat['bleu']:.2f}, "
+                     f"{hat['median_ms'] / a['median_ms']:.2f}x this model's latency")
         lines.append(text + ".")
     r0 = models[0]
     return ("\n".join(lines) + f"\n\nONNX Runtime int8, 1 thread, batch 1, beam 4, {r0['sentences']} test sentences "

@@ -537,12 +537,18 @@ def test_headline_states_each_searched_model_against_dense_and_switch(tmp_path, 
     monkeypatch.setattr(report, "RESULTS", tmp_path)
     assert "No searched MoE model" in report.headline()
     run = [rec("dense", "dense", 40.0, 19.0), rec("switch", "switch", 36.0, 17.5), rec("moe-third", "automoe", 10.0, 18.6),
-           rec("moe-third", "automoe", 8.0, 18.4, shortlist=True), rec("moe-third", "automoe", 1.0, 1.0, engine="torch")]
+           rec("moe-third", "automoe", 8.0, 18.4, shortlist=True), rec("moe-third", "automoe", 1.0, 1.0, engine="torch"),
+           rec("moe-half", "automoe", 20.0, 19.2), rec("hat-third", "hat", 10.5, 18.1),
+           rec("hat-third", "hat", 9.0, 18.0, shortlist=True)]
     (tmp_path / "bench.jsonl").write_text("".join(json.dumps(r) + "\n" for r in run))
     text = report.headline()
     assert ("- **`moe-third`**: BLEU 18.60 against the dense baseline's 19.00, **4.00x faster** (5.00x with its "
-            "lexical shortlist, BLEU 18.40); the Switch baseline: BLEU 17.50, 3.60x slower than it.") in text
-    assert "1007 test sentences" in text and text.count("- **") == 1
+            "lexical shortlist, BLEU 18.40); the Switch baseline: BLEU 17.50, 3.60x slower than it; the HAT-style "
+            "dense model searched for the same budget: BLEU 18.10, 1.05x this model's latency.") in text
+    # a budget without a HAT model says nothing of one
+    assert ("- **`moe-half`**: BLEU 19.20 against the dense baseline's 19.00, **2.00x faster**; the Switch baseline: "
+            "BLEU 17.50, 1.80x slower than it.") in text
+    assert "1007 test sentences" in text and text.count("- **") == 2
 
 
 def test_decode_profile_puts_each_node_in_one_part():
