@@ -1,4 +1,4 @@
-"""The proof queue's MoS-from-scratch run follows supernet v3's recorded schedule (tools/proof_queue.py)."""
+"""The proof queue (tools/proof_queue.py): its plan is well formed, and its MoS-from-scratch run follows supernet v3's recorded schedule."""
 
 import json
 import sys
@@ -32,3 +32,15 @@ def test_mos_scratch_legs_chain_and_resume(tmp_path, monkeypatch):
     (tmp_path / "mos-neuron-scratch").mkdir()
     (tmp_path / "mos-neuron-scratch" / "checkpoint.safetensors").write_bytes(b"")
     assert proof_queue.mos_scratch_command(3)[-1] == "--resume"
+
+
+def test_every_step_is_a_command_an_in_process_step_or_the_recipe_pick():
+    """The queue tells in-process steps (evaluations) from commands by their type, not by a second
+    list of names: the evaluation steps are InProcess, every other step but pick-recipe a callable."""
+    plan = proof_queue.steps()
+    assert len({name for name, _ in plan}) == len(plan)
+    in_process = {name for name, action in plan if isinstance(action, proof_queue.InProcess)}
+    assert in_process == {"supernets-eval", "supernets-stats", "mos-scratch-eval"}
+    assert all(callable(action.work) for name, action in plan if name in in_process)
+    assert [name for name, action in plan if action is None] == ["pick-recipe"]
+    assert all(callable(action) for name, action in plan if name not in in_process and action is not None)

@@ -282,11 +282,16 @@ def darts_command() -> list[str]:
                    "--d-model", str(d_model), "--steps", str(DARTS_STEPS), "--seed", "1", *(["--resume"] if resume else []))
 
 
-IN_PROCESS = ("supernets-eval", "supernets-stats", "mos-scratch-eval")  # steps that are callables, not commands
+class InProcess:
+    """A step done in the queue's own process (an evaluation writing results), not a command."""
+
+    def __init__(self, work):
+        self.work = work
 
 
 def steps() -> list[tuple[str, object]]:
-    """(name, action) in order; an action is a command list or a callable."""
+    """(name, action) in order; an action is a callable that returns the step's command, an
+    `InProcess` step, or None (pick-recipe)."""
     plan = [("data", lambda: automoe("data", "build", "--corpus", "bible", "--out", DATA)),
             ("switch-small-bible", lambda: train_command("switch-small-bible", "switch", "scratch",
                                                          ["--num-experts", "4"])),
@@ -306,11 +311,11 @@ def steps() -> list[tuple[str, object]]:
     # the weight-sharing comparison (3 x 4M tokens) before the two HAT models (2 x 18.2M): it completes a study
     for kind in SHARING:
         plan.append((f"cmp-{kind}", lambda kind=kind: supernet_command(kind)))
-    plan.append(("supernets-eval", lambda: evaluate_supernets(comparison_supernets())))
+    plan.append(("supernets-eval", InProcess(lambda: evaluate_supernets(comparison_supernets()))))
     # the first mos-layer run, whose weight sets started as plain copies, is kept for its router spread
-    plan.append(("supernets-stats", lambda: supernet_stats(
+    plan.append(("supernets-stats", InProcess(lambda: supernet_stats(
         {MOS_START: "start", str(RUNS / "symmetric-cmp-mos-layer"): "weight sets started as copies"}
-        | {str(RUNS / f"cmp-{kind}"): "" for kind in SHARING})))
+        | {str(RUNS / f"cmp-{kind}"): "" for kind in SHARING}))))
     plan += [searched("hat-small-bible-half"), searched("hat-small-bible-third")]
     plan.append(("evolution-search-third", evolution_search_command))
     plan.append(("darts-small-bible", darts_command))
@@ -319,7 +324,7 @@ def steps() -> list[tuple[str, object]]:
     plan.append(("search-methods", search_methods_command))
     for leg in range(1, len(MOS_SCRATCH_LEGS) + 1):
         plan.append((mos_scratch_name(leg), lambda leg=leg: mos_scratch_command(leg)))
-    plan.append(("mos-scratch-eval", evaluate_mos_scratch))
+    plan.append(("mos-scratch-eval", InProcess(evaluate_mos_scratch)))
     return plan
 
 
@@ -367,9 +372,9 @@ def main(argv: list[str] | None = None) -> int:
             (RUNS / name).mkdir(parents=True, exist_ok=True)
             (RUNS / name / "DONE").write_text(recipe + "\n")
             continue
-        if name in IN_PROCESS:
+        if isinstance(action, InProcess):
             print(f"[{datetime.datetime.now():%H:%M:%S}] {name}", flush=True)
-            action()
+            action.work()
             (RUNS / name).mkdir(parents=True, exist_ok=True)
             (RUNS / name / "DONE").write_text(datetime.datetime.now().isoformat() + "\n")
             continue
