@@ -1,4 +1,5 @@
-"""The proof queue (tools/proof_queue.py): its plan is well formed, and its MoS-from-scratch run follows supernet v3's recorded schedule."""
+"""The proof queue (tools/proof_queue.py): its plan is well formed, and its MoS-from-scratch run
+follows supernet v3's recorded schedule."""
 
 import json
 import sys
