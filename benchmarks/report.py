@@ -416,6 +416,15 @@ def decode_profile() -> str:
     return table(run) if run else "_No decode profile yet (benchmarks/decode_profile.py)._"
 
 
+def space_floor() -> str:
+    """The smallest subnets of the small space and of its downward extensions against dense
+    (space_floor.jsonl, benchmarks/space_floor.py)."""
+    from space_floor import table
+
+    run = _last_run(_read("space_floor"), "benchmark")
+    return table(run) if run else "_Not measured yet (benchmarks/space_floor.py)._"
+
+
 def mos_cost() -> str:
     """Training cost of each weight-sharing kind (mos_cost.jsonl, benchmarks/mos_cost.py)."""
     from mos_cost import table
@@ -467,7 +476,7 @@ def memory_floor_table() -> str:
                                f"commit {_commits(run)}.")
 
 
-TABLES = {"headline": headline, "comparison": comparison_table, "recipes": recipes_table, "supernets": supernets_table, "search_methods": search_methods_table, "darts_memory": darts_memory, "mos_cost": mos_cost, "decode_profile": decode_profile, "models": models_table, "search": search_table, "predictor": predictor_table, "engines": engines_table,
+TABLES = {"headline": headline, "comparison": comparison_table, "recipes": recipes_table, "supernets": supernets_table, "search_methods": search_methods_table, "darts_memory": darts_memory, "mos_cost": mos_cost, "decode_profile": decode_profile, "space_floor": space_floor, "models": models_table, "search": search_table, "predictor": predictor_table, "engines": engines_table,
           "load_demo": load_demo_table, "moe_summary": moe_summary_table, "moe_overhead": moe_overhead_table,
           "moe_overhead_scale": lambda: moe_overhead_table(random=True), "moe_overhead_beam": moe_overhead_beam_table,
           "moe_forms": moe_forms_table, "moe_dispatch_parts": moe_dispatch_parts_table,

@@ -648,3 +648,26 @@ def test_paper_scale_table_pairs_each_model_with_and_without_its_shortlist(monke
     lines = report.paper_scale_table().splitlines()
     assert lines[2] == "| onnxruntime (w) | dense | 43.0M / 99.0M | 3.84 | 800 | 400 | 2.00x | 1.00x / 1.00x | 2.00x |"
     assert lines[3] == "| onnxruntime (w) | automoe | 43.0M / 99.0M | 3.84 | 500 | 200 | 2.50x | 1.60x / 2.00x | 4.00x |"
+
+
+def test_space_floor_measures_the_smallest_architecture_of_each_extended_space():
+    """The floor study's variants: the dense baseline first, the reference model, the space's
+    smallest, then for each extension the smallest architecture of the extended space, which the
+    `small` space itself does not hold; its table has a row per record."""
+    import dataclasses
+
+    import space_floor
+
+    archs = space_floor.variants(ROOT / "models" / "automoe-small-bible-third")
+    names = list(archs)
+    assert names[:3] == ["dense", "reference (automoe-small-bible-third)", "smallest"]
+    assert archs["dense"] == space_floor.SPACE.dense_baseline()
+    for name, changes in space_floor.EXTENSIONS.items():
+        arch, extended = archs[f"smallest, space + {name}"], dataclasses.replace(space_floor.SPACE, **changes)
+        assert extended.contains(arch) and not space_floor.SPACE.contains(arch)
+        assert arch == extended.smallest()
+    records = [{"model": n, "arch": a.to_dict(), "gflops": 1.0, "median_ms": 2.0, "speedup_vs_dense": 1.5,
+                "sentences": 10, "cpu": "cpu", "git_commit": "abc"} for n, a in archs.items()]
+    table = space_floor.table(records)
+    assert len([line for line in table.splitlines() if line.startswith("| ")]) == len(archs) + 1
+    assert "| smallest, space + d_model 192, 2 encoder layers | 192 | 2 / 1 | 1.000 | 2.00 | 1.50x |" in table
