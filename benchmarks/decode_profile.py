@@ -20,9 +20,11 @@ small nodes and the beam search's own work; a second measurement, without the pr
 the same sentences into
   encoder + first step   encoder.onnx (the encoder subgraph: encoder, cross-attention keys and
                          values, the first decoder step)
-  decoder steps          decoder.onnx run as many times as the beam graph ran its decoder for that
-                         sentence, with the beam's cache shapes (a Python loop, so its few
-                         microseconds per call count here)
+  decoder steps          decoder.onnx run as many times as the beam search runs its decoder for that
+                         sentence (counted under automoe's beam search over the step graphs, the
+                         same algorithm and translation as the operator's at batch 1), with the
+                         beam's cache shapes (a Python loop, so its few microseconds per call
+                         count here)
   beam search            the beam graph's time minus both
 timed back to back per sentence, three times (the fastest of each counts), shares of the sum over
 sentences. Appends one record per model to benchmarks/results/decode_profile.jsonl.
@@ -100,6 +102,30 @@ def profile(folder: Path, family: str, sources: list[str], warmup: int, beam: in
             "shares": {p: round(inner.get(p, 0.0) / total, 4) for p in PARTS}, **split}
 
 
+class _Counted:
+    """An ONNX Runtime session that counts its runs."""
+
+    def __init__(self, session):
+        self.session, self.runs = session, 0
+
+    def run(self, *args, **kwargs):
+        self.runs += 1
+        return self.session.run(*args, **kwargs)
+
+
+def decoder_runs(engine, ids: list[int], beam: int, max_length: int) -> int:
+    """How many times beam search runs decoder.onnx for one sentence (the first step, in the
+    encoder graph, not counted): automoe's beam search over the step graphs, the same search as
+    the BeamSearch operator's at batch 1, with the engine's decoder session counted."""
+    decoder, graph = engine.decoder, engine.use_beam_graph
+    engine.decoder, engine.use_beam_graph = _Counted(decoder), False
+    try:
+        engine.translate_ids([ids], beam=beam, max_length=max_length)
+        return engine.decoder.runs
+    finally:
+        engine.decoder, engine.use_beam_graph = decoder, graph
+
+
 def timed_split(engine, sources: list[list[int]], beam: int, repeats: int = 3) -> dict:
     """Without the profiler: each sentence's beam-graph time, then its encoder graph and as many
     decoder-graph steps as the beam graph took, timed back to back `repeats` times; the fastest
@@ -117,12 +143,12 @@ def timed_split(engine, sources: list[list[int]], beam: int, repeats: int = 3) -
         ids = ids[: cfg.max_positions - 1] + [cfg.eos_id]  # as Translator encodes a sentence
         src = _pad([ids], cfg.pad_id)
         mask = (src != cfg.pad_id).astype(np.int32)
+        runs = decoder_runs(engine, ids, beam, default_max_length(engine, len(ids)))
         best = dict.fromkeys(("total", "encoder + first step", "decoder steps"), float("inf"))
         for _ in range(repeats):
             start = time.perf_counter()
-            sequences, _ = engine.run_beam_graph(src, beam, default_max_length(engine, len(ids)))
+            engine.run_beam_graph(src, beam, default_max_length(engine, len(ids)))
             best["total"] = min(best["total"], time.perf_counter() - start)
-            steps = int((sequences[0, 0, 1:] != cfg.pad_id).sum())  # decoder runs: one per generated token
             start = time.perf_counter()
             outs = engine.encoder.run(None, {"encoder_input_ids": src.astype(np.int32),
                                              "encoder_attention_mask": mask,
@@ -133,7 +159,7 @@ def timed_split(engine, sources: list[list[int]], beam: int, repeats: int = 3) -
             feeds.update(zip(engine.past_cross_names, (np.repeat(a, beam, 0) for a in outs[2 + 2 * n:])))
             cache = [np.repeat(a, beam, 0) for a in outs[2: 2 + 2 * n]]
             start = time.perf_counter()
-            for _ in range(steps - 1):  # the first step ran in the encoder graph
+            for _ in range(runs):
                 feeds.update(zip(engine.past_self_names, cache))
                 cache = engine.decoder.run(None, feeds)[1:]
             best["decoder steps"] = min(best["decoder steps"], time.perf_counter() - start)

@@ -568,7 +568,8 @@ def test_decode_profile_puts_each_node_in_one_part():
 def test_decode_profile_timed_split_accounts_for_the_whole_beam_graph(tmp_path):
     """Without the profiler: encoder, decoder steps and the operator's own work are shares of the
     beam graph's time that add up to it, for a tiny int8 MoE export."""
-    from decode_profile import SPLIT, timed_split
+    import numpy as np
+    from decode_profile import SPLIT, decoder_runs, timed_split
 
     from automoe.export.onnx import to_onnx
     from automoe.random_model import save_random_model
@@ -579,6 +580,11 @@ def test_decode_profile_timed_split_accounts_for_the_whole_beam_graph(tmp_path):
     model = save_random_model(arch.replace(decoder_ffn=((24, 8),) * arch.decoder_layers), tmp_path / "m", seed=1,
                               sharpen=4.0, tokenizer_file=data / "spm.model")
     engine = OnnxEngine(to_onnx(model, tmp_path / "onnx", quantize="int8"), threads=1)
+    for ids in ([5, 6, 7, 8, 3], [9, 10, 11, 12, 13, 14, 3]):  # the search runs a step per token it emits, or more
+        sequences, _ = engine.run_beam_graph(np.array([ids]), 4, 20)
+        emitted = int((sequences[0, 0, 1:] != arch.pad_id).sum())
+        assert emitted >= 3 and decoder_runs(engine, ids, 4, 20) + 1 >= emitted
+    assert engine.use_beam_graph and not hasattr(engine.decoder, "runs")  # the engine is left as it was
     split = timed_split(engine, [[5, 6, 7, 8], [9, 10, 11, 12, 13, 14]], beam=4)
     assert set(split["timed_shares"]) == set(SPLIT) and split["ms_per_sentence"] > 0
     assert sum(split["timed_shares"].values()) == pytest.approx(1.0, abs=2e-4)
