@@ -139,11 +139,13 @@ def timed_split(engine, sources: list[list[int]], beam: int, repeats: int = 3) -
     cfg = engine.config
     n = engine.layers
     times = dict.fromkeys(("total",) + SPLIT, 0.0)
+    total_runs = 0
     for ids in sources:
         ids = ids[: cfg.max_positions - 1] + [cfg.eos_id]  # as Translator encodes a sentence
         src = _pad([ids], cfg.pad_id)
         mask = (src != cfg.pad_id).astype(np.int32)
         runs = decoder_runs(engine, ids, beam, default_max_length(engine, len(ids)))
+        total_runs += runs + 1  # + the first step, in the encoder graph
         best = dict.fromkeys(("total", "encoder + first step", "decoder steps"), float("inf"))
         for _ in range(repeats):
             start = time.perf_counter()
@@ -167,6 +169,7 @@ def timed_split(engine, sources: list[list[int]], beam: int, repeats: int = 3) -
             times[part] += seconds
     times["beam search"] = times["total"] - times["encoder + first step"] - times["decoder steps"]
     return {"ms_per_sentence": round(times["total"] * 1000 / len(sources), 3), "repeats": repeats,
+            "steps_per_sentence": round(total_runs / len(sources), 2),
             "timed_shares": {p: round(times[p] / times["total"], 4) for p in SPLIT}}
 
 
@@ -175,9 +178,10 @@ def table(records: list[dict]) -> str:
     r0, out = records[0], []
     timed = [r for r in records if "timed_shares" in r]
     if timed:
-        lines = ["| model | ms per sentence | " + " | ".join(SPLIT) + " |", "|---|---:|" + "---:|" * len(SPLIT)]
+        lines = ["| model | ms per sentence | decoder steps per sentence | " + " | ".join(SPLIT) + " |",
+                 "|---|---:|---:|" + "---:|" * len(SPLIT)]
         for r in timed:
-            lines.append(f"| `{r['model']}` ({r['family']}) | {r['ms_per_sentence']:.2f} | "
+            lines.append(f"| `{r['model']}` ({r['family']}) | {r['ms_per_sentence']:.2f} | {r['steps_per_sentence']:.1f} | "
                          + " | ".join(f"{r['timed_shares'][p]:.0%}" for p in SPLIT) + " |")
         out.append("\n".join(lines) + "\n\nWithout the profiler: the beam graph's time per sentence, split by timing "
                    "the encoder graph and the same number of decoder-graph steps back to back; `beam search` is "

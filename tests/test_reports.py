@@ -587,7 +587,7 @@ def test_decode_profile_timed_split_accounts_for_the_whole_beam_graph(tmp_path):
     assert engine.use_beam_graph and not hasattr(engine.decoder, "runs")  # the engine is left as it was
     split = timed_split(engine, [[5, 6, 7, 8], [9, 10, 11, 12, 13, 14]], beam=4)
     assert set(split["timed_shares"]) == set(SPLIT) and split["ms_per_sentence"] > 0
-    assert sum(split["timed_shares"].values()) == pytest.approx(1.0, abs=2e-4)
+    assert sum(split["timed_shares"].values()) == pytest.approx(1.0, abs=2e-4) and split["steps_per_sentence"] >= 3
     assert split["timed_shares"]["encoder + first step"] > 0 and split["timed_shares"]["decoder steps"] > 0
 
 
