@@ -213,8 +213,12 @@ def main(argv: list[str] | None = None) -> int:
     sources, _ = read_split(args.data, "test", args.sentences)
     env = environment()
     from automoe.bench import load_models
+    from automoe.config import ConfigError
 
-    models, _ = load_models(args.models)  # families as the bench names them (a searched dense model: hat)
+    try:  # families as the bench names them (a dense model other than the baseline: hat)
+        models, _ = load_models(args.models)
+    except ConfigError:  # no dense model among them, so no family to rename
+        models, _ = load_models(args.models, baseline=args.models[0])
     records = [{**profile(m.folder, m.family, sources, args.warmup, args.beam), "model": m.name, **env}
                for m in models]
     print(table(records))
