@@ -184,7 +184,7 @@ def table(records: list[dict]) -> str:
             lines.append(f"| `{r['model']}` ({r['family']}) | {r['ms_per_sentence']:.2f} | {r['steps_per_sentence']:.1f} | "
                          + " | ".join(f"{r['timed_shares'][p]:.0%}" for p in SPLIT) + " |")
         out.append("\n".join(lines) + "\n\nWithout the profiler: the beam graph's time per sentence, split by timing "
-                   "the encoder graph and the same number of decoder-graph steps back to back; `beam search` is "
+                   "the encoder graph and as many decoder-graph steps as the beam search runs, back to back; `beam search` is "
                    "the rest (log-softmax and top-k over the vocabulary, hypotheses, cache copies).")
     lines = ["| model | " + " | ".join(PARTS) + " |", "|---|" + "---:|" * len(PARTS)]
     for r in records:
