@@ -476,14 +476,20 @@ def memory_floor_table() -> str:
                                f"commit {_commits(run)}.")
 
 
-TABLES = {"headline": headline, "comparison": comparison_table, "recipes": recipes_table, "supernets": supernets_table, "search_methods": search_methods_table, "darts_memory": darts_memory, "mos_cost": mos_cost, "decode_profile": decode_profile, "space_floor": space_floor, "models": models_table, "search": search_table, "predictor": predictor_table, "engines": engines_table,
-          "load_demo": load_demo_table, "moe_summary": moe_summary_table, "moe_overhead": moe_overhead_table,
-          "moe_overhead_scale": lambda: moe_overhead_table(random=True), "moe_overhead_beam": moe_overhead_beam_table,
-          "moe_forms": moe_forms_table, "moe_dispatch_parts": moe_dispatch_parts_table,
-          "moe_dispatch_parts_scale": lambda: moe_dispatch_parts_table(random=True), "moe_bleu": moe_bleu_table,
-          "moe_deleted_forms": moe_deleted_forms_table, "throughput": throughput_table,
-          "int8_forms": int8_forms_table,
-          "memory_floor": memory_floor_table, "paper_scale": paper_scale_table}
+TABLES = {  # block name -> the function that writes it (the blocks sit in README.md and docs/*.md)
+    "headline": headline, "comparison": comparison_table, "recipes": recipes_table,
+    "decode_profile": decode_profile, "space_floor": space_floor, "models": models_table,
+    "supernets": supernets_table, "search_methods": search_methods_table, "search": search_table,
+    "predictor": predictor_table, "engines": engines_table, "load_demo": load_demo_table,
+    "paper_scale": paper_scale_table, "darts_memory": darts_memory, "mos_cost": mos_cost,
+    "throughput": throughput_table, "int8_forms": int8_forms_table, "memory_floor": memory_floor_table,
+    # the MoE-dispatch study (moe_tables.py)
+    "moe_summary": moe_summary_table, "moe_overhead": moe_overhead_table,
+    "moe_overhead_scale": lambda: moe_overhead_table(random=True), "moe_overhead_beam": moe_overhead_beam_table,
+    "moe_forms": moe_forms_table, "moe_dispatch_parts": moe_dispatch_parts_table,
+    "moe_dispatch_parts_scale": lambda: moe_dispatch_parts_table(random=True), "moe_bleu": moe_bleu_table,
+    "moe_deleted_forms": moe_deleted_forms_table,
+}
 
 
 def render(text: str) -> str:
