@@ -134,7 +134,6 @@ def timed_split(engine, sources: list[list[int]], beam: int, repeats: int = 3) -
     import numpy as np
 
     from automoe.generate import default_max_length
-    from automoe.serve.engines import _pad
 
     cfg = engine.config
     n = engine.layers
@@ -142,7 +141,7 @@ def timed_split(engine, sources: list[list[int]], beam: int, repeats: int = 3) -
     total_runs = 0
     for ids in sources:
         ids = ids[: cfg.max_positions - 1] + [cfg.eos_id]  # as Translator encodes a sentence
-        src = _pad([ids], cfg.pad_id)
+        src = np.array([ids], dtype=np.int64)  # one sentence: nothing to pad
         mask = (src != cfg.pad_id).astype(np.int32)
         runs = decoder_runs(engine, ids, beam, default_max_length(engine, len(ids)))
         total_runs += runs + 1  # + the first step, in the encoder graph
