@@ -108,7 +108,8 @@ def run(args: argparse.Namespace) -> dict:
     from gradio_client import Client
 
     from automoe.checkpoint import folder_kind
-    from automoe.serve.app import build_app, load_examples
+    from automoe.serve.app import build_app
+    from automoe.serve.demo import load_examples
 
     if not 1 <= args.requests <= MAX_REQUESTS or not 1 <= args.concurrency <= MAX_CONCURRENCY:
         raise SystemExit(f"--requests must be 1..{MAX_REQUESTS} and --concurrency 1..{MAX_CONCURRENCY}")

@@ -80,7 +80,7 @@ def test_app_config(app, models):
     from automoe.bench import ENGINES
 
     assert be.engines[0] == "torch" and set(be.engines) <= set(ENGINES) and be.threads == 1
-    from automoe.serve.app import load_examples, model_kind
+    from automoe.serve.demo import load_examples, model_kind
 
     assert load_examples(DATA)[0].startswith("The first book I wrote, Theophilus")
     assert load_examples(None)[0] == "In the beginning God created the heavens and the earth."
@@ -88,6 +88,11 @@ def test_app_config(app, models):
     from automoe.config import SearchSpace
 
     assert model_kind(SearchSpace.preset("tiny").switch_baseline(3)) == "Switch (3 experts)"
+    from automoe.serve.demo import model_kinds
+
+    tiny = SearchSpace.preset("tiny")  # the largest dense model is the reference; a smaller dense one was searched
+    assert model_kinds({"hat": tiny.smallest(), "big": tiny.largest(), "sw": tiny.switch_baseline(3)}) == {
+        "hat": "HAT-style dense", "big": "dense", "sw": "Switch (3 experts)"}
 
 
 def test_translate_endpoint(client, models):
@@ -216,7 +221,7 @@ def test_browser_translate_and_screenshot(app):
 def test_default_model_prefers_automoe_then_best_bleu(tmp_path):
 
     from automoe.config import SearchSpace
-    from automoe.serve.app import default_model
+    from automoe.serve.demo import default_model
 
     dense = SearchSpace.preset("tiny").largest().replace(vocab_size=1000)
     for name, bleu in (("a", 3.0), ("b", 7.5), ("c", None)):
@@ -243,7 +248,7 @@ def test_rejected_values_log_one_line(client, app, caplog, capfd):
     from gradio_client.exceptions import AppError
 
     capfd.readouterr()
-    with caplog.at_level(logging.INFO, logger="automoe.serve.app"):
+    with caplog.at_level(logging.INFO, logger="automoe.serve"):  # the app and its backend (serve.demo)
         with pytest.raises(AppError, match="not in the list of choices"):
             client.predict(SENTENCE, "no-such-model", "torch", 2, api_name="/translate")
         with pytest.raises(AppError, match="greater than maximum value 8"):
@@ -260,7 +265,7 @@ def test_rejected_values_log_one_line(client, app, caplog, capfd):
 
 
 def test_serve_skips_folders_that_are_not_models(models, tmp_path, caplog):
-    from automoe.serve.app import DemoBackend
+    from automoe.serve.demo import DemoBackend
 
     supernet = tmp_path / "supernet-x"
     supernet.mkdir()
@@ -282,3 +287,17 @@ def test_serve_help_says_how_the_default_is_chosen():
     serve = next(a for a in parser._subparsers._group_actions[0].choices.values() if a.prog == "automoe serve")
     text = serve.format_help()
     assert "fastest AutoMoE model" in " ".join(text.split()) and "skipped with a note" in " ".join(text.split())
+
+
+def test_compare_times_against_the_reference_dense_model_not_a_searched_one(models, tmp_path):
+    """A searched (HAT-style) dense model listed first is labelled as such, and "vs dense" divides
+    the reference dense model's time (the dense one with the most parameters)."""
+    from automoe.config import SearchSpace
+    from automoe.serve.demo import DemoBackend
+
+    small = SearchSpace.preset("tiny").smallest().replace(vocab_size=1000, max_positions=24)
+    hat = save_random_model(small, tmp_path / "a-hat-tiny", seed=2, tokenizer_file=DATA / "spm.model")
+    be = DemoBackend({"a-hat-tiny": hat, "dense-tiny": models["dense-tiny"]}, engines=("torch",))
+    rows, status = be.compare(SENTENCE, "torch", 2)
+    assert [(r[0], r[1]) for r in rows] == [("a-hat-tiny", "HAT-style dense"), ("dense-tiny", "dense")]
+    assert rows[1][4] == "1.00x" and rows[0][4] == f"{rows[1][3] / rows[0][3]:.2f}x" and "2 of 2 models" in status

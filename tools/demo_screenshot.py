@@ -36,7 +36,8 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
     from playwright.sync_api import sync_playwright
 
-    from automoe.serve.app import discover_models, free_port, launch
+    from automoe.serve.app import free_port, launch
+    from automoe.serve.demo import discover_models
 
     models = discover_models(args.models)
     port = free_port()
