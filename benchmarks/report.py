@@ -204,7 +204,7 @@ def headline() -> str:
     r0 = models[0]
     return ("\n".join(lines) + f"\n\nONNX Runtime int8, 1 thread, batch 1, beam 4, {r0['sentences']} test sentences "
             f"(Acts), {r0['cpu']}; all models in one `automoe bench` run. The whole comparison: "
-            "[below](#the-comparison-searched-moe-vs-dense-vs-switch).")
+            "[below](#the-comparison-searched-moe-vs-dense-switch-and-hat).")
 
 
 def _baselines(rows: list[dict], a: dict) -> tuple[dict | None, dict | None, dict | None]:
