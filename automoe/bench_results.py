@@ -163,15 +163,37 @@ def plot(records: list[dict], out_prefix: str | Path) -> list[Path]:
     return [latency_png, gflops_png]
 
 
+def label_offsets(anchors: list[tuple[float, float]], texts: list[str], fontsize: float) -> list[tuple[float, float]]:
+    """Offsets (points) that keep point labels from overlapping: each label starts up and to the
+    right of its anchor (anchors in points) and moves down a line at a time while its box, its
+    width estimated from its length, overlaps a label already placed (the highest anchors first)."""
+    height, char = fontsize * 1.25, fontsize * 0.55
+    placed: list[tuple[float, float, float, float]] = []  # x0, y0, x1, y1 of the labels placed
+    offsets: list[tuple[float, float]] = [(4.0, 4.0)] * len(anchors)
+    for i in sorted(range(len(anchors)), key=lambda i: -anchors[i][1]):
+        (x, y), dy = anchors[i], 4.0
+        width = char * len(texts[i])
+        while any(x + 4 < b[2] and b[0] < x + 4 + width and y + dy < b[3] and b[1] < y + dy + height for b in placed):
+            dy -= height
+        placed.append((x + 4, y + dy, x + 4 + width, y + dy + height))
+        offsets[i] = (4.0, dy)
+    return offsets
+
+
 def _scatter(ax, rows: list[dict], x_field: str) -> None:
-    """One marker per model, styled by family, labelled with the model name."""
+    """One marker per model, styled by family, labelled with the model name (labels kept apart)."""
     labelled = set()
     for r in rows:
         marker, color = _STYLE.get(r["family"], ("o", "tab:gray"))
         legend = r["family"] if r["family"] not in labelled else None
         labelled.add(r["family"])
         ax.scatter(r[x_field], r["bleu"], marker=marker, color=color, s=60, label=legend, zorder=3)
-        ax.annotate(label(r), (r[x_field], r["bleu"]), fontsize=7, xytext=(4, 4), textcoords="offset points")
+    ax.autoscale_view()
+    to_points = 72.0 / ax.figure.dpi
+    anchors = [tuple(p * to_points) for p in ax.transData.transform([(r[x_field], r["bleu"]) for r in rows])]
+    texts = [label(r) for r in rows]
+    for r, text, offset in zip(rows, texts, label_offsets(anchors, texts, 7)):
+        ax.annotate(text, (r[x_field], r["bleu"]), fontsize=7, xytext=offset, textcoords="offset points")
     ax.grid(alpha=0.3)
 
 

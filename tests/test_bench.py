@@ -119,3 +119,13 @@ def test_shortlist_variant_records_its_cost_and_speedup(models, tmp_path):
     assert "automoe shortlist build" in by_key[("moe", True)]["skipped"]
     table = bench_results.markdown_table(records)
     assert "`dense + shortlist`" in table and "own speedup / BLEU cost" in table
+
+
+def test_plot_labels_of_nearby_points_do_not_overlap():
+    """Two labels at one anchor: the lower-ranked moves down a line; a distant one keeps its place."""
+    from automoe.bench_results import label_offsets
+
+    offsets = label_offsets([(100.0, 200.0), (101.0, 199.0), (400.0, 50.0)], ["model-a", "model-b", "far"], 7)
+    (ax, ay), (bx, by), far = offsets
+    assert (ax, ay) == (4.0, 4.0) and far == (4.0, 4.0)
+    assert bx == 4.0 and (200.0 + ay) - (199.0 + by) >= 7 * 1.25  # b's box lies wholly below a's
