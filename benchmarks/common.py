@@ -6,7 +6,6 @@ re-exports them under the names the scripts use.
 
 from __future__ import annotations
 
-import json
 import statistics
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -14,6 +13,7 @@ from pathlib import Path
 from automoe.artifacts import git_commit  # noqa: F401  (re-exported: the scripts' provenance)
 from automoe.bench_results import append_records as append_jsonl  # noqa: F401  (re-exported)
 from automoe.bench import cpu_name, percentile, run_environment  # noqa: F401  (re-exported)
+from automoe.card import read_records
 
 RESULTS = Path(__file__).parent / "results"
 
@@ -32,10 +32,7 @@ def environment(**extra) -> dict:
 
 def read_results(name: str, folder: Path = RESULTS) -> list[dict]:
     """The records of `folder`/`name`.jsonl, oldest first ([] when the file does not exist)."""
-    path = folder / f"{name}.jsonl"
-    if not path.exists():
-        return []
-    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    return read_records(folder / f"{name}.jsonl")
 
 
 def last_run(records: list[dict], field: str, hours: float | None = None) -> list[dict]:
