@@ -77,12 +77,21 @@ def model_family(arch: ArchConfig) -> str:
     return "automoe"
 
 
+def reference_dense(archs: dict[str, ArchConfig]) -> str | None:
+    """The name of the dense architecture with the most parameters among {name: arch}: the
+    reference a comparison is timed against (the other dense ones are searched, HAT-style
+    subnets). None when none is dense."""
+    from .search.flops import cost
+
+    dense = [name for name, arch in archs.items() if model_family(arch) == "dense"]
+    return max(dense, key=lambda name: cost(archs[name]).total_params) if dense else None
+
+
 def load_models(paths: list[str | Path], baseline: str | None = None) -> tuple[list[BenchModel], BenchModel]:
     """Read the model folders (a folder that is not a model folder, e.g. a supernet, is skipped
     with a warning) and choose the baseline: the model named `baseline` (its folder name or path),
     else the dense model with the most parameters. Returns (models, baseline)."""
     from .checkpoint import CheckpointError, read_model_config, resolve_model_dir
-    from .search.flops import cost
 
     models, seen = [], set()
     for path in paths:
@@ -105,10 +114,10 @@ def load_models(paths: list[str | Path], baseline: str | None = None) -> tuple[l
         if chosen is None:
             raise ConfigError(f"baseline {baseline!r} is not among the models {[m.name for m in models]}")
     else:
-        dense = [m for m in models if m.family == "dense"]
-        if not dense:
+        reference = reference_dense({m.name: m.arch for m in models})
+        if reference is None:
             raise ConfigError("no dense model among the models: pass --baseline NAME to choose the reference")
-        chosen = max(dense, key=lambda m: cost(m.arch).total_params)
+        chosen = next(m for m in models if m.name == reference)
     for m in models:
         if m.family == "dense" and m is not chosen:
             m.family = "hat"  # a dense model that is not the reference: a searched dense subnet

@@ -11,7 +11,7 @@ import threading
 import time
 from pathlib import Path
 
-from automoe.bench import ENGINES, parse_engine
+from automoe.bench import ENGINES, model_family, parse_engine, reference_dense
 
 from .routing_view import routing_html, width_rows
 from .translator import Translator, visible
@@ -35,27 +35,21 @@ class InputError(ValueError):
 
 
 def model_kind(arch) -> str:
-    """'dense', 'Switch (n experts)' (same number of equal experts everywhere) or 'AutoMoE'."""
-    layers = tuple(arch.encoder_ffn) + tuple(arch.decoder_ffn)
-    if all(len(w) == 1 for w in layers):
-        return "dense"
-    if len({w for w in layers}) == 1 and len(set(layers[0])) == 1:
-        return f"Switch ({len(layers[0])} experts)"
-    return "AutoMoE"
+    """'dense', 'Switch (n experts)' (same number of equal experts everywhere) or 'AutoMoE': the
+    bench's `model_family`, named for people."""
+    family = model_family(arch)
+    if family == "switch":
+        return f"Switch ({len(arch.encoder_ffn[0])} experts)"
+    return {"dense": "dense", "automoe": "AutoMoE"}[family]
 
 
 def model_kinds(archs: dict) -> dict[str, str]:
     """`model_kind` of each {name: arch}, except that the dense models other than the reference
-    (the dense one with the most parameters, as `automoe bench` picks its baseline) are searched
-    dense subnets: 'HAT-style dense'."""
-    from automoe.search.flops import cost
-
+    (`automoe.bench.reference_dense`, as `automoe bench` picks its baseline) are searched dense
+    subnets: 'HAT-style dense'."""
+    reference = reference_dense(archs)
     kinds = {name: model_kind(arch) for name, arch in archs.items()}
-    dense = [name for name, kind in kinds.items() if kind == "dense"]
-    if dense:
-        reference = max(dense, key=lambda name: cost(archs[name]).total_params)
-        kinds.update({name: "HAT-style dense" for name in dense if name != reference})
-    return kinds
+    return {name: "HAT-style dense" if kind == "dense" and name != reference else kind for name, kind in kinds.items()}
 
 
 def _experts_summary(arch) -> str:

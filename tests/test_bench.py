@@ -129,3 +129,10 @@ def test_plot_labels_of_nearby_points_do_not_overlap():
     (ax, ay), (bx, by), far = offsets
     assert (ax, ay) == (4.0, 4.0) and far == (4.0, 4.0)
     assert bx == 4.0 and (200.0 + ay) - (199.0 + by) >= 7 * 1.25  # b's box lies wholly below a's
+
+
+def test_reference_dense_is_the_largest_dense_architecture():
+    tiny = SearchSpace.preset("tiny")
+    assert bench.reference_dense({"small": tiny.smallest(), "big": tiny.largest(), "sw": tiny.switch_baseline(3)}) \
+        == "big"
+    assert bench.reference_dense({"sw": tiny.switch_baseline(3)}) is None
