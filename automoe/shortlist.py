@@ -252,12 +252,20 @@ def build_shortlist(data_dir: str | Path, model_dir: str | Path, *, top_k: int =
     """Build the shortlist of a model folder from a dataset folder's training pairs (see the module
     docstring), tokenized with the model's own SentencePiece model; `stats` are measured on
     `stats_split` (its shortlists' sizes and coverage of its references)."""
+    return build_shortlists(data_dir, model_dir, [(top_k, frequent)], score=score, stats_split=stats_split,
+                            max_pairs=max_pairs)[0]
+
+
+def build_shortlists(data_dir: str | Path, model_dir: str | Path, sizes: Sequence[tuple[int, int]], *,
+                     score: str = "dice", stats_split: str = "dev", max_pairs: int | None = None) -> list[Shortlist]:
+    """`build_shortlist` for each (top_k, frequent) of `sizes`, tokenizing the data once."""
     from .artifacts import sha256_file
     from .data import encode_file, load_tokenizer
 
     data_dir, model_dir = Path(data_dir), Path(model_dir)
-    if not isinstance(top_k, int) or top_k < 1 or not isinstance(frequent, int) or frequent < 0:
-        raise ValueError(f"top_k={top_k!r} must be >= 1 and frequent={frequent!r} >= 0")
+    for top_k, frequent in sizes:
+        if not isinstance(top_k, int) or top_k < 1 or not isinstance(frequent, int) or frequent < 0:
+            raise ValueError(f"top_k={top_k!r} must be >= 1 and frequent={frequent!r} >= 0")
     arch, tok_file = _arch_and_tokenizer(model_dir)
     sp = load_tokenizer(tok_file)
     if sp.get_piece_size() != arch.vocab_size:
@@ -273,22 +281,26 @@ def build_shortlist(data_dir: str | Path, model_dir: str | Path, *, top_k: int =
     targets = encode_file(sp, data_dir / "train.tgt")[:max_pairs]
     if len(sources) != len(targets):
         raise ShortlistError(f"{data_dir}: train.src has {len(sources)} lines but train.tgt {len(targets)}")
+    held_out = encode_file(sp, data_dir / f"{stats_split}.src"), encode_file(sp, data_dir / f"{stats_split}.tgt")
     specials = sorted({arch.pad_id, arch.bos_id, arch.eos_id} | ({sp.unk_id()} if sp.unk_id() >= 0 else set()))
     counts = np.bincount(np.concatenate([np.asarray(t, dtype=np.int64) for t in targets]), minlength=arch.vocab_size)
     counts[specials] = -1
     by_count = np.argsort(-counts, kind="stable")
-    most_frequent = by_count[:frequent][counts[by_count[:frequent]] > 0]
-    always = np.union1d(most_frequent, specials).astype(np.int32)
-    table = cooccurrence_table(sources, targets, arch.vocab_size, top_k=top_k, exclude=always.tolist(), score=score)
-    table[specials] = -1  # EOS / padding say nothing about the words of a translation
-    header = {"format": FORMAT, "format_version": FORMAT_VERSION, "vocab_size": arch.vocab_size,
-              "tokenizer_sha256": sha256_file(tok_file), "special_ids": specials, "top_k": top_k,
-              "frequent": frequent, "score": score, "data": str(data_dir), "train_pairs": len(sources)}
-    shortlist = Shortlist(table, always, header)
-    stats = shortlist_stats(shortlist, encode_file(sp, data_dir / f"{stats_split}.src"),
-                            encode_file(sp, data_dir / f"{stats_split}.tgt"))
-    header["stats"] = {"split": stats_split, **stats}
-    return shortlist
+    tokenizer_sha256 = sha256_file(tok_file)
+    shortlists = []
+    for top_k, frequent in sizes:
+        most_frequent = by_count[:frequent][counts[by_count[:frequent]] > 0]
+        always = np.union1d(most_frequent, specials).astype(np.int32)
+        table = cooccurrence_table(sources, targets, arch.vocab_size, top_k=top_k, exclude=always.tolist(),
+                                   score=score)
+        table[specials] = -1  # EOS / padding say nothing about the words of a translation
+        header = {"format": FORMAT, "format_version": FORMAT_VERSION, "vocab_size": arch.vocab_size,
+                  "tokenizer_sha256": tokenizer_sha256, "special_ids": specials, "top_k": top_k,
+                  "frequent": frequent, "score": score, "data": str(data_dir), "train_pairs": len(sources)}
+        shortlist = Shortlist(table, always, header)
+        header["stats"] = {"split": stats_split, **shortlist_stats(shortlist, *held_out)}
+        shortlists.append(shortlist)
+    return shortlists
 
 
 def vmap_lines(shortlist: Shortlist, pieces: Sequence[str]) -> list[str]:

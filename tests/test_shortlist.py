@@ -14,10 +14,12 @@ import pytest
 import torch
 
 from automoe.config import SearchSpace
+from automoe.evaluate import corpus_scores
 from automoe.random_model import save_random_model
 from automoe.serve import Translator
 from automoe.shortlist import (SHORTLIST_FILE, VMAP_FILE, Shortlist, ShortlistError, build_shortlist,
                                load_for_model, translator_kwargs, vmap_lines)
+from automoe.shortlist_tune import choose, parse_sizes, tune_shortlist
 
 DATA = Path(__file__).parent / "data" / "bible-en-de"
 SOURCES = [line.strip() for line in (DATA / "test.src").read_text().splitlines()[:14]] + ["Amen.", "Jesus wept."]
@@ -278,3 +280,82 @@ def test_cli_build_and_translate_with_shortlist(dense_dir, tmp_path):
     (model / SHORTLIST_FILE).unlink()
     missing = _cli("translate", str(model), "--shortlist", "Jesus wept.")
     assert missing.returncode == 2 and f"{model / SHORTLIST_FILE} not found" in missing.stderr
+
+
+def test_tune_choose_takes_the_smallest_list_within_the_cost():
+    rows = [{"avg_size": 300, "cost": 0.05}, {"avg_size": 100, "cost": 0.9}, {"avg_size": 200, "cost": 0.15},
+            {"avg_size": 150, "cost": 0.25}]
+    assert choose(rows, 0.2) == 2
+    assert choose(rows, 0.3) == 3
+    assert choose(rows, 0.01) is None
+    assert parse_sizes("5:10, 20:40") == [(5, 10), (20, 40)]
+    for bad in ("5", "5:x", "5:10,"):
+        with pytest.raises(ValueError, match="TOP_K:FREQUENT"):
+            parse_sizes(bad)
+
+
+@pytest.fixture(scope="module")
+def self_referenced_data(moe_dir, tmp_path_factory):
+    """The fixture corpus whose dev references are the tiny model's own full-vocabulary beam-4
+    translations: full BLEU is 100 and a shortlist costs what it changes."""
+    data = tmp_path_factory.mktemp("selfref")
+    for name in ("train.src", "train.tgt"):
+        shutil.copyfile(DATA / name, data / name)
+    sources = (DATA / "dev.src").read_text(encoding="utf-8").splitlines()[:12]
+    full = Translator.from_pretrained(moe_dir)
+    targets = [full.translate([s], beam=4)[0] for s in sources]
+    for side, lines in (("src", sources), ("tgt", targets)):
+        (data / f"dev.{side}").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return data
+
+
+def test_tune_measures_each_size_and_keeps_the_smallest_within_the_cost(moe_dir, self_referenced_data, tmp_path):
+    sizes = [(8, 20), (1, 2), (30, 200)]
+    shortlist, record = tune_shortlist(self_referenced_data, moe_dir, sizes=sizes, max_cost=100.0, engine="torch",
+                                       progress=False)
+    rows = record["candidates"]
+    assert record["full_bleu"] == 100.0 and record["sentences"] == 12 and record["split"] == "dev"
+    assert [(r["top_k"], r["frequent"]) for r in rows] == [(1, 2), (8, 20), (30, 200)]  # by size per sentence
+    assert rows[0]["avg_size"] < rows[1]["avg_size"] < rows[2]["avg_size"]
+    assert rows[0]["cost"] > 5.0  # a random model's translations move a lot under a small list
+    assert all(r["cost"] == round(100.0 - r["bleu"], 2) for r in rows)
+    assert record["chosen"] == {"top_k": 1, "frequent": 2} and shortlist.header["top_k"] == 1  # all pass: smallest
+    again = Shortlist.load(shortlist.save(tmp_path / SHORTLIST_FILE))
+    assert again.header["tuning"] == record
+    # the row's BLEU is what decoding over that list one sentence at a time gives
+    tr = Translator.from_pretrained(moe_dir)
+    tr.shortlist = again
+    sources = (self_referenced_data / "dev.src").read_text().splitlines()
+    refs = (self_referenced_data / "dev.tgt").read_text().splitlines()
+    assert corpus_scores([tr.translate([s], beam=4)[0] for s in sources], refs)["bleu"] == rows[0]["bleu"]
+    none, failed = tune_shortlist(self_referenced_data, moe_dir, sizes=[(1, 2)], max_cost=rows[0]["cost"] - 0.01,
+                                  engine="torch", progress=False)
+    assert none is None and failed["chosen"] is None and failed["candidates"] == rows[:1]
+    with pytest.raises(ValueError, match="cannot tune"):
+        tune_shortlist(self_referenced_data, moe_dir, engine="ctranslate2-int8")
+
+
+def test_cli_tune_on_onnxruntime_int8(moe_dir, self_referenced_data, tmp_path):
+    model = tmp_path / "m"
+    shutil.copytree(moe_dir, model)
+    before = (model / SHORTLIST_FILE).read_bytes()
+    results = tmp_path / "tune.jsonl"
+    args = ["shortlist", "tune", "--data", str(self_referenced_data), "--model", str(model), "--sizes", "1:2,30:200",
+            "--limit", "4", "--no-progress", "--results", str(results)]
+    out = _cli(*args)
+    assert out.returncode == 2 and "pass --force" in out.stderr
+    out = _cli(*args, "--max-cost", "100", "--dry-run")
+    assert out.returncode == 0, out.stderr
+    assert "onnxruntime-int8" in out.stdout and "<- chosen" in out.stdout
+    assert (model / SHORTLIST_FILE).read_bytes() == before  # a dry run writes nothing
+    record = json.loads(results.read_text().splitlines()[-1])
+    assert record["benchmark"] == "shortlist_tune" and record["sentences"] == 4 and record["engine"] == "onnxruntime-int8"
+    assert record["chosen"] == {"top_k": 1, "frequent": 2} and record["full_bleu"] > 20  # int8 moves a few pieces
+    smallest = record["candidates"][0]
+    assert (smallest["top_k"], smallest["frequent"]) == (1, 2) and smallest["cost"] > 1.0
+    out = _cli(*args[:-2], "--sizes", "1:2", "--max-cost", str(smallest["cost"] / 2), "--force")
+    assert out.returncode == 1 and "nothing written" in out.stderr
+    assert (model / SHORTLIST_FILE).read_bytes() == before
+    out = _cli(*args, "--max-cost", "100", "--force")
+    assert out.returncode == 0, out.stderr
+    assert load_for_model(model).header["tuning"]["chosen"] == {"top_k": 1, "frequent": 2}
