@@ -28,6 +28,7 @@ def cmd_shortlist_tune(args: argparse.Namespace) -> int:
     """Build a shortlist of each candidate size, decode the dev split with and without each (batch 1,
     as `automoe bench` does) and write the one with the fewest pieces per sentence whose BLEU cost
     is at most --max-cost into the model folder; prints the table of every candidate."""
+    from .bench import run_environment
     from .bench_results import append_records
     from .shortlist import SHORTLIST_FILE
     from .shortlist_tune import parse_sizes, tune_shortlist
@@ -47,7 +48,9 @@ def cmd_shortlist_tune(args: argparse.Namespace) -> int:
         print(f"{row['top_k']:>6} {row['frequent']:>8} {row['avg_size']:>9} {row['bleu']:>6} {row['cost']:>5}{mark}")
     if args.results:
         append_records(args.results, [{"benchmark": "shortlist_tune", "model": str(args.model),
-                                       "data": str(args.data), **record}])
+                                       "data": str(args.data), **record,
+                                       "written": not args.dry_run and shortlist is not None,
+                                       **run_environment()}])
     if shortlist is None:
         cheapest = min(record["candidates"], key=lambda r: r["cost"])
         print(f"error: no size keeps the {record['split']} BLEU cost <= {args.max_cost} (the cheapest, "

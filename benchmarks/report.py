@@ -432,6 +432,43 @@ def mos_cost() -> str:
     return table(_read("mos_cost"))
 
 
+def shortlist_tune_table() -> str:
+    """BLEU cost of each shortlist size on dev, per model, and the size `automoe shortlist tune`
+    chose against the one shipped (shortlist_tune.jsonl; the latest record per model)."""
+    latest = {}
+    for r in _read("shortlist_tune"):
+        latest[r["model"]] = r
+    if not latest:
+        return "_No tuning run yet (`automoe shortlist tune --results benchmarks/results/shortlist_tune.jsonl`)._"
+    sizes = sorted({(c["top_k"], c["frequent"]) for r in latest.values() for c in r["candidates"]})
+    lines = ["| model | dev BLEU, full vocabulary | " + " | ".join(f"{k}:{f}" for k, f in sizes)
+             + " | chosen | shipped |", "|---|---:|" + "---:|" * len(sizes) + "---|---|"]
+    for name, r in latest.items():
+        by_size = {(c["top_k"], c["frequent"]): c for c in r["candidates"]}
+        cells = [f"{by_size[s]['cost']:+.2f} ({by_size[s]['avg_size']:.0f})" if s in by_size else "" for s in sizes]
+        chosen = f"{r['chosen']['top_k']}:{r['chosen']['frequent']}" if r["chosen"] else f"none <= {r['max_cost']}"
+        lines.append(f"| `{Path(name).name}` | {r['full_bleu']:.2f} | " + " | ".join(cells)
+                     + f" | {chosen} | {_shipped_shortlist(Path(name))} |")
+    r0 = next(iter(latest.values()))
+    return "\n".join(lines) + (
+        f"\n\nBLEU cost on the {r0['sentences']} {r0['split']} sentences (full-vocabulary BLEU minus BLEU over the "
+        f"shortlist; in brackets the average shortlist size, pieces), {r0['engine']}, beam {r0['beam']}, batch 1; "
+        f"chosen: the smallest size within {r0['max_cost']} BLEU; shipped: the size of the model folder's "
+        f"shortlist.safetensors now. {r0['cpu']}, commit {_commits(list(latest.values()))}.")
+
+
+def _shipped_shortlist(folder: Path) -> str:
+    """'top_k:frequent' of a model folder's shortlist file, read from its header."""
+    sys.path.insert(0, str(ROOT))
+    from automoe.shortlist import SHORTLIST_FILE, Shortlist
+
+    path = folder if folder.is_absolute() else ROOT / folder
+    if not (path / SHORTLIST_FILE).is_file():
+        return "none"
+    h = Shortlist.load(path / SHORTLIST_FILE).header
+    return f"{h['top_k']}:{h['frequent']}"
+
+
 def throughput_table() -> str:
     """Sentences/s per batch size of the latest throughput run (benchmarks/throughput.py)."""
     sys.path.insert(0, str(ROOT))
@@ -482,7 +519,7 @@ TABLES = {  # block name -> the function that writes it (the blocks sit in READM
     "supernets": supernets_table, "search_methods": search_methods_table, "search": search_table,
     "predictor": predictor_table, "engines": engines_table, "load_demo": load_demo_table,
     "paper_scale": paper_scale_table, "darts_memory": darts_memory, "mos_cost": mos_cost,
-    "throughput": throughput_table, "int8_forms": int8_forms_table, "memory_floor": memory_floor_table,
+    "throughput": throughput_table, "shortlist_tune": shortlist_tune_table, "int8_forms": int8_forms_table, "memory_floor": memory_floor_table,
     # the MoE-dispatch study (moe_tables.py)
     "moe_summary": moe_summary_table, "moe_overhead": moe_overhead_table,
     "moe_overhead_scale": lambda: moe_overhead_table(random=True), "moe_overhead_beam": moe_overhead_beam_table,

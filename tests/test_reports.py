@@ -677,3 +677,34 @@ def test_space_floor_measures_the_smallest_architecture_of_each_extended_space()
     table = space_floor.table(records)
     assert len([line for line in table.splitlines() if line.startswith("| ")]) == len(archs) + 1
     assert "| smallest, space + d_model 192, 2 encoder layers | 192 | 2 / 1 | 1.000 | 2.00 | 1.50x |" in table
+
+
+def test_shortlist_tune_table_takes_each_models_latest_record_and_its_shipped_size(tmp_path, monkeypatch):
+    import json
+
+    import numpy as np
+    import report
+
+    from automoe.shortlist import FORMAT, FORMAT_VERSION, SHORTLIST_FILE, Shortlist
+
+    model = tmp_path / "m1"
+    model.mkdir()
+    header = {"format": FORMAT, "format_version": FORMAT_VERSION, "vocab_size": 10, "special_ids": [0, 1, 2, 3],
+              "top_k": 75, "frequent": 150}
+    Shortlist(np.full((10, 2), -1, dtype=np.int32), np.arange(4, dtype=np.int32), header).save(model / SHORTLIST_FILE)
+    env = {"benchmark": "shortlist_tune", "data": "d", "split": "dev", "sentences": 433, "engine": "onnxruntime-int8",
+           "beam": 4, "max_cost": 0.2, "cpu": "CPU X", "git_commit": "abc1234567"}
+    rows = lambda c1, c2: [{"top_k": 25, "frequent": 50, "avg_size": 300.4, "cost": c1},  # noqa: E731
+                           {"top_k": 50, "frequent": 100, "avg_size": 600.0, "cost": c2}]
+    records = [{**env, "model": str(model), "full_bleu": 20.0, "candidates": rows(0.9, 0.5), "chosen": None},
+               {**env, "model": str(model), "full_bleu": 21.0, "candidates": rows(0.4, 0.1),
+                "chosen": {"top_k": 50, "frequent": 100}},
+               {**env, "model": str(tmp_path / "m2"), "full_bleu": 19.5, "candidates": rows(0.3, 0.25)[:1],
+                "chosen": None}]
+    (tmp_path / "shortlist_tune.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    monkeypatch.setattr(report, "RESULTS", tmp_path)
+    table = report.shortlist_tune_table().splitlines()
+    assert table[0] == "| model | dev BLEU, full vocabulary | 25:50 | 50:100 | chosen | shipped |"
+    assert table[2] == "| `m1` | 21.00 | +0.40 (300) | +0.10 (600) | 50:100 | 75:150 |"  # the latest of m1
+    assert table[3] == "| `m2` | 19.50 | +0.30 (300) |  | none <= 0.2 | none |"
+    assert "433 dev sentences" in table[5] and "within 0.2 BLEU" in table[5]
