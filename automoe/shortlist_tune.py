@@ -86,6 +86,7 @@ def tune_shortlist(data_dir: str | Path, model_dir: str | Path, *, sizes: Sequen
     keeps the cost under the bound (record["chosen"] is then None)."""
     from tqdm.auto import tqdm
 
+    from .checkpoint import read_folder
     from .evaluate import read_split
 
     if engine not in TUNE_ENGINES:
@@ -96,6 +97,9 @@ def tune_shortlist(data_dir: str | Path, model_dir: str | Path, *, sizes: Sequen
     if not max_cost >= 0:
         raise ValueError(f"max_cost={max_cost!r} must be a BLEU difference >= 0")
     model_dir = Path(model_dir)
+    if read_folder(model_dir).kind != "model":  # a supernet folder is refused by read_folder itself
+        raise ValueError(f"{model_dir} is an export folder: tune the model folder it was exported from (the "
+                         "shortlist travels into exports made after it)")
     candidates = build_shortlists(data_dir, model_dir, list(sizes), score=score, stats_split=split)
     candidates.sort(key=lambda s: s.header["stats"]["avg_size"])
     sources, references = read_split(data_dir, split, limit)

@@ -333,6 +333,11 @@ def test_tune_measures_each_size_and_keeps_the_smallest_within_the_cost(moe_dir,
     assert none is None and failed["chosen"] is None and failed["candidates"] == rows[:1]
     with pytest.raises(ValueError, match="cannot tune"):
         tune_shortlist(self_referenced_data, moe_dir, engine="ctranslate2-int8")
+    from automoe.export.onnx import to_onnx
+
+    export = to_onnx(moe_dir, tmp_path / "onnx")
+    with pytest.raises(ValueError, match=f"{export} is an export folder: tune the model folder"):
+        tune_shortlist(self_referenced_data, export, engine="onnxruntime")
 
 
 def test_cli_tune_on_onnxruntime_int8(moe_dir, self_referenced_data, tmp_path):
