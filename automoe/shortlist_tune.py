@@ -125,3 +125,37 @@ def tune_shortlist(data_dir: str | Path, model_dir: str | Path, *, sizes: Sequen
     record["chosen"] = {"top_k": chosen.header["top_k"], "frequent": chosen.header["frequent"]}
     chosen.header["tuning"] = record
     return chosen, record
+
+
+def tune_table(records: list[dict], root: Path) -> str:
+    """Markdown of the latest tuning record per model among `records` (shortlist_tune.jsonl): the
+    dev BLEU cost (and average size) of each candidate size, the size chosen, and the size of the
+    model folder's shortlist now (folders relative to `root`). The caption ends with the CPU; the
+    caller adds the commits."""
+    latest = {r["model"]: r for r in records}
+    if not latest:
+        return "_No tuning run yet (`automoe shortlist tune --results benchmarks/results/shortlist_tune.jsonl`)._"
+    sizes = sorted({(c["top_k"], c["frequent"]) for r in latest.values() for c in r["candidates"]})
+    lines = ["| model | dev BLEU, full vocabulary | " + " | ".join(f"{k}:{f}" for k, f in sizes)
+             + " | chosen | shipped |", "|---|---:|" + "---:|" * len(sizes) + "---|---|"]
+    for name, r in latest.items():
+        by_size = {(c["top_k"], c["frequent"]): c for c in r["candidates"]}
+        cells = [f"{by_size[s]['cost']:+.2f} ({by_size[s]['avg_size']:.0f})" if s in by_size else "" for s in sizes]
+        chosen = f"{r['chosen']['top_k']}:{r['chosen']['frequent']}" if r["chosen"] else f"none <= {r['max_cost']}"
+        folder = Path(name) if Path(name).is_absolute() else root / name
+        lines.append(f"| `{Path(name).name}` | {r['full_bleu']:.2f} | " + " | ".join(cells)
+                     + f" | {chosen} | {_shipped_size(folder)} |")
+    r0 = next(iter(latest.values()))
+    return "\n".join(lines) + (
+        f"\n\nBLEU cost on the {r0['sentences']} {r0['split']} sentences (full-vocabulary BLEU minus BLEU over the "
+        f"shortlist; in brackets the average shortlist size, pieces), {r0['engine']}, beam {r0['beam']}, batch 1; "
+        f"chosen: the smallest size within {r0['max_cost']} BLEU; shipped: the size of the model folder's "
+        f"{SHORTLIST_FILE} now. {r0['cpu']}")
+
+
+def _shipped_size(folder: Path) -> str:
+    """'top_k:frequent' of a model folder's shortlist file (its header), or 'none'."""
+    if not (folder / SHORTLIST_FILE).is_file():
+        return "none"
+    h = Shortlist.load(folder / SHORTLIST_FILE).header
+    return f"{h['top_k']}:{h['frequent']}"

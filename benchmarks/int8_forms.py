@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import RESULTS, append_jsonl, environment  # noqa: E402
+from common import RESULTS, append_jsonl, commits, environment  # noqa: E402
 
 FORMS = ("fp32", "per-tensor", "per-row", "nbits-32", "nbits-128")
 
@@ -83,6 +83,21 @@ def in_form(model, form: str, tmp: Path) -> bytes:
     quantizer = MatMulNBitsQuantizer(copy, algo_config=config)
     quantizer.process()
     return quantizer.model.model.SerializeToString()
+
+
+def table(run: list[dict]) -> str:
+    """Markdown for report.py: the int8 forms of one run (int8_forms.jsonl)."""
+    if not run:
+        return "_No int8 forms run yet (benchmarks/int8_forms.py)._"
+    lines = ["| form | us per MatMul, 4 rows | us per MatMul, 128 rows | max error vs fp32 (4 rows) | batch-independent |",
+             "|---|---:|---:|---:|---|"]
+    for r in run:
+        lines.append(f"| {r['form']} | {r['us_per_matmul_4_rows']:.1f} | {r['us_per_matmul_128_rows']:.1f} | "
+                     f"{r['rel_error_4_rows']:.4f} | {'yes' if r['batch_independent'] else 'no'} |")
+    r0 = run[0]
+    return "\n".join(lines) + (f"\n\n{r0['layers']} FFNs {r0['d']} -> {r0['width']} -> {r0['d']}, random weights, "
+                               f"1 thread, forms interleaved, the minimum of {r0['repeats']} runs; error relative to "
+                               f"the largest fp32 output; {r0['cpu']}, commit {commits(run)}.")
 
 
 def main(argv: list[str] | None = None) -> int:

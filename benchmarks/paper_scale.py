@@ -36,7 +36,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import RESULTS, append_jsonl, environment, summary_ms  # noqa: E402
+from common import RESULTS, append_jsonl, commits, environment, last_run, summary_ms  # noqa: E402
 
 from automoe.config import ArchConfig, SearchSpace  # noqa: E402
 from automoe.search.flops import cost  # noqa: E402
@@ -123,6 +123,43 @@ def ct2_runners(model_dir: Path, out: Path, shortlist: Shortlist, threads: int, 
                                        min_decoding_length=out_len, max_decoding_length=out_len)
         return run
     return make(False), make(True)
+
+
+def table(records: list[dict]) -> str:
+    """Markdown for report.py: the wmt14 dense baseline against the paper-like AutoMoE subnet, with
+    and without a shortlist, the last run of each engine among `records` (paper_scale.jsonl)."""
+    engines = list(dict.fromkeys(r["engine"] for r in records))
+    runs = [last_run([r for r in records if r["engine"] == e], "engine") for e in engines]
+    if not runs:
+        return "_Not measured yet: `benchmarks/paper_scale.py`._"
+    lines = ["| engine | model | active / total params | GFLOPs | median ms | with shortlist | shortlist's own "
+             "speedup | speedup vs dense (both alike) | vs dense without a shortlist |",
+             "|---|---|---:|---:|---:|---:|---:|---:|---:|"]
+    for run in runs:
+        by = {(r["model"], r["shortlist"]): r for r in run}
+        for model in dict.fromkeys(r["model"] for r in run):
+            full, short = by.get((model, False)), by.get((model, True))
+            if not (full and short):
+                continue
+            form = short.get("shortlist_form") or ("scattered" if full["engine"] == "onnxruntime" else "vmap")
+            form = f" ({form.split(' (')[0]})"
+            lines.append(
+                f"| {full['engine']}{form} | {model} | {full['active_params'] / 1e6:.1f}M / "
+                f"{full['total_params'] / 1e6:.1f}M | {full['gflops']:.2f} | {full['median_ms']:.0f} | "
+                f"{short['median_ms']:.0f} | {full['median_ms'] / short['median_ms']:.2f}x | "
+                f"{full['speedup_vs_dense_same_shortlist']:.2f}x / {short['speedup_vs_dense_same_shortlist']:.2f}x | "
+                f"{short['speedup_vs_dense_full']:.2f}x |")
+    r0 = next(r for r in runs[-1] if r["shortlist"])
+    sizes = "; ".join(f"{r['engine']}: {r['shortlist_avg_size']:.0f} against {r['real_shortlist_avg_size']:.0f}"
+                      for r in (next(r for r in run if r["shortlist"]) for run in runs))
+    return "\n".join(lines) + (
+        f"\n\n**Latency only** (random weights): int8, {r0['threads']} thread, batch {r0['batch']}, beam {r0['beam']}, "
+        f"{r0['sentences']} sentences of the Bible test split's lengths (mean {r0['src_len_mean']} source / "
+        f"{r0['out_len_mean']} output tokens, every decode of the reference's length), the variants of one engine "
+        f"interleaved per sentence, ratios within one engine's run; a synthetic 32k shortlist of the real one's mean "
+        f"size (ids per sentence, {sizes}). \"both alike\": without / with a shortlist on "
+        f"both models. On CTranslate2, which has no MoE layer, the subnet runs as its dense equivalent. "
+        f"{r0['cpu']}, commit {commits([r for run in runs for r in run])}.")
 
 
 def main(argv: list[str] | None = None) -> int:

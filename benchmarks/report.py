@@ -363,44 +363,6 @@ def _supernet_training(records: list[dict]) -> str:
             "`automoe.mos.mixing_spread`).")
 
 
-def paper_scale_table() -> str:
-    """Paper-scale latency (random weights): the wmt14 dense baseline against a paper-like AutoMoE
-    subnet, with and without a shortlist, the last run of each engine (paper_scale.jsonl, issue #26)."""
-    records = _read("paper_scale")
-    engines = list(dict.fromkeys(r["engine"] for r in records))
-    runs = [_last_run([r for r in records if r["engine"] == e], "engine") for e in engines]
-    if not runs:
-        return "_Not measured yet: `benchmarks/paper_scale.py`._"
-    lines = ["| engine | model | active / total params | GFLOPs | median ms | with shortlist | shortlist's own "
-             "speedup | speedup vs dense (both alike) | vs dense without a shortlist |",
-             "|---|---|---:|---:|---:|---:|---:|---:|---:|"]
-    for run in runs:
-        by = {(r["model"], r["shortlist"]): r for r in run}
-        for model in dict.fromkeys(r["model"] for r in run):
-            full, short = by.get((model, False)), by.get((model, True))
-            if not (full and short):
-                continue
-            form = short.get("shortlist_form") or ("scattered" if full["engine"] == "onnxruntime" else "vmap")
-            form = f" ({form.split(' (')[0]})"
-            lines.append(
-                f"| {full['engine']}{form} | {model} | {full['active_params'] / 1e6:.1f}M / "
-                f"{full['total_params'] / 1e6:.1f}M | {full['gflops']:.2f} | {full['median_ms']:.0f} | "
-                f"{short['median_ms']:.0f} | {full['median_ms'] / short['median_ms']:.2f}x | "
-                f"{full['speedup_vs_dense_same_shortlist']:.2f}x / {short['speedup_vs_dense_same_shortlist']:.2f}x | "
-                f"{short['speedup_vs_dense_full']:.2f}x |")
-    r0 = next(r for r in runs[-1] if r["shortlist"])
-    sizes = "; ".join(f"{r['engine']}: {r['shortlist_avg_size']:.0f} against {r['real_shortlist_avg_size']:.0f}"
-                      for r in (next(r for r in run if r["shortlist"]) for run in runs))
-    return "\n".join(lines) + (
-        f"\n\n**Latency only** (random weights): int8, {r0['threads']} thread, batch {r0['batch']}, beam {r0['beam']}, "
-        f"{r0['sentences']} sentences of the Bible test split's lengths (mean {r0['src_len_mean']} source / "
-        f"{r0['out_len_mean']} output tokens, every decode of the reference's length), the variants of one engine "
-        f"interleaved per sentence, ratios within one engine's run; a synthetic 32k shortlist of the real one's mean "
-        f"size (ids per sentence, {sizes}). \"both alike\": without / with a shortlist on "
-        f"both models. On CTranslate2, which has no MoE layer, the subnet runs as its dense equivalent. "
-        f"{r0['cpu']}, commit {_commits([r for run in runs for r in run])}.")
-
-
 def darts_memory() -> str:
     """Peak training memory of the DARTS supernet, reversible vs stored activations (darts_memory.jsonl)."""
     from darts_memory import darts_memory_table
@@ -433,40 +395,13 @@ def mos_cost() -> str:
 
 
 def shortlist_tune_table() -> str:
-    """BLEU cost of each shortlist size on dev, per model, and the size `automoe shortlist tune`
-    chose against the one shipped (shortlist_tune.jsonl; the latest record per model)."""
-    latest = {}
-    for r in _read("shortlist_tune"):
-        latest[r["model"]] = r
-    if not latest:
-        return "_No tuning run yet (`automoe shortlist tune --results benchmarks/results/shortlist_tune.jsonl`)._"
-    sizes = sorted({(c["top_k"], c["frequent"]) for r in latest.values() for c in r["candidates"]})
-    lines = ["| model | dev BLEU, full vocabulary | " + " | ".join(f"{k}:{f}" for k, f in sizes)
-             + " | chosen | shipped |", "|---|---:|" + "---:|" * len(sizes) + "---|---|"]
-    for name, r in latest.items():
-        by_size = {(c["top_k"], c["frequent"]): c for c in r["candidates"]}
-        cells = [f"{by_size[s]['cost']:+.2f} ({by_size[s]['avg_size']:.0f})" if s in by_size else "" for s in sizes]
-        chosen = f"{r['chosen']['top_k']}:{r['chosen']['frequent']}" if r["chosen"] else f"none <= {r['max_cost']}"
-        lines.append(f"| `{Path(name).name}` | {r['full_bleu']:.2f} | " + " | ".join(cells)
-                     + f" | {chosen} | {_shipped_shortlist(Path(name))} |")
-    r0 = next(iter(latest.values()))
-    return "\n".join(lines) + (
-        f"\n\nBLEU cost on the {r0['sentences']} {r0['split']} sentences (full-vocabulary BLEU minus BLEU over the "
-        f"shortlist; in brackets the average shortlist size, pieces), {r0['engine']}, beam {r0['beam']}, batch 1; "
-        f"chosen: the smallest size within {r0['max_cost']} BLEU; shipped: the size of the model folder's "
-        f"shortlist.safetensors now. {r0['cpu']}, commit {_commits(list(latest.values()))}.")
-
-
-def _shipped_shortlist(folder: Path) -> str:
-    """'top_k:frequent' of a model folder's shortlist file, read from its header."""
+    """Dev BLEU cost of each shortlist size per model (shortlist_tune.jsonl, `automoe shortlist tune`)."""
     sys.path.insert(0, str(ROOT))
-    from automoe.shortlist import SHORTLIST_FILE, Shortlist
+    from automoe.shortlist_tune import tune_table
 
-    path = folder if folder.is_absolute() else ROOT / folder
-    if not (path / SHORTLIST_FILE).is_file():
-        return "none"
-    h = Shortlist.load(path / SHORTLIST_FILE).header
-    return f"{h['top_k']}:{h['frequent']}"
+    records = _read("shortlist_tune")
+    latest = list({r["model"]: r for r in records}.values())
+    return tune_table(records, ROOT) + (f", commit {_commits(latest)}." if latest else "")
 
 
 def throughput_table() -> str:
@@ -479,38 +414,26 @@ def throughput_table() -> str:
     return table(run) if run else "_No throughput run yet (benchmarks/throughput.py)._"
 
 
+def paper_scale_table() -> str:
+    """Paper-scale latency, random weights (paper_scale.jsonl, benchmarks/paper_scale.py; issue #26)."""
+    from paper_scale import table
+
+    return table(_read("paper_scale"))
+
+
 def int8_forms_table() -> str:
     """int8 forms of a linear layer, latest run of benchmarks/int8_forms.py."""
-    run = _last_run(_read("int8_forms"), "benchmark")
-    if not run:
-        return "_No int8 forms run yet (benchmarks/int8_forms.py)._"
-    lines = ["| form | us per MatMul, 4 rows | us per MatMul, 128 rows | max error vs fp32 (4 rows) | batch-independent |",
-             "|---|---:|---:|---:|---|"]
-    for r in run:
-        lines.append(f"| {r['form']} | {r['us_per_matmul_4_rows']:.1f} | {r['us_per_matmul_128_rows']:.1f} | "
-                     f"{r['rel_error_4_rows']:.4f} | {'yes' if r['batch_independent'] else 'no'} |")
-    r0 = run[0]
-    return "\n".join(lines) + (f"\n\n{r0['layers']} FFNs {r0['d']} -> {r0['width']} -> {r0['d']}, random weights, "
-                               f"1 thread, forms interleaved, the minimum of {r0['repeats']} runs; error relative to "
-                               f"the largest fp32 output; {r0['cpu']}, commit {_commits(run)}.")
+    from int8_forms import table
+
+    return table(_last_run(_read("int8_forms"), "benchmark"))
 
 
 def memory_floor_table() -> str:
     """A decode step at batch 1 against the memory floor, latest run of benchmarks/throughput.py."""
-    floors = [r for r in _read("throughput") if r.get("benchmark") == "memory_floor"]
-    run = _last_run(floors, "benchmark", hours=1)
-    if not run:
-        return "_No memory-floor run yet (benchmarks/throughput.py)._"
-    lines = ["| model | int8 weights read per step | floor ms (DRAM copy GB/s) | floor ms, cache-sized copy | "
-             "measured step ms | step / floor |", "|---|---:|---:|---:|---:|---:|"]
-    for r in run:
-        lines.append(f"| `{r['model']}` ({r['family']}) | {r['weight_bytes']['total'] / 1e6:.2f} MB | "
-                     f"{r['floor_ms']:.3f} ({r['bandwidth_gbps']:.1f}) | {r['floor_cache_ms']:.3f} | "
-                     f"{r['step_ms']:.3f} | {r['ratio']:.2f}x |")
-    r0 = run[0]
-    return "\n".join(lines) + (f"\n\nONNX Runtime int8, batch 1, beam {r0['beam']}, 1 thread, decoder.onnx steps of "
-                               f"{r0['sentences']} test sentences; bandwidth measured in the same run; {r0['cpu']}, "
-                               f"commit {_commits(run)}.")
+    from throughput import memory_floor_table as table
+
+    return table(_last_run([r for r in _read("throughput") if r.get("benchmark") == "memory_floor"], "benchmark",
+                           hours=1))
 
 
 TABLES = {  # block name -> the function that writes it (the blocks sit in README.md and docs/*.md)
@@ -519,7 +442,8 @@ TABLES = {  # block name -> the function that writes it (the blocks sit in READM
     "supernets": supernets_table, "search_methods": search_methods_table, "search": search_table,
     "predictor": predictor_table, "engines": engines_table, "load_demo": load_demo_table,
     "paper_scale": paper_scale_table, "darts_memory": darts_memory, "mos_cost": mos_cost,
-    "throughput": throughput_table, "shortlist_tune": shortlist_tune_table, "int8_forms": int8_forms_table, "memory_floor": memory_floor_table,
+    "throughput": throughput_table, "shortlist_tune": shortlist_tune_table, "int8_forms": int8_forms_table,
+    "memory_floor": memory_floor_table,
     # the MoE-dispatch study (moe_tables.py)
     "moe_summary": moe_summary_table, "moe_overhead": moe_overhead_table,
     "moe_overhead_scale": lambda: moe_overhead_table(random=True), "moe_overhead_beam": moe_overhead_beam_table,

@@ -32,7 +32,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import RESULTS, append_jsonl, environment  # noqa: E402
+from common import RESULTS, append_jsonl, commits, environment  # noqa: E402
 from routing import experts_read  # noqa: E402
 
 
@@ -119,6 +119,23 @@ def memory_floor(model_dir: Path, sources: list[str], beam: int) -> dict:
             "floor_ms": round(floor_ms, 4), "floor_cache_ms": round(weights["total"] / cache * 1000, 4),
             "step_ms": round(step_ms, 4), "step_p90_ms": round(float(np.percentile(steps, 90)) * 1000, 4),
             "ratio": round(step_ms / floor_ms, 2)}
+
+
+def memory_floor_table(run: list[dict]) -> str:
+    """Markdown for report.py: a decode step at batch 1 against the memory floor, one run
+    (the memory_floor records of throughput.jsonl)."""
+    if not run:
+        return "_No memory-floor run yet (benchmarks/throughput.py)._"
+    lines = ["| model | int8 weights read per step | floor ms (DRAM copy GB/s) | floor ms, cache-sized copy | "
+             "measured step ms | step / floor |", "|---|---:|---:|---:|---:|---:|"]
+    for r in run:
+        lines.append(f"| `{r['model']}` ({r['family']}) | {r['weight_bytes']['total'] / 1e6:.2f} MB | "
+                     f"{r['floor_ms']:.3f} ({r['bandwidth_gbps']:.1f}) | {r['floor_cache_ms']:.3f} | "
+                     f"{r['step_ms']:.3f} | {r['ratio']:.2f}x |")
+    r0 = run[0]
+    return "\n".join(lines) + (f"\n\nONNX Runtime int8, batch 1, beam {r0['beam']}, 1 thread, decoder.onnx steps of "
+                               f"{r0['sentences']} test sentences; bandwidth measured in the same run; {r0['cpu']}, "
+                               f"commit {commits(run)}.")
 
 
 def main(argv: list[str] | None = None) -> int:
