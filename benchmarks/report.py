@@ -341,6 +341,9 @@ def supernets_table() -> str:
             "sandwich rule on the same batches, schedule and seed; `mos-neuron-scratch` is a neuron-wise MoS "
             "supernet trained from scratch on v3's own schedule and budget (docs/mos.md). Last column: the shipped model whose architecture is "
             "this subnet's, trained by its own recipe on 18.2M target tokens (its card), for the gap to close."
+            + (" `mos-scratch-*` rows: the subnets the evolutionary search found in `mos-neuron-scratch` at the 1/2 "
+               "and 1/3 budgets of the shipped searches (same settings), evaluated there and in v3."
+               if any(a.startswith("mos-scratch-") for a in archs) else "")
             + _supernet_training([r for r in records if r.get("benchmark") == "supernet_training"]))
 
 

@@ -45,3 +45,20 @@ def test_every_step_is_a_command_an_in_process_step_or_the_recipe_pick():
     assert all(callable(action.work) for name, action in plan if name in in_process)
     assert [name for name, action in plan if action is None] == ["pick-recipe"]
     assert all(callable(action) for name, action in plan if name not in in_process and action is not None)
+
+
+def test_mos_scratch_searches_run_on_the_mos_supernet_at_the_shipped_budgets(tmp_path, monkeypatch):
+    monkeypatch.setattr(proof_queue, "RUNS", tmp_path)
+    plan = dict(proof_queue.steps())
+    names = [name for name, _ in proof_queue.steps()]
+    assert names.index("mos-neuron-scratch") < names.index("mos-scratch-search-half") < names.index("mos-scratch-eval")
+    rows = [json.loads(line) for line in (ROOT / "benchmarks" / "results" / "search.jsonl").read_text().splitlines()]
+    for name, fraction in (("mos-scratch-search-half", 0.5), ("mos-scratch-search-third", 0.3333)):
+        cmd = plan[name]()
+        assert cmd[cmd.index("--supernet") + 1] == str(tmp_path / "mos-neuron-scratch")
+        assert cmd[cmd.index("--out") + 1] == str(tmp_path / name) and "--resume" not in cmd
+        shipped = next(r for r in rows if r.get("search") == "automoe" and r.get("fraction") == fraction)
+        assert float(cmd[cmd.index("--latency-ms") + 1]) == shipped["budget_ms"]
+    v3 = proof_queue.evolution_search_command()  # the timed 1/3 search of supernet v3, as before
+    assert v3[v3.index("--supernet") + 1] == proof_queue.SUPERNET
+    assert v3[v3.index("--out") + 1] == str(tmp_path / "evolution-search-third")

@@ -35,7 +35,9 @@ so the queue can be stopped at any time and started again):
      benched with the dense one -> benchmarks/results/search_methods.jsonl.
  12. mos-neuron-scratch-leg1, -leg2, mos-neuron-scratch: a neuron-wise MoS supernet trained from
      scratch on supernet v3's own three-leg schedule (same seeds, learning rates and token counts,
-     18.3M target tokens); mos-scratch-eval: its four subnets' test BLEU and its training record
+     18.3M target tokens); mos-scratch-search-half, -third: the two evolutionary searches run again
+     on it (the shipped searches' budgets and settings); mos-scratch-eval: the test BLEU of its four
+     subnets and of its two searched ones (these also on v3), and its training record
      -> benchmarks/results/supernets.jsonl (issue #27: MoS against prefix sharing at v3's budget).
 
     nohup .venv/bin/python tools/proof_queue.py >> ~/.cache/automoe/runs/queue.log 2>&1 &
@@ -92,6 +94,8 @@ MOS_SCRATCH_KIND = "mos-neuron"
 MOS_SCRATCH_LEGS = (  # (--lr, --warmup-updates, --balance-coef, --seed, target tokens of the leg)
     ("9e-4", "200", "0.01", "1", 9_970_863), ("3.6e-4", "100", "0.1", "2", 4_924_854),
     ("3e-4", "50", "0.1", "3", 3_402_069))
+# the two searches run again on the MoS-from-scratch supernet (#27), at the shipped searches' budgets
+MOS_SCRATCH_SEARCHES = {"mos-scratch-search-half": 0.5, "mos-scratch-search-third": 0.3333}
 EVAL_ARCHS = ("largest", "smallest", str(SEARCH / "automoe-0.500.json"), str(SEARCH / "automoe-0.333.json"))
 SUPERNETS = ROOT / "benchmarks" / "results" / "supernets.jsonl"
 # darts_step_time.jsonl (1 thread): ~10 s per weight step, ~16 s per weight + architecture step, so the
@@ -227,35 +231,51 @@ def comparison_supernets() -> list[str]:
 
 
 def evaluate_mos_scratch() -> None:
-    """Test BLEU of the four subnets and the training record of the MoS-from-scratch supernet."""
+    """Test BLEU of the four subnets and of the MoS supernet's own searched subnets (on it and, for the
+    same architectures, on supernet v3), and the training record of the MoS-from-scratch supernet."""
     scratch = str(RUNS / mos_scratch_name(len(MOS_SCRATCH_LEGS)))
-    evaluate_supernets([scratch])
+    searched = []
+    for name, fraction in MOS_SCRATCH_SEARCHES.items():  # named for the tables: every search writes best.json
+        best = RUNS / name / "best.json"
+        named = RUNS / name / f"mos-scratch-{fraction:.3f}.json"
+        shutil.copyfile(best, named)
+        searched.append(str(named))
+    evaluate_supernets([scratch], EVAL_ARCHS + tuple(searched))
+    evaluate_supernets([MOS_START], tuple(searched))
     supernet_stats({scratch: "from scratch, v3's schedule"})
 
 
-def evaluate_supernets(supernets: list[str]) -> None:
-    """Inherited-weight test BLEU (beam 4, all test sentences, no fine-tuning) of the same four
-    subnets of each supernet folder, appended to benchmarks/results/supernets.jsonl."""
+def evaluate_supernets(supernets: list[str], archs: tuple[str, ...] = EVAL_ARCHS) -> None:
+    """Inherited-weight test BLEU (beam 4, all test sentences, no fine-tuning) of the same subnets
+    (by default the four of EVAL_ARCHS) of each supernet folder, appended to
+    benchmarks/results/supernets.jsonl."""
     for supernet in supernets:
-        for arch in EVAL_ARCHS:
+        for arch in archs:
             subprocess.run(automoe("eval", supernet, "--arch", arch, "--data", DATA, "--split", "test",
                                    "--threads", "2", "--results", str(SUPERNETS)), cwd=ROOT, check=True)
 
 
-def third_budget_ms() -> float:
-    """The predicted-latency budget of the 1/3 searches (benchmarks/results/search.jsonl)."""
+def budget_ms(fraction: float) -> float:
+    """The predicted-latency budget of the searches at `fraction` (0.5 or 0.3333) of the dense
+    latency (benchmarks/results/search.jsonl)."""
     rows = [json.loads(line) for line in (ROOT / "benchmarks" / "results" / "search.jsonl").read_text().splitlines()
             if line.strip()]
-    return next(r["budget_ms"] for r in rows if r.get("search") == "automoe" and r.get("fraction") == 0.3333)
+    return next(r["budget_ms"] for r in rows if r.get("search") == "automoe" and r.get("fraction") == fraction)
 
 
-def evolution_search_command() -> list[str]:
-    """The evolutionary 1/3 search with the settings of benchmarks/search_pareto.py's run (population
-    40: 8 parents, 16 mutations, 16 crossovers; 8 iterations; seed 0; 200 fitness sentences), timed."""
-    out = RUNS / "evolution-search-third"
+def third_budget_ms() -> float:
+    """The predicted-latency budget of the 1/3 searches."""
+    return budget_ms(0.3333)
+
+
+def evolution_search_command(supernet: str = SUPERNET, out: Path | None = None, fraction: float = 0.3333) -> list[str]:
+    """The evolutionary search of `supernet` at `fraction` of the dense latency with the settings of
+    benchmarks/search_pareto.py's run (population 40: 8 parents, 16 mutations, 16 crossovers;
+    8 iterations; seed 0; 200 fitness sentences), timed; by default the 1/3 search of supernet v3."""
+    out = out or RUNS / "evolution-search-third"
     resume = (out / "search_state.json").exists()
-    return automoe("search", "run", "--supernet", SUPERNET, "--data", DATA, "--out", str(out),
-                   "--latency-ms", str(third_budget_ms()), "--predictor", PREDICTOR, "--population", "40",
+    return automoe("search", "run", "--supernet", supernet, "--data", DATA, "--out", str(out),
+                   "--latency-ms", str(budget_ms(fraction)), "--predictor", PREDICTOR, "--population", "40",
                    "--parents", "8", "--mutations", "16", "--crossovers", "16", "--iterations", "8", "--seed", "0",
                    "--fitness-sentences", "200", *(["--resume"] if resume else []))
 
@@ -324,6 +344,10 @@ def steps() -> list[tuple[str, object]]:
     plan.append(("search-methods", search_methods_command))
     for leg in range(1, len(MOS_SCRATCH_LEGS) + 1):
         plan.append((mos_scratch_name(leg), lambda leg=leg: mos_scratch_command(leg)))
+    scratch = str(RUNS / mos_scratch_name(len(MOS_SCRATCH_LEGS)))
+    for name, fraction in MOS_SCRATCH_SEARCHES.items():
+        plan.append((name, lambda name=name, fraction=fraction: evolution_search_command(scratch, RUNS / name,
+                                                                                         fraction)))
     plan.append(("mos-scratch-eval", InProcess(evaluate_mos_scratch)))
     return plan
 
