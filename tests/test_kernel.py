@@ -13,7 +13,6 @@ import torch
 
 from automoe.export import kernel
 from automoe.moe import MoEFeedForward
-from automoe.serve import Translator
 
 from test_export import TINY, _beam_decoder, _LayerOutput, _optimized_ops, _save, check_int8_translations
 
