@@ -157,7 +157,7 @@ def add_model_verbs(verbs) -> None:
     tr.add_argument("--max-length", type=int, default=None, help="output token limit")
     tr.add_argument("--threads", type=int, default=None)
     tr.add_argument("--shortlist", action="store_true",
-                    help="decode over the model's lexical shortlist (`automoe shortlist build` first)")
+                    help="decode over the model's lexical shortlist (`automoe shortlist build` or `tune` first)")
     tr.add_argument("--no-verify", action="store_true",
                     help="skip the sha256 check of the weight and tokenizer files (for files edited on purpose)")
     tr.set_defaults(func=cmd_translate)

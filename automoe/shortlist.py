@@ -116,7 +116,8 @@ class Shortlist:
 
         path = Path(path)
         if not path.is_file():
-            raise ShortlistError(f"{path} not found: build one with `automoe shortlist build --data DATA --model MODEL`")
+            raise ShortlistError(f"{path} not found: build one with `automoe shortlist build --data DATA --model MODEL` "
+                                 "(or size it on dev: `automoe shortlist tune`)")
         try:
             with safe_open(str(path), framework="numpy") as f:
                 meta = f.metadata() or {}
