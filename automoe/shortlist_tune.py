@@ -12,6 +12,7 @@ under "tuning", so the choice can be checked later.
 
 from __future__ import annotations
 
+import os
 import shutil
 import tempfile
 from collections.abc import Sequence
@@ -48,7 +49,7 @@ def choose(rows: Sequence[dict], max_cost: float) -> int | None:
 
 def _translator(model_dir: Path, first: Shortlist, engine_name: str, threads: int, workdir: Path):
     """A Translator of the model on `engine_name` that can decode over any shortlist: ONNX Runtime
-    needs the shortlist beam graphs, written by exporting a copy of the folder that holds `first`."""
+    needs the shortlist beam graphs, written by exporting a linked copy of the folder that holds `first`."""
     from .bench import parse_engine
     from .serve import Translator
 
@@ -57,8 +58,9 @@ def _translator(model_dir: Path, first: Shortlist, engine_name: str, threads: in
         return Translator.from_pretrained(model_dir, engine="torch", threads=threads)
     from .export.onnx import to_onnx
 
-    copy = workdir / "model"
-    shutil.copytree(model_dir, copy, ignore=shutil.ignore_patterns(SHORTLIST_FILE))
+    copy = workdir / "model"  # the model's files linked, not copied (a Switch model holds 90 MB)
+    shutil.copytree(model_dir, copy, ignore=shutil.ignore_patterns(SHORTLIST_FILE),
+                    copy_function=lambda src, dst: os.symlink(os.path.abspath(src), dst))
     first.save(copy / SHORTLIST_FILE)
     return Translator.from_pretrained(to_onnx(copy, workdir / "onnx", quantize=quantize), threads=threads)
 
@@ -127,25 +129,30 @@ def tune_shortlist(data_dir: str | Path, model_dir: str | Path, *, sizes: Sequen
     return chosen, record
 
 
-def tune_table(records: list[dict], root: Path) -> str:
-    """Markdown of the latest tuning record per model among `records` (shortlist_tune.jsonl): the
-    dev BLEU cost (and average size) of each candidate size, the size chosen, and the size of the
-    model folder's shortlist now (folders relative to `root`). The caption ends with the CPU; the
-    caller adds the commits."""
-    latest = {r["model"]: r for r in records}
+def latest_per_model(records: list[dict]) -> list[dict]:
+    """The newest tuning record of each model among `records` (shortlist_tune.jsonl, oldest first)."""
+    return list({r["model"]: r for r in records}.values())
+
+
+def tune_table(latest: list[dict], root: Path) -> str:
+    """Markdown of tuning records, one per model (`latest_per_model`): the dev BLEU cost (and
+    average size) of each candidate size, the size chosen, and the size of the model folder's
+    shortlist now (folders relative to `root`). The caption ends with the CPU; the caller adds the
+    commits."""
     if not latest:
         return "_No tuning run yet (`automoe shortlist tune --results benchmarks/results/shortlist_tune.jsonl`)._"
-    sizes = sorted({(c["top_k"], c["frequent"]) for r in latest.values() for c in r["candidates"]})
+    sizes = sorted({(c["top_k"], c["frequent"]) for r in latest for c in r["candidates"]})
     lines = ["| model | dev BLEU, full vocabulary | " + " | ".join(f"{k}:{f}" for k, f in sizes)
              + " | chosen | shipped |", "|---|---:|" + "---:|" * len(sizes) + "---|---|"]
-    for name, r in latest.items():
+    for r in latest:
+        name = r["model"]
         by_size = {(c["top_k"], c["frequent"]): c for c in r["candidates"]}
         cells = [f"{by_size[s]['cost']:+.2f} ({by_size[s]['avg_size']:.0f})" if s in by_size else "" for s in sizes]
         chosen = f"{r['chosen']['top_k']}:{r['chosen']['frequent']}" if r["chosen"] else f"none <= {r['max_cost']}"
         folder = Path(name) if Path(name).is_absolute() else root / name
         lines.append(f"| `{Path(name).name}` | {r['full_bleu']:.2f} | " + " | ".join(cells)
                      + f" | {chosen} | {_shipped_size(folder)} |")
-    r0 = next(iter(latest.values()))
+    r0 = latest[0]
     return "\n".join(lines) + (
         f"\n\nBLEU cost on the {r0['sentences']} {r0['split']} sentences (full-vocabulary BLEU minus BLEU over the "
         f"shortlist; in brackets the average shortlist size, pieces), {r0['engine']}, beam {r0['beam']}, batch 1; "

@@ -400,11 +400,10 @@ def mos_cost() -> str:
 def shortlist_tune_table() -> str:
     """Dev BLEU cost of each shortlist size per model (shortlist_tune.jsonl, `automoe shortlist tune`)."""
     sys.path.insert(0, str(ROOT))
-    from automoe.shortlist_tune import tune_table
+    from automoe.shortlist_tune import latest_per_model, tune_table
 
-    records = _read("shortlist_tune")
-    latest = list({r["model"]: r for r in records}.values())
-    return tune_table(records, ROOT) + (f", commit {_commits(latest)}." if latest else "")
+    latest = latest_per_model(_read("shortlist_tune"))
+    return tune_table(latest, ROOT) + (f", commit {_commits(latest)}." if latest else "")
 
 
 def throughput_table() -> str:

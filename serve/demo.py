@@ -26,7 +26,6 @@ BUILTIN_EXAMPLES = [
     "Love your neighbour as yourself.",
     "They went up into the upper room, where they were staying.",
 ]
-# Colour of expert 0, 1, 2, ... in the routing view (colour-blind friendly Okabe-Ito palette).
 COMPARE_HEADERS = ["model", "type", "experts per layer (enc | dec)", "ms", "vs dense", "German"]
 
 

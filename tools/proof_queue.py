@@ -225,6 +225,11 @@ def mos_scratch_name(leg: int) -> str:
     return f"{MOS_SCRATCH_KIND}-scratch" + ("" if leg == len(MOS_SCRATCH_LEGS) else f"-leg{leg}")
 
 
+def mos_scratch_supernet() -> str:
+    """The folder of the MoS-from-scratch supernet: its last leg's run."""
+    return str(RUNS / mos_scratch_name(len(MOS_SCRATCH_LEGS)))
+
+
 def comparison_supernets() -> list[str]:
     """Supernet v3 (where the three warm-started kinds start) and the three comparison supernets."""
     return [MOS_START] + [str(RUNS / f"cmp-{kind}") for kind in SHARING]
@@ -233,7 +238,7 @@ def comparison_supernets() -> list[str]:
 def evaluate_mos_scratch() -> None:
     """Test BLEU of the four subnets and of the MoS supernet's own searched subnets (on it and, for the
     same architectures, on supernet v3), and the training record of the MoS-from-scratch supernet."""
-    scratch = str(RUNS / mos_scratch_name(len(MOS_SCRATCH_LEGS)))
+    scratch = mos_scratch_supernet()
     searched = []
     for name, fraction in MOS_SCRATCH_SEARCHES.items():  # named for the tables: every search writes best.json
         best = RUNS / name / "best.json"
@@ -344,7 +349,7 @@ def steps() -> list[tuple[str, object]]:
     plan.append(("search-methods", search_methods_command))
     for leg in range(1, len(MOS_SCRATCH_LEGS) + 1):
         plan.append((mos_scratch_name(leg), lambda leg=leg: mos_scratch_command(leg)))
-    scratch = str(RUNS / mos_scratch_name(len(MOS_SCRATCH_LEGS)))
+    scratch = mos_scratch_supernet()
     for name, fraction in MOS_SCRATCH_SEARCHES.items():
         plan.append((name, lambda name=name, fraction=fraction: evolution_search_command(scratch, RUNS / name,
                                                                                          fraction)))
