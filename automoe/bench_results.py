@@ -67,6 +67,39 @@ def label(record: dict) -> str:
     return record["model"] + (" + shortlist" if record.get("shortlist") else "")
 
 
+def cpu_table(records: list[dict]) -> str:
+    """A Markdown table of the same models on each CPU that ran a bench: for every CPU its last bench
+    run, each model's median ms and speedup vs dense per engine (those with a measured row), so one
+    sees how much a speedup owes to the processor. Speedups compare models of one run only."""
+    runs: dict[str, list[dict]] = {}
+    for r in records:
+        if r.get("benchmark") == "bench":
+            runs.setdefault(r["cpu"], [])
+            if runs[r["cpu"]] and runs[r["cpu"]][-1]["run_id"] != r["run_id"]:
+                runs[r["cpu"]] = []  # a later run on this CPU replaces the earlier one
+            runs[r["cpu"]].append(r)
+    if len(runs) < 2:
+        return "_Every bench run so far ran on one processor._"
+    cpus = sorted(runs, key=lambda c: runs[c][0]["date"])
+    measured = [r for c in cpus for r in runs[c] if "skipped" not in r]
+    engines = list(dict.fromkeys(r["engine"] for r in measured))
+    models = list(dict.fromkeys(label(r) for r in measured))
+    cell = {(c, label(r), r["engine"]): r for c in cpus for r in runs[c] if "skipped" not in r and r["threads"] == 1}
+    head = [f"{e}, {c}" for c in cpus for e in engines]
+    rows = ["| model | " + " | ".join(head) + " |", "|---|" + "---:|" * len(head)]
+    for m in models:
+        cells = []
+        for c in cpus:
+            for e in engines:
+                r = cell.get((c, m, e))
+                cells.append(f"{r['median_ms']:.1f} ms ({r['speedup']:.2f}x)" if r and r.get("speedup") else "")
+        rows.append(f"| `{m}` | " + " | ".join(cells) + " |")
+    notes = "; ".join(f"{c}: run of {runs[c][0]['date'][:10]}, commit `{(runs[c][0]['git_commit'] or '')[:10]}`"
+                      for c in cpus)
+    return "\n".join(rows) + ("\n\nMedian latency and speedup vs the dense model of the same run (1 thread, batch 1, "
+                              f"beam 4, {runs[cpus[-1]][0]['sentences']} test sentences); {notes}.")
+
+
 def markdown_table(records: list[dict]) -> str:
     """A Markdown table of one run's records (best speedup first within each engine/threads)."""
     if not records:

@@ -137,8 +137,8 @@ def latest_per_model(records: list[dict]) -> list[dict]:
 def tune_table(latest: list[dict], root: Path) -> str:
     """Markdown of tuning records, one per model (`latest_per_model`): the dev BLEU cost (and
     average size) of each candidate size, the size chosen, and the size of the model folder's
-    shortlist now (folders relative to `root`). The caption ends with the CPU; the caller adds the
-    commits."""
+    shortlist now (folders relative to `root`). The caption ends with the CPUs the records were
+    measured on; the caller adds the commits."""
     if not latest:
         return "_No tuning run yet (`automoe shortlist tune --results benchmarks/results/shortlist_tune.jsonl`)._"
     sizes = sorted({(c["top_k"], c["frequent"]) for r in latest for c in r["candidates"]})
@@ -157,7 +157,7 @@ def tune_table(latest: list[dict], root: Path) -> str:
         f"\n\nBLEU cost on the {r0['sentences']} {r0['split']} sentences (full-vocabulary BLEU minus BLEU over the "
         f"shortlist; in brackets the average shortlist size, pieces), {r0['engine']}, beam {r0['beam']}, batch 1; "
         f"chosen: the smallest size within {r0['max_cost']} BLEU; shipped: the size of the model folder's "
-        f"{SHORTLIST_FILE} now. {r0['cpu']}")
+        f"{SHORTLIST_FILE} now. {', '.join(dict.fromkeys(r['cpu'] for r in latest))}")
 
 
 def _shipped_size(folder: Path) -> str:

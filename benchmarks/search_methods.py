@@ -61,6 +61,31 @@ def search_cost(method: str, run: Path, supernet: Path | None) -> dict:
             "search_steps": info.get("steps"), "run": str(run)}
 
 
+def quarter_table(records: list[dict]) -> str:
+    """Markdown of search_quarter.jsonl (tools/proof_queue.py): each search's architecture trained by
+    the same recipe on the same short budget, dev and test BLEU; the last record of each method."""
+    last = {r["method"]: r for r in records if r.get("benchmark") == "search_quarter"}
+    if "darts" not in last:
+        return ("_Not measured yet: the DARTS architecture's short training follows the search in "
+                "tools/proof_queue.py (darts-small-bible-model-quarter, darts-quarter-eval)._")
+    lines = ["| method | architecture | recipe | target tokens | updates | hours | dev BLEU | test BLEU | test chrF |",
+             "|---|---|---|---:|---:|---:|---:|---:|---:|"]
+    for method in ("evolution", "darts"):
+        r = last.get(method)
+        if r:
+            lines.append(f"| {method} | `{Path(r['arch']).parent.name}/{Path(r['arch']).name}` | {r['recipe']} | "
+                         f"{r['tokens_seen'] / 1e6:.2f}M | {r['updates']:,} | {r['wall_seconds'] / 3600:.2f} | "
+                         f"{r['dev_bleu']:.2f} | {r['test_bleu']:.2f} | {r['test_chrf']:.2f} |")
+    d = last["darts"]
+    return "\n".join(lines) + (
+        f"\n\nBoth architectures fine-tuned from supernet v3's inherited weights (`{d['init_from']}`) with the "
+        f"shipped models' schedule and seed on the same budget; torch, beam {d['beam']}, {d['sentences']['dev']} dev / "
+        f"{d['sentences']['test']} test sentences, `{d['bleu_signature']}`. Hours: wall time of the training, each "
+        "on the machine of its run (evolution's row is its run in the recipe comparison, "
+        "benchmarks/results/recipes.jsonl); "
+        + ", ".join(f"{m}: {r['cpu']}" for m, r in last.items()) + ".")
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--dense-model", required=True, help="the dense baseline (latency and BLEU reference)")

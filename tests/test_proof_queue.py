@@ -41,7 +41,7 @@ def test_every_step_is_a_command_an_in_process_step_or_the_recipe_pick():
     plan = proof_queue.steps()
     assert len({name for name, _ in plan}) == len(plan)
     in_process = {name for name, action in plan if isinstance(action, proof_queue.InProcess)}
-    assert in_process == {"supernets-eval", "supernets-stats", "mos-scratch-eval"}
+    assert in_process == {"supernets-eval", "supernets-stats", "darts-quarter-eval", "mos-scratch-eval"}
     assert all(callable(action.work) for name, action in plan if name in in_process)
     assert [name for name, action in plan if action is None] == ["pick-recipe"]
     assert all(callable(action) for name, action in plan if name not in in_process and action is not None)
@@ -62,3 +62,44 @@ def test_mos_scratch_searches_run_on_the_mos_supernet_at_the_shipped_budgets(tmp
     v3 = proof_queue.evolution_search_command()  # the timed 1/3 search of supernet v3, as before
     assert v3[v3.index("--supernet") + 1] == proof_queue.SUPERNET
     assert v3[v3.index("--out") + 1] == str(tmp_path / "evolution-search-third")
+
+
+def test_a_lost_runs_folder_does_not_undo_what_the_work_tree_holds(tmp_path, monkeypatch):
+    """With RUNS empty (a new machine), the steps whose models are shipped or whose results are
+    committed are done; the searches of #28 are done only once their outputs are kept in the tree."""
+    monkeypatch.setattr(proof_queue, "RUNS", tmp_path / "runs")
+    kept = {name: tmp_path / "kept" / name for name in proof_queue.KEPT_SEARCHES}
+    monkeypatch.setattr(proof_queue, "KEPT_SEARCHES", kept)
+    for name in ("switch-small-bible", "pick-recipe", "automoe-small-bible-third-distill",
+                 "hat-small-bible-third", "cmp-mos-neuron", "supernets-stats"):
+        assert proof_queue.done(name), name
+    for name in ("darts-small-bible", "darts-small-bible-model", "mos-neuron-scratch", "mos-scratch-eval"):
+        assert not proof_queue.done(name), name
+    run = tmp_path / "runs" / "darts-small-bible"
+    run.mkdir(parents=True)
+    (run / "best.json").write_text("{}")
+    (run / "best_info.json").write_text('{"finished": true}')
+    (run / "checkpoint.safetensors").write_bytes(b"weights stay in RUNS")
+    proof_queue.keep_search("darts-small-bible")
+    assert sorted(p.name for p in kept["darts-small-bible"].iterdir()) == ["best.json", "best_info.json"]
+    assert proof_queue.done("darts-small-bible")
+    quarter = dict(proof_queue.steps())[proof_queue.DARTS_QUARTER]()
+    assert quarter[quarter.index("--arch") + 1] == str(kept["darts-small-bible"] / "best.json")
+    assert quarter[quarter.index("--max-tokens-seen") + 1] == str(proof_queue.COMPARE_TOKENS)
+    assert quarter[quarter.index("--init-from") + 1] == proof_queue.SUPERNET  # the chosen recipe: inherit
+
+
+def test_the_full_darts_model_continues_its_quarter_run_in_its_own_folder(tmp_path, monkeypatch):
+    monkeypatch.setattr(proof_queue, "RUNS", tmp_path)
+    quarter = tmp_path / proof_queue.DARTS_QUARTER
+    quarter.mkdir()
+    (quarter / "checkpoint.safetensors").write_bytes(b"quarter")
+    (quarter / "train.jsonl").write_text("{}\n")
+    cmd = dict(proof_queue.steps())["darts-small-bible-model"]()
+    run = tmp_path / "darts-small-bible-model"
+    assert (run / "checkpoint.safetensors").read_bytes() == b"quarter" and cmd[-1] == "--resume"
+    assert cmd[cmd.index("--max-tokens-seen") + 1] == str(proof_queue.TOKENS)
+    assert cmd[cmd.index("--run-dir") + 1] == str(run)
+    (quarter / "checkpoint.safetensors").write_bytes(b"changed")  # copied once: a resumed run keeps its own
+    dict(proof_queue.steps())["darts-small-bible-model"]()
+    assert (run / "checkpoint.safetensors").read_bytes() == b"quarter"

@@ -700,7 +700,7 @@ def test_shortlist_tune_table_takes_each_models_latest_record_and_its_shipped_si
                {**env, "model": str(model), "full_bleu": 21.0, "candidates": rows(0.4, 0.1),
                 "chosen": {"top_k": 50, "frequent": 100}},
                {**env, "model": str(tmp_path / "m2"), "full_bleu": 19.5, "candidates": rows(0.3, 0.25)[:1],
-                "chosen": None}]
+                "chosen": None, "cpu": "CPU Y"}]
     (tmp_path / "shortlist_tune.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
     monkeypatch.setattr(report, "RESULTS", tmp_path)
     table = report.shortlist_tune_table().splitlines()
@@ -708,3 +708,41 @@ def test_shortlist_tune_table_takes_each_models_latest_record_and_its_shipped_si
     assert table[2] == "| `m1` | 21.00 | +0.40 (300) | +0.10 (600) | 50:100 | 75:150 |"  # the latest of m1
     assert table[3] == "| `m2` | 19.50 | +0.30 (300) |  | none <= 0.2 | none |"
     assert "433 dev sentences" in table[5] and "within 0.2 BLEU" in table[5]
+    assert "CPU X, CPU Y" in table[5]  # every processor the rows were measured on
+
+
+def test_cpu_table_sets_each_processors_last_run_side_by_side():
+    from automoe.bench_results import cpu_table
+
+    def run(run_id, cpu, date, dense_ms, small_ms):
+        common = {"benchmark": "bench", "run_id": run_id, "cpu": cpu, "date": date, "git_commit": "abc",
+                  "engine": "onnxruntime-int8", "threads": 1, "sentences": 9}
+        return [{**common, "model": "dense", "median_ms": dense_ms, "speedup": 1.0},
+                {**common, "model": "small", "median_ms": small_ms, "speedup": dense_ms / small_ms},
+                {**common, "model": "moe", "skipped": "no MoE layer"}]
+
+    assert "one processor" in cpu_table(run("a", "AMD", "2026-01-01", 30.0, 10.0))
+    records = run("a", "AMD", "2026-01-01", 30.0, 10.0) + run("b", "AMD", "2026-01-02", 30.0, 15.0) \
+        + run("c", "Xeon", "2026-01-03", 40.0, 20.0)
+    table = cpu_table(records)
+    header, _, dense, small = table.split("\n\n")[0].splitlines()
+    assert header == "| model | onnxruntime-int8, AMD | onnxruntime-int8, Xeon |"
+    assert small == "| `small` | 15.0 ms (2.00x) | 20.0 ms (2.00x) |"  # AMD's later run replaced its first
+    assert "`moe`" not in table and "run of 2026-01-02" in table
+
+
+def test_search_quarter_table_sets_the_last_run_of_each_search_side_by_side():
+    from search_methods import quarter_table
+
+    def record(method, arch, test_bleu):
+        return {"benchmark": "search_quarter", "method": method, "arch": arch, "recipe": "inherit",
+                "tokens_seen": 4_550_000, "updates": 1747, "wall_seconds": 1800.0, "dev_bleu": 15.0,
+                "test_bleu": test_bleu, "test_chrf": 40.0, "init_from": "models/v3", "beam": 4,
+                "sentences": {"dev": 433, "test": 1007}, "bleu_signature": "sig", "cpu": "CPU X"}
+
+    assert "Not measured yet" in quarter_table([record("evolution", "s/a.json", 14.0)])
+    table = quarter_table([record("darts", "s/old/best.json", 9.0), record("evolution", "s/automoe-0.333.json", 14.87),
+                           record("darts", "s/darts-0.333/best.json", 13.5)]).splitlines()
+    assert table[2] == "| evolution | `s/automoe-0.333.json` | inherit | 4.55M | 1,747 | 0.50 | 15.00 | 14.87 | 40.00 |"
+    assert table[3].startswith("| darts | `darts-0.333/best.json` |") and "| 13.50 |" in table[3]  # the last darts run
+    assert len(table) == 6 and "`models/v3`" in table[5]

@@ -4,7 +4,9 @@ Every model is trained on `bible` en-de with the dense baseline's recipe and tok
 (18.2M target tokens, 3,000-token batches, peak lr 9e-4, 200 warm-up updates, inverse-sqrt,
 dropout 0.1, label smoothing 0.1, bf16 autocast, seed 1) into `RUNS/models/NAME` (the release
 step, tools/ship.py, converts a finished one to fp16 with its card into `models/`). RUNS is
-$AUTOMOE_RUNS or ~/.cache/automoe/runs: outside the work tree, which a new session lays anew.
+$AUTOMOE_RUNS or ~/.cache/automoe/runs: outside the work tree, which a new session lays anew. RUNS
+may itself be lost with the machine (it was once, between two sessions), so a step whose product
+the work tree holds (a shipped model, committed results: `done_in_tree`) counts as done.
 
 Steps, in order (a finished step is skipped, an interrupted training resumes from its checkpoint,
 so the queue can be stopped at any time and started again):
@@ -28,9 +30,14 @@ so the queue can be stopped at any time and started again):
   9. evolution-search-third: the evolutionary 1/3 search run again as it was run for
      benchmarks/results/search/automoe-0.333.json (population 40, 8 iterations, seed 0), now
      timed (its best_info.json records the search's wall and CPU seconds).
- 10. darts-small-bible: the DARTS search (reversible) under the evolutionary search's 1/3 budget;
-     darts-small-bible-model: its architecture trained with the chosen recipe. The search resumes
-     from its checkpoint like the trainings.
+ 10. darts-small-bible: the DARTS search (reversible) under the evolutionary search's 1/3 budget,
+     sized to finish inside one session (DARTS_STEPS); the search resumes from its checkpoint like
+     the trainings. darts-small-bible-model-quarter: its architecture trained with the chosen recipe
+     on the recipe comparison's budget; darts-quarter-eval: its dev and test BLEU beside the
+     evolutionary architecture's chosen recipe run (same recipe, same budget)
+     -> benchmarks/results/search_quarter.jsonl; darts-small-bible-model: continued to the full budget.
+     Both searches, once finished, keep their small outputs in benchmarks/results/search/
+     (KEPT_SEARCHES), so what follows needs nothing of theirs from RUNS.
  11. search-methods: benchmarks/search_methods.py, both searches' cost and both trained models
      benched with the dense one -> benchmarks/results/search_methods.jsonl.
  12. mos-neuron-scratch-leg1, -leg2, mos-neuron-scratch: a neuron-wise MoS supernet trained from
@@ -96,12 +103,26 @@ MOS_SCRATCH_LEGS = (  # (--lr, --warmup-updates, --balance-coef, --seed, target 
     ("3e-4", "50", "0.1", "3", 3_402_069))
 # the two searches run again on the MoS-from-scratch supernet (#27), at the shipped searches' budgets
 MOS_SCRATCH_SEARCHES = {"mos-scratch-search-half": 0.5, "mos-scratch-search-third": 0.3333}
+# the searches of #28's comparison keep their small outputs (best.json, best_info.json, logs) in the work
+# tree once finished: the models trained from them and the comparison need nothing else from RUNS
+KEPT_SEARCHES = {"evolution-search-third": SEARCH / "evolution-0.333-timed",
+                 "darts-small-bible": SEARCH / "darts-0.333"}
+KEPT_FILES = ("best.json", "best_info.json", "search.jsonl", "darts.jsonl", "alphas.json")
 EVAL_ARCHS = ("largest", "smallest", str(SEARCH / "automoe-0.500.json"), str(SEARCH / "automoe-0.333.json"))
 SUPERNETS = ROOT / "benchmarks" / "results" / "supernets.jsonl"
 # darts_step_time.jsonl (1 thread): ~10 s per weight step, ~16 s per weight + architecture step, so the
-# default 4,000 steps would take ~17 CPU hours; 1,500 (500 weight-only) take ~6, near the evolutionary
-# search's cost (supernet training included)
-DARTS_STEPS = 1500
+# default 4,000 steps would take ~17 CPU hours. On 2 threads a weight step took 6.4 s and a weight +
+# architecture step 10.1 s (the first 634 steps of a 1,500-step search, whose run folder was lost with
+# the machine between two sessions). So the search is sized to finish inside one session: 700 steps,
+# 250 of them weight-only, about 1.7 hours; the architecture learning rate doubled (6e-3) for the 450
+# architecture steps (the 1,500-step plan had 1,000 at 3e-3), so Adam can move the architecture
+# weights nearly as far
+DARTS_STEPS = 700
+# its architecture first trained on the recipe comparison's budget, evaluated beside the evolutionary
+# architecture's run of the same recipe and budget, then continued to the full budget
+DARTS_QUARTER = "darts-small-bible-model-quarter"
+SEARCH_QUARTER = ROOT / "benchmarks" / "results" / "search_quarter.jsonl"
+DARTS_SETTINGS = ["--steps", str(DARTS_STEPS), "--arch-start", "250", "--arch-lr", "6e-3"]
 
 
 def automoe(*args: str) -> list[str]:
@@ -122,9 +143,30 @@ def train_command(name: str, arch: str, recipe: str, extra: list[str] = (), toke
 
 
 def done(name: str) -> bool:
+    """Whether a step is finished: its DONE mark in RUNS, or its product in the work tree."""
     if name == "data":  # the work tree's data folder, rebuilt when a new checkout lacks it
         return (ROOT / DATA / "manifest.json").exists()
-    return (RUNS / name / "DONE").exists()
+    return (RUNS / name / "DONE").exists() or done_in_tree(name)
+
+
+def done_in_tree(name: str) -> bool:
+    """Whether the work tree holds what a step produced (a shipped model, committed results), so a
+    machine whose RUNS was lost (it happened between two sessions) does not run it again. The
+    recipe runs and the distilled data exist only for the pick, which recipes.jsonl records."""
+    if name in SEARCHED or name in ("switch-small-bible", "automoe-small-bible-third"):
+        return (ROOT / "models" / name / "model.safetensors").exists()
+    if name == "pick-recipe" or name == "distill" or name.startswith("automoe-small-bible-third-"):
+        return chosen_recipe() is not None
+    if name in KEPT_SEARCHES:
+        return (KEPT_SEARCHES[name] / "best_info.json").exists()
+    if name == "darts-quarter-eval":
+        return SEARCH_QUARTER.exists() and '"method": "darts"' in SEARCH_QUARTER.read_text()
+    if name.startswith("cmp-") or name.startswith("supernets-"):
+        if not SUPERNETS.exists():
+            return False
+        models = {json.loads(line).get("model") for line in SUPERNETS.read_text().splitlines() if line.strip()}
+        return all(any(m and m.endswith(f"cmp-{kind}") for m in models) for kind in SHARING)
+    return False
 
 
 def run_step(name: str, cmd: list[str]) -> None:
@@ -145,28 +187,29 @@ def evaluate(model: Path, split: str) -> dict:
     return evaluate_split(Translator.from_pretrained(model, threads=2), DATA, split=split, beam=4)
 
 
-def pick_recipe() -> str:
-    """Score the three recipe runs (dev and test), append their records, return the best by dev BLEU."""
+def model_record(model: Path, benchmark: str, **fields) -> dict:
+    """A results record of a trained model folder: its training budget and time, dev and test
+    BLEU/chrF (torch, beam 4, all sentences of each split), the machine and commit."""
+    from automoe.artifacts import git_commit
     from automoe.bench import cpu_name
     from automoe.checkpoint import read_model_config
-    from automoe.artifacts import git_commit
 
-    records = []
-    for recipe in RECIPE_NAMES:
-        model = RUNS / "models" / f"automoe-small-bible-third-{recipe}"
-        _, meta = read_model_config(model)
-        training = meta["training"]
-        dev, test = evaluate(model, "dev"), evaluate(model, "test")
-        records.append({
-            "benchmark": "recipes", "arch_name": "automoe-third", "recipe": recipe, "model": str(model),
-            "data": training["data"], "init_from": training.get("init_from"), "tokens_seen": training["tokens_seen"],
+    training = read_model_config(model)[1]["training"]
+    dev, test = evaluate(model, "dev"), evaluate(model, "test")
+    return {"benchmark": benchmark, **fields, "model": str(model), "data": training["data"],
+            "init_from": training.get("init_from"), "tokens_seen": training["tokens_seen"],
             "updates": training["updates"], "wall_seconds": training["wall_seconds"],
             "dev_bleu": dev["bleu"], "dev_chrf": dev["chrf"], "test_bleu": test["bleu"], "test_chrf": test["chrf"],
             "sentences": {"dev": dev["sentences"], "test": test["sentences"]}, "beam": 4,
             "bleu_signature": test["bleu_signature"], "chrf_signature": test["chrf_signature"],
             "cpu": cpu_name(), "git_commit": git_commit(),
-            "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        })
+            "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}
+
+
+def pick_recipe() -> str:
+    """Score the three recipe runs (dev and test), append their records, return the best by dev BLEU."""
+    records = [model_record(RUNS / "models" / f"automoe-small-bible-third-{recipe}", "recipes",
+                            arch_name="automoe-third", recipe=recipe) for recipe in RECIPE_NAMES]
     best = max(records, key=lambda r: r["dev_bleu"])
     for r in records:
         r["chosen"] = r is best
@@ -175,6 +218,21 @@ def pick_recipe() -> str:
         for r in records:
             f.write(json.dumps(r) + "\n")
     return best["recipe"]
+
+
+def evaluate_darts_quarter() -> None:
+    """The DARTS architecture after the recipe comparison's budget (a quarter of the full one),
+    beside the evolutionary one's chosen run of the same recipe and budget (recipes.jsonl):
+    one record each -> benchmarks/results/search_quarter.jsonl."""
+    rows = [json.loads(line) for line in RECIPES.read_text().splitlines() if line.strip()]
+    evolution = next(r for r in reversed(rows) if r.get("chosen"))
+    darts = model_record(RUNS / "models" / DARTS_QUARTER, "search_quarter", method="darts",
+                         arch=str(KEPT_SEARCHES["darts-small-bible"] / "best.json"), recipe=chosen_recipe())
+    evolution = {**evolution, "benchmark": "search_quarter", "method": "evolution",
+                 "arch": str(SEARCH / "automoe-0.333.json"), "from": str(RECIPES.relative_to(ROOT))}
+    with open(SEARCH_QUARTER, "a", encoding="utf-8") as f:
+        for r in (evolution, darts):
+            f.write(json.dumps(r) + "\n")
 
 
 def chosen_recipe() -> str | None:
@@ -186,17 +244,16 @@ def chosen_recipe() -> str | None:
     return chosen[-1] if chosen else None
 
 
-def continue_winner(name: str, arch: str) -> list[str]:
-    """The command that continues the chosen recipe's comparison run to the full budget in its own
-    run folder (the comparison run is copied once, so it stays as the pick measured it)."""
-    recipe = chosen_recipe()
+def continue_run(name: str, source: str, arch: str) -> list[str]:
+    """The command that continues a shorter run of the chosen recipe (`source`) to the full budget in
+    its own run folder (the shorter run is copied once, so it stays as it was measured). The
+    inverse-sqrt schedule does not depend on the budget, so this is the run a full budget would be."""
     run = RUNS / name
     if not (run / "checkpoint.safetensors").exists():
         run.mkdir(parents=True, exist_ok=True)
-        source = RUNS / f"{name}-{recipe}"
         for file in ("checkpoint.safetensors", "train.jsonl"):
-            shutil.copyfile(source / file, run / file)
-    return train_command(name, arch, recipe)
+            shutil.copyfile(RUNS / source / file, run / file)
+    return train_command(name, arch, chosen_recipe())
 
 
 def supernet_command(kind: str) -> list[str]:
@@ -288,9 +345,9 @@ def evolution_search_command(supernet: str = SUPERNET, out: Path | None = None, 
 def search_methods_command() -> list[str]:
     """benchmarks/search_methods.py over the two searches and their trained models."""
     return [sys.executable, str(ROOT / "benchmarks" / "search_methods.py"), "--dense-model", DENSE,
-            "--supernet", SUPERNET, "--evolution-run", str(RUNS / "evolution-search-third"),
-            "--evolution-model", str(RUNS / "models" / "automoe-small-bible-third"),
-            "--darts-run", str(RUNS / "darts-small-bible"),
+            "--supernet", SUPERNET, "--evolution-run", str(KEPT_SEARCHES["evolution-search-third"]),
+            "--evolution-model", str(ROOT / "models" / "automoe-small-bible-third"),
+            "--darts-run", str(KEPT_SEARCHES["darts-small-bible"]),
             "--darts-model", str(RUNS / "models" / "darts-small-bible-model"), "--data", DATA]
 
 
@@ -304,7 +361,16 @@ def darts_command() -> list[str]:
         out.rename(out.with_name(f"{out.name}.interrupted-{datetime.datetime.now():%Y%m%d-%H%M%S}"))
     return automoe("search", "run", "--method", "darts", "--supernet", SUPERNET, "--data", DATA,
                    "--out", str(RUNS / "darts-small-bible"), "--predictor", PREDICTOR, "--latency-ms", str(budget),
-                   "--d-model", str(d_model), "--steps", str(DARTS_STEPS), "--seed", "1", *(["--resume"] if resume else []))
+                   "--d-model", str(d_model), *DARTS_SETTINGS, "--seed", "1", *(["--resume"] if resume else []))
+
+
+def keep_search(name: str) -> None:
+    """Copy a finished search's small outputs from RUNS into the work tree (KEPT_SEARCHES)."""
+    kept = KEPT_SEARCHES[name]
+    kept.mkdir(parents=True, exist_ok=True)
+    for file in KEPT_FILES:
+        if (RUNS / name / file).exists():
+            shutil.copyfile(RUNS / name / file, kept / file)
 
 
 class InProcess:
@@ -328,7 +394,9 @@ def steps() -> list[tuple[str, object]]:
         plan.append((name, lambda name=name, recipe=recipe: train_command(name, third, recipe,
                                                                           tokens=COMPARE_TOKENS)))
     plan.append(("pick-recipe", None))
-    plan.append(("automoe-small-bible-third", lambda: continue_winner("automoe-small-bible-third", third)))
+    plan.append(("automoe-small-bible-third", lambda: continue_run("automoe-small-bible-third",
+                                                                   f"automoe-small-bible-third-{chosen_recipe()}",
+                                                                   third)))
     def searched(name: str) -> tuple[str, object]:
         return name, lambda: train_command(name, str(SEARCH / SEARCHED[name]), chosen_recipe())
 
@@ -344,8 +412,12 @@ def steps() -> list[tuple[str, object]]:
     plan += [searched("hat-small-bible-half"), searched("hat-small-bible-third")]
     plan.append(("evolution-search-third", evolution_search_command))
     plan.append(("darts-small-bible", darts_command))
-    plan.append(("darts-small-bible-model", lambda: train_command(
-        "darts-small-bible-model", str(RUNS / "darts-small-bible" / "best.json"), chosen_recipe())))
+    darts_arch = str(KEPT_SEARCHES["darts-small-bible"] / "best.json")
+    plan.append((DARTS_QUARTER, lambda: train_command(DARTS_QUARTER, darts_arch, chosen_recipe(),
+                                                      tokens=COMPARE_TOKENS)))
+    plan.append(("darts-quarter-eval", InProcess(evaluate_darts_quarter)))
+    plan.append(("darts-small-bible-model", lambda: continue_run("darts-small-bible-model", DARTS_QUARTER,
+                                                                 darts_arch)))
     plan.append(("search-methods", search_methods_command))
     for leg in range(1, len(MOS_SCRATCH_LEGS) + 1):
         plan.append((mos_scratch_name(leg), lambda leg=leg: mos_scratch_command(leg)))
@@ -408,6 +480,8 @@ def main(argv: list[str] | None = None) -> int:
             (RUNS / name / "DONE").write_text(datetime.datetime.now().isoformat() + "\n")
             continue
         run_step(name, action())
+        if name in KEPT_SEARCHES:
+            keep_search(name)
     return 0
 
 
