@@ -314,6 +314,14 @@ def search_methods_table() -> str:
         f"{r0['sentences']} test sentences, `{r0['bleu_signature']}`); {r0['cpu']}, commit {_commits(run)}.")
 
 
+def searches_table() -> str:
+    """The finished searches of #28 kept in benchmarks/results/search/ (tools/proof_queue.py)."""
+    from search_methods import searches_table as table
+
+    search = RESULTS / "search"
+    return table({"evolution": search / "evolution-0.333-timed", "darts": search / "darts-0.333"})
+
+
 def search_quarter_table() -> str:
     """The two searches' architectures on the recipe comparison's budget (search_quarter.jsonl, #28)."""
     from search_methods import quarter_table
@@ -460,6 +468,7 @@ TABLES = {  # block name -> the function that writes it (the blocks sit in READM
     "paper_scale": paper_scale_table, "darts_memory": darts_memory, "mos_cost": mos_cost,
     "throughput": throughput_table, "shortlist_tune": shortlist_tune_table, "int8_forms": int8_forms_table,
     "memory_floor": memory_floor_table, "cpus": cpus_table, "search_quarter": search_quarter_table,
+    "searches": searches_table,
     # the MoE-dispatch study (moe_tables.py)
     "moe_summary": moe_summary_table, "moe_overhead": moe_overhead_table,
     "moe_overhead_scale": lambda: moe_overhead_table(random=True), "moe_overhead_beam": moe_overhead_beam_table,

@@ -61,6 +61,34 @@ def search_cost(method: str, run: Path, supernet: Path | None) -> dict:
             "search_steps": info.get("steps"), "run": str(run)}
 
 
+def searches_table(folders: dict[str, Path]) -> str:
+    """Markdown of the finished searches kept in the work tree (method -> folder with best.json and
+    best_info.json; tools/proof_queue.py KEPT_SEARCHES): what each cost and what it found."""
+    from automoe.config import ArchConfig
+
+    lines = ["| method | search folder | wall h | CPU h | budget ms | predicted ms | encoder FFN widths | "
+             "decoder layers: FFN widths | active params | GFLOPs |", "|---|---|---:|---:|---:|---:|---|---|---:|---:|"]
+    for method, folder in folders.items():
+        if not (folder / "best_info.json").is_file():
+            continue
+        info = json.loads((folder / "best_info.json").read_text(encoding="utf-8"))
+        arch = ArchConfig.load(folder / "best.json")
+        widths = lambda layers: " ".join("[" + ",".join(map(str, e)) + "]" for e in layers)  # noqa: E731
+        cpu = f"{info['cpu_seconds'] / 3600:.2f}" if info.get("cpu_seconds") is not None else ""
+        lines.append(f"| {method} | `{folder.parent.name}/{folder.name}` | {info['wall_seconds'] / 3600:.2f} | {cpu} | "
+                     f"{info['budget_latency_ms']:.2f} | {info['predicted_latency_ms']:.2f} | "
+                     f"{widths(arch.encoder_ffn)} | {arch.decoder_layers}: {widths(arch.decoder_ffn)} | "
+                     f"{info['active_params'] / 1e6:.2f}M | {info['gflops']:.3f} |")
+    if len(lines) == 2:
+        return "_No search kept yet: tools/proof_queue.py keeps each finished search of #28 in benchmarks/results/search/._"
+    return "\n".join(lines) + (
+        "\n\nThe searches of the 1/3 budget as tools/proof_queue.py ran them: the evolutionary one on supernet v3 "
+        "(whose training is not counted here), DARTS training its own relaxed network; seconds of the search "
+        "processes (2 threads), from each folder's `best_info.json`. Budget and predicted latency are the "
+        "latency predictor's (ONNX Runtime int8, 1 thread, the machine its table was measured on); an expert's widths in "
+        "brackets, one bracket per layer.")
+
+
 def quarter_table(records: list[dict]) -> str:
     """Markdown of search_quarter.jsonl (tools/proof_queue.py): each search's architecture trained by
     the same recipe on the same short budget, dev and test BLEU; the last record of each method."""

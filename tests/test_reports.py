@@ -746,3 +746,22 @@ def test_search_quarter_table_sets_the_last_run_of_each_search_side_by_side():
     assert table[2] == "| evolution | `s/automoe-0.333.json` | inherit | 4.55M | 1,747 | 0.50 | 15.00 | 14.87 | 40.00 |"
     assert table[3].startswith("| darts | `darts-0.333/best.json` |") and "| 13.50 |" in table[3]  # the last darts run
     assert len(table) == 6 and "`models/v3`" in table[5]
+
+
+def test_searches_table_lists_each_kept_search_with_its_cost_and_result(tmp_path):
+    import json
+
+    from search_methods import searches_table
+
+    from automoe.config import SearchSpace
+
+    folder = tmp_path / "search" / "darts-0.333"
+    folder.mkdir(parents=True)
+    SearchSpace.preset("small").smallest().save(folder / "best.json")
+    (folder / "best_info.json").write_text(json.dumps({
+        "wall_seconds": 3600.0, "cpu_seconds": 7200.0, "budget_latency_ms": 10.75, "predicted_latency_ms": 8.87,
+        "active_params": 2_570_000, "gflops": 0.281}))
+    assert "No search kept yet" in searches_table({"evolution": tmp_path / "none"})
+    table = searches_table({"evolution": tmp_path / "none", "darts": folder}).splitlines()
+    assert len(table) == 5  # header, rule, the one kept search, blank, caption
+    assert table[2].startswith("| darts | `search/darts-0.333` | 1.00 | 2.00 | 10.75 | 8.87 | [384] [384] [384] [384] | 1: [384] |")
