@@ -89,6 +89,13 @@ def searches_table(folders: dict[str, Path]) -> str:
         "brackets, one bracket per layer.")
 
 
+def _in_results(path: str) -> Path:
+    """A recorded path under benchmarks/results/ found in this checkout (records written elsewhere
+    hold another checkout's absolute path)."""
+    parts = Path(path).parts
+    return RESULTS.joinpath(*parts[parts.index("results") + 1:]) if "results" in parts else Path(path)
+
+
 def quarter_table(records: list[dict]) -> str:
     """Markdown of search_quarter.jsonl (tools/proof_queue.py): each search's architecture trained by
     the same recipe on the same short budget, dev and test BLEU; the last record of each method."""
@@ -96,12 +103,17 @@ def quarter_table(records: list[dict]) -> str:
     if "darts" not in last:
         return ("_Not measured yet: the DARTS architecture's short training follows the search in "
                 "tools/proof_queue.py (darts-small-bible-model-quarter, darts-quarter-eval)._")
-    lines = ["| method | architecture | recipe | target tokens | updates | hours | dev BLEU | test BLEU | test chrF |",
-             "|---|---|---|---:|---:|---:|---:|---:|---:|"]
+    from automoe.config import ArchConfig
+    from automoe.search.flops import cost
+
+    lines = ["| method | architecture | GFLOPs | recipe | target tokens | updates | hours | dev BLEU | test BLEU | "
+             "test chrF |", "|---|---|---:|---|---:|---:|---:|---:|---:|---:|"]
     for method in ("evolution", "darts"):
         r = last.get(method)
         if r:
-            lines.append(f"| {method} | `{Path(r['arch']).parent.name}/{Path(r['arch']).name}` | {r['recipe']} | "
+            arch = _in_results(r["arch"])
+            gflops = f"{cost(ArchConfig.load(arch)).gflops:.3f}" if arch.is_file() else ""
+            lines.append(f"| {method} | `{arch.parent.name}/{arch.name}` | {gflops} | {r['recipe']} | "
                          f"{r['tokens_seen'] / 1e6:.2f}M | {r['updates']:,} | {r['wall_seconds'] / 3600:.2f} | "
                          f"{r['dev_bleu']:.2f} | {r['test_bleu']:.2f} | {r['test_chrf']:.2f} |")
     d = last["darts"]

@@ -742,9 +742,15 @@ def test_search_quarter_table_sets_the_last_run_of_each_search_side_by_side():
 
     assert "Not measured yet" in quarter_table([record("evolution", "s/a.json", 14.0)])
     table = quarter_table([record("darts", "s/old/best.json", 9.0), record("evolution", "s/automoe-0.333.json", 14.87),
-                           record("darts", "s/darts-0.333/best.json", 13.5)]).splitlines()
-    assert table[2] == "| evolution | `s/automoe-0.333.json` | inherit | 4.55M | 1,747 | 0.50 | 15.00 | 14.87 | 40.00 |"
-    assert table[3].startswith("| darts | `darts-0.333/best.json` |") and "| 13.50 |" in table[3]  # the last darts run
+                           record("darts", "/elsewhere/benchmarks/results/search/darts-0.333/best.json", 13.5)]
+                          ).splitlines()
+    assert table[2] == "| evolution | `s/automoe-0.333.json` |  | inherit | 4.55M | 1,747 | 0.50 | 15.00 | 14.87 | 40.00 |"
+    from automoe.config import ArchConfig
+    from automoe.search.flops import cost
+
+    kept = ROOT / "benchmarks" / "results" / "search" / "darts-0.333" / "best.json"  # found in this checkout
+    assert table[3].startswith(f"| darts | `darts-0.333/best.json` | {cost(ArchConfig.load(kept)).gflops:.3f} |")
+    assert "| 13.50 |" in table[3]  # the last darts run
     assert len(table) == 6 and "`models/v3`" in table[5]
 
 

@@ -227,9 +227,10 @@ def evaluate_darts_quarter() -> None:
     rows = [json.loads(line) for line in RECIPES.read_text().splitlines() if line.strip()]
     evolution = next(r for r in reversed(rows) if r.get("chosen"))
     darts = model_record(RUNS / "models" / DARTS_QUARTER, "search_quarter", method="darts",
-                         arch=str(KEPT_SEARCHES["darts-small-bible"] / "best.json"), recipe=chosen_recipe())
+                         arch=str((KEPT_SEARCHES["darts-small-bible"] / "best.json").relative_to(ROOT)),
+                         recipe=chosen_recipe())
     evolution = {**evolution, "benchmark": "search_quarter", "method": "evolution",
-                 "arch": str(SEARCH / "automoe-0.333.json"), "from": str(RECIPES.relative_to(ROOT))}
+                 "arch": str((SEARCH / "automoe-0.333.json").relative_to(ROOT)), "from": str(RECIPES.relative_to(ROOT))}
     with open(SEARCH_QUARTER, "a", encoding="utf-8") as f:
         for r in (evolution, darts):
             f.write(json.dumps(r) + "\n")
