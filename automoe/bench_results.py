@@ -71,13 +71,8 @@ def cpu_table(records: list[dict]) -> str:
     """A Markdown table of the same models on each CPU that ran a bench: for every CPU its last bench
     run, each model's median ms and speedup vs dense per engine (those with a measured row), so one
     sees how much a speedup owes to the processor. Speedups compare models of one run only."""
-    runs: dict[str, list[dict]] = {}
-    for r in records:
-        if r.get("benchmark") == "bench":
-            runs.setdefault(r["cpu"], [])
-            if runs[r["cpu"]] and runs[r["cpu"]][-1]["run_id"] != r["run_id"]:
-                runs[r["cpu"]] = []  # a later run on this CPU replaces the earlier one
-            runs[r["cpu"]].append(r)
+    cpus = dict.fromkeys(r["cpu"] for r in records if r.get("benchmark") == "bench")
+    runs = {c: last_run([r for r in records if r.get("cpu") == c]) for c in cpus}
     if len(runs) < 2:
         return "_Every bench run so far ran on one processor._"
     cpus = sorted(runs, key=lambda c: runs[c][0]["date"])

@@ -21,6 +21,9 @@ from common import last_run as _last_run
 from common import read_results
 from moe_tables import (moe_bleu_table, moe_deleted_forms_table, moe_dispatch_parts_table, moe_forms_table,
                         moe_overhead_beam_table, moe_overhead_table, moe_summary_table)
+from search_methods import quarter_table, searches_table
+
+from automoe.bench_results import cpu_table
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "benchmarks" / "results"
@@ -172,13 +175,6 @@ def comparison_table() -> str:
     return markdown_table(run) + ("\n\n" + goals if goals else "") + plots
 
 
-def cpus_table() -> str:
-    """The shipped models' speedups on each processor that ran a bench (results/bench.jsonl)."""
-    from automoe.bench_results import cpu_table
-
-    return cpu_table(_read("bench"))
-
-
 def headline() -> str:
     """The README's first result: each searched MoE model of the last bench run against the dense
     and Switch baselines and the HAT-style model of its budget, on ONNX Runtime int8, 1 thread
@@ -312,21 +308,6 @@ def search_methods_table() -> str:
         f"inside the search. Models: each searched architecture trained by the shipped models' recipe; BLEU and "
         f"speedup from one bench run with the dense model ({r0['engine']}, {r0['threads']} thread, beam 4, "
         f"{r0['sentences']} test sentences, `{r0['bleu_signature']}`); {r0['cpu']}, commit {_commits(run)}.")
-
-
-def searches_table() -> str:
-    """The finished searches of #28 kept in benchmarks/results/search/ (tools/proof_queue.py)."""
-    from search_methods import searches_table as table
-
-    search = RESULTS / "search"
-    return table({"evolution": search / "evolution-0.333-timed", "darts": search / "darts-0.333"})
-
-
-def search_quarter_table() -> str:
-    """The two searches' architectures on the recipe comparison's budget (search_quarter.jsonl, #28)."""
-    from search_methods import quarter_table
-
-    return quarter_table(_read("search_quarter"))
 
 
 def supernets_table() -> str:
@@ -467,8 +448,10 @@ TABLES = {  # block name -> the function that writes it (the blocks sit in READM
     "predictor": predictor_table, "engines": engines_table, "load_demo": load_demo_table,
     "paper_scale": paper_scale_table, "darts_memory": darts_memory, "mos_cost": mos_cost,
     "throughput": throughput_table, "shortlist_tune": shortlist_tune_table, "int8_forms": int8_forms_table,
-    "memory_floor": memory_floor_table, "cpus": cpus_table, "search_quarter": search_quarter_table,
-    "searches": searches_table,
+    "memory_floor": memory_floor_table,
+    # the shipped models on each processor; the searches of #28 (search_methods.py)
+    "cpus": lambda: cpu_table(_read("bench")), "searches": lambda: searches_table(RESULTS / "search"),
+    "search_quarter": lambda: quarter_table(_read("search_quarter")),
     # the MoE-dispatch study (moe_tables.py)
     "moe_summary": moe_summary_table, "moe_overhead": moe_overhead_table,
     "moe_overhead_scale": lambda: moe_overhead_table(random=True), "moe_overhead_beam": moe_overhead_beam_table,

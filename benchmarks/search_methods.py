@@ -61,17 +61,17 @@ def search_cost(method: str, run: Path, supernet: Path | None) -> dict:
             "search_steps": info.get("steps"), "run": str(run)}
 
 
-def searches_table(folders: dict[str, Path]) -> str:
-    """Markdown of the finished searches kept in the work tree (method -> folder with best.json and
-    best_info.json; tools/proof_queue.py KEPT_SEARCHES): what each cost and what it found."""
+def searches_table(search: Path) -> str:
+    """Markdown of the finished searches kept in the work tree: every folder of `search` that holds a
+    best.json and best_info.json (tools/proof_queue.py KEPT_SEARCHES), what it cost and found; the
+    method is best_info.json's (DARTS records it, the evolutionary search does not)."""
     from automoe.config import ArchConfig
 
     lines = ["| method | search folder | wall h | CPU h | budget ms | predicted ms | encoder FFN widths | "
              "decoder layers: FFN widths | active params | GFLOPs |", "|---|---|---:|---:|---:|---:|---|---|---:|---:|"]
-    for method, folder in folders.items():
-        if not (folder / "best_info.json").is_file():
-            continue
-        info = json.loads((folder / "best_info.json").read_text(encoding="utf-8"))
+    kept = [(json.loads(f.read_text(encoding="utf-8")), f.parent) for f in sorted(search.glob("*/best_info.json"))]
+    for info, folder in sorted(kept, key=lambda k: k[0].get("method", "evolution") != "evolution"):  # evolution first
+        method = info.get("method", "evolution")
         arch = ArchConfig.load(folder / "best.json")
         widths = lambda layers: " ".join("[" + ",".join(map(str, e)) + "]" for e in layers)  # noqa: E731
         cpu = f"{info['cpu_seconds'] / 3600:.2f}" if info.get("cpu_seconds") is not None else ""

@@ -765,9 +765,10 @@ def test_searches_table_lists_each_kept_search_with_its_cost_and_result(tmp_path
     folder.mkdir(parents=True)
     SearchSpace.preset("small").smallest().save(folder / "best.json")
     (folder / "best_info.json").write_text(json.dumps({
-        "wall_seconds": 3600.0, "cpu_seconds": 7200.0, "budget_latency_ms": 10.75, "predicted_latency_ms": 8.87,
-        "active_params": 2_570_000, "gflops": 0.281}))
-    assert "No search kept yet" in searches_table({"evolution": tmp_path / "none"})
-    table = searches_table({"evolution": tmp_path / "none", "darts": folder}).splitlines()
+        "method": "darts", "wall_seconds": 3600.0, "cpu_seconds": 7200.0, "budget_latency_ms": 10.75,
+        "predicted_latency_ms": 8.87, "active_params": 2_570_000, "gflops": 0.281}))
+    (tmp_path / "search" / "unfinished").mkdir()  # no best_info.json: not listed
+    assert "No search kept yet" in searches_table(tmp_path / "none")
+    table = searches_table(tmp_path / "search").splitlines()
     assert len(table) == 5  # header, rule, the one kept search, blank, caption
     assert table[2].startswith("| darts | `search/darts-0.333` | 1.00 | 2.00 | 10.75 | 8.87 | [384] [384] [384] [384] | 1: [384] |")

@@ -62,6 +62,9 @@ import subprocess
 import sys
 from pathlib import Path
 
+from automoe.bench_results import append_records
+from automoe.card import read_records
+
 ROOT = Path(__file__).resolve().parent.parent
 # Outside the work tree: a session's checkout is laid anew, while the machine's other files may stay
 RUNS = Path(os.environ.get("AUTOMOE_RUNS") or Path.home() / ".cache" / "automoe" / "runs")
@@ -160,11 +163,9 @@ def done_in_tree(name: str) -> bool:
     if name in KEPT_SEARCHES:
         return (KEPT_SEARCHES[name] / "best_info.json").exists()
     if name == "darts-quarter-eval":
-        return SEARCH_QUARTER.exists() and '"method": "darts"' in SEARCH_QUARTER.read_text()
+        return bool(read_records(SEARCH_QUARTER, method="darts"))
     if name.startswith("cmp-") or name.startswith("supernets-"):
-        if not SUPERNETS.exists():
-            return False
-        models = {json.loads(line).get("model") for line in SUPERNETS.read_text().splitlines() if line.strip()}
+        models = {r.get("model") for r in read_records(SUPERNETS)}
         return all(any(m and m.endswith(f"cmp-{kind}") for m in models) for kind in SHARING)
     return False
 
@@ -213,10 +214,7 @@ def pick_recipe() -> str:
     best = max(records, key=lambda r: r["dev_bleu"])
     for r in records:
         r["chosen"] = r is best
-    RECIPES.parent.mkdir(parents=True, exist_ok=True)
-    with open(RECIPES, "a", encoding="utf-8") as f:
-        for r in records:
-            f.write(json.dumps(r) + "\n")
+    append_records(RECIPES, records)
     return best["recipe"]
 
 
@@ -224,25 +222,19 @@ def evaluate_darts_quarter() -> None:
     """The DARTS architecture after the recipe comparison's budget (a quarter of the full one),
     beside the evolutionary one's chosen run of the same recipe and budget (recipes.jsonl):
     one record each -> benchmarks/results/search_quarter.jsonl."""
-    rows = [json.loads(line) for line in RECIPES.read_text().splitlines() if line.strip()]
-    evolution = next(r for r in reversed(rows) if r.get("chosen"))
+    evolution = read_records(RECIPES, chosen=True)[-1]
     darts = model_record(RUNS / "models" / DARTS_QUARTER, "search_quarter", method="darts",
                          arch=str((KEPT_SEARCHES["darts-small-bible"] / "best.json").relative_to(ROOT)),
-                         recipe=chosen_recipe())
+                         recipe=evolution["recipe"])
     evolution = {**evolution, "benchmark": "search_quarter", "method": "evolution",
                  "arch": str((SEARCH / "automoe-0.333.json").relative_to(ROOT)), "from": str(RECIPES.relative_to(ROOT))}
-    with open(SEARCH_QUARTER, "a", encoding="utf-8") as f:
-        for r in (evolution, darts):
-            f.write(json.dumps(r) + "\n")
+    append_records(SEARCH_QUARTER, [evolution, darts])
 
 
 def chosen_recipe() -> str | None:
     """The recipe the last pick chose (None before the pick)."""
-    if not RECIPES.exists():
-        return None
-    rows = [json.loads(line) for line in RECIPES.read_text().splitlines() if line.strip()]
-    chosen = [r["recipe"] for r in rows if r.get("chosen")]
-    return chosen[-1] if chosen else None
+    chosen = read_records(RECIPES, chosen=True)
+    return chosen[-1]["recipe"] if chosen else None
 
 
 def continue_run(name: str, source: str, arch: str) -> list[str]:
@@ -321,9 +313,8 @@ def evaluate_supernets(supernets: list[str], archs: tuple[str, ...] = EVAL_ARCHS
 def budget_ms(fraction: float) -> float:
     """The predicted-latency budget of the searches at `fraction` (0.5 or 0.3333) of the dense
     latency (benchmarks/results/search.jsonl)."""
-    rows = [json.loads(line) for line in (ROOT / "benchmarks" / "results" / "search.jsonl").read_text().splitlines()
-            if line.strip()]
-    return next(r["budget_ms"] for r in rows if r.get("search") == "automoe" and r.get("fraction") == fraction)
+    rows = read_records(ROOT / "benchmarks" / "results" / "search.jsonl", search="automoe", fraction=fraction)
+    return rows[0]["budget_ms"]
 
 
 def third_budget_ms() -> float:
