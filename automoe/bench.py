@@ -40,7 +40,7 @@ from .config import ArchConfig, ConfigError
 
 logger = logging.getLogger(__name__)
 
-ENGINES = ("torch", "onnxruntime", "onnxruntime-int8", "ctranslate2", "ctranslate2-int8")
+ENGINES = ("torch", "onnxruntime", "onnxruntime-int8", "onnxruntime-int8-row", "ctranslate2", "ctranslate2-int8")
 QUICK_SENTENCES = 300  # DESIGN.md section 6: the first 300 test sentences
 FAMILIES = ("dense", "switch", "hat", "automoe")
 

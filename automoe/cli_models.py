@@ -138,7 +138,8 @@ def add_model_verbs(verbs) -> None:
     ev.add_argument("--arch", default=None, help="with a supernet: largest | smallest | dense | ArchConfig JSON")
     ev.add_argument("--engine", default=None, choices=["torch", "onnxruntime", "ctranslate2"],
                     help="default: torch for a model folder, the export's runtime for an export folder")
-    ev.add_argument("--quantize", default=None, choices=["int8"], help="with --engine on a model folder")
+    ev.add_argument("--quantize", default=None, choices=["int8", "int8-row"],
+                    help="with --engine on a model folder (int8-row: onnxruntime only, see `automoe export`)")
     ev.add_argument("--threads", type=int, default=None)
     ev.add_argument("--hypotheses", default=None, help="also write the translations to this file")
     ev.add_argument("--results", default=None, help="append the JSON line to this JSONL file")
@@ -151,8 +152,9 @@ def add_model_verbs(verbs) -> None:
     tr.add_argument("--engine", default=None, choices=["torch", "onnxruntime", "ctranslate2"],
                     help="default: torch for a model folder, the export's runtime for an export folder; a model "
                          "folder with onnxruntime/ctranslate2 is exported into a cache first")
-    tr.add_argument("--quantize", default=None, choices=["int8"],
-                    help="with --engine onnxruntime/ctranslate2 on a model folder (default fp32)")
+    tr.add_argument("--quantize", default=None, choices=["int8", "int8-row"],
+                    help="with --engine onnxruntime/ctranslate2 on a model folder (default fp32; int8-row: "
+                         "onnxruntime only, see `automoe export`)")
     tr.add_argument("--beam", type=int, default=4, help="beam size, 1..128 (default 4)")
     tr.add_argument("--max-length", type=int, default=None, help="output token limit")
     tr.add_argument("--threads", type=int, default=None)
@@ -166,7 +168,9 @@ def add_model_verbs(verbs) -> None:
                           description=cmd_export.__doc__)
     ex.add_argument("model", help="model folder")
     ex.add_argument("--to", required=True, choices=["onnx", "ct2"], help="target runtime")
-    ex.add_argument("--quantize", default=None, choices=["int8", "int16"], help="weight quantization (int16: ct2 only)")
+    ex.add_argument("--quantize", default=None, choices=["int8", "int8-row", "int16"],
+                    help="weight quantization (int16: ct2 only; int8-row: onnx only, every linear layer quantized "
+                         "per row by automoe's operator, so a sentence translates alike alone and in a batch)")
     ex.add_argument("--out", default=None, help="output folder (default exports/<model>-<target>-<quantization>)")
     ex.add_argument("--force", action="store_true", help="replace an earlier export in the output folder")
     ex.add_argument("--no-verify", action="store_true",

@@ -1,7 +1,10 @@
-"""automoe's ONNX Runtime operator library: the `automoe.Top1MoE` int8 kernel for decode steps.
+"""automoe's ONNX Runtime operator library: int8 kernels with one activation scale per row.
 
-`csrc/automoe_ops.cc` (with `csrc/ort_abi.h`) holds one ONNX Runtime custom operator, a whole
-top-1 MoE feed-forward layer (see that file for why and for its arithmetic). This module
+`csrc/automoe_ops.cc` (with `csrc/int8_math.h` and `csrc/ort_abi.h`) holds three ONNX Runtime
+custom operators (see that file for why and for their arithmetic): `automoe.Top1MoE`, a whole top-1
+MoE feed-forward layer for the few rows of a decode step, and `automoe.Int8Linear` /
+`Int8LinearColumns`, one linear layer (all its columns, or a shortlist of them) with the same
+arithmetic, which "int8-row" exports use for every linear layer (`int8_rows`). This module
   builds it       `build_library()` compiles it with the local C++ compiler, once per source and
                   compiler, into ~/.cache/automoe/kernels (`AUTOMOE_KERNEL_CACHE` overrides);
                   `available()` says whether that works here
@@ -163,8 +166,10 @@ def _quantize_rows(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.T
     return q.double(), s, z.double()
 
 
-def _int8_linear(x: torch.Tensor, codes: torch.Tensor, scale: torch.Tensor, sums: torch.Tensor,
-                 bias: torch.Tensor) -> torch.Tensor:
+def int8_linear(x: torch.Tensor, codes: torch.Tensor, scale: torch.Tensor, sums: torch.Tensor,
+                bias: torch.Tensor) -> torch.Tensor:
+    """The kernel's int8 linear layer in PyTorch: x [n, K] quantized per row, times per-column int8
+    `codes` [K, N] (`quantize_columns`: scales [N], column sums [N]), plus `bias` -> [n, N]."""
     q, s, z = _quantize_rows(x)
     acc = (q @ codes.double() - z * sums.double()).float()  # exact integers
     return acc * scale * s + bias
@@ -173,7 +178,7 @@ def _int8_linear(x: torch.Tensor, codes: torch.Tensor, scale: torch.Tensor, sums
 def reference_top1_moe(x: torch.Tensor, router_weight: torch.Tensor, inputs: list[torch.Tensor],
                        router_scale: bool = True) -> torch.Tensor:
     """What `automoe.Top1MoE` computes, in PyTorch: the reference top-1 layer `automoe.moe.top1_moe`
-    with experts that compute as the kernel does (`_int8_linear`). x [..., d], the router's weight
+    with experts that compute as the kernel does (`int8_linear`). x [..., d], the router's weight
     [E, d] (as torch.nn.Linear holds it), `inputs` the operator's inputs 2..10 (`layer_inputs`) ->
     [..., d]. Equal to the kernel's output up to fp32 rounding (of the router logits too: a row whose
     two best logits tie to the last bit may pick the other expert)."""
@@ -188,6 +193,6 @@ def reference_top1_moe(x: torch.Tensor, router_weight: torch.Tensor, inputs: lis
                b1[col: col + width])
         fc2 = (unpack_weights(w2[off2: off2 + size2], width, d), s2[e * d: (e + 1) * d], c2[e * d: (e + 1) * d],
                b2[e * d: (e + 1) * d])
-        experts.append(lambda rows, fc1=fc1, fc2=fc2: _int8_linear(_int8_linear(rows, *fc1).relu(), *fc2))
+        experts.append(lambda rows, fc1=fc1, fc2=fc2: int8_linear(int8_linear(rows, *fc1).relu(), *fc2))
         col, off1, off2 = col + width, off1 + size1, off2 + size2
     return top1_moe(x.reshape(-1, d).float(), router_weight.float(), experts, router_scale)[0].view_as(x)

@@ -24,6 +24,11 @@ translates one sentence at a time, writes its MoE layers as automoe's own int8 o
 `SessionOptions.register_custom_ops_library`), or stays compact where no C++ compiler can build
 that; export_info.json records each graph's form ("moe_graphs") and the library
 ("custom_ops_library"). Why these forms and no others: docs/moe_dispatch.md.
+Two int8 forms: "int8" quantizes every constant-weight MatMul with ONNX Runtime's
+`quantize_dynamic` (one activation scale per tensor), "int8-row" writes every linear layer as
+automoe's `Int8Linear` operator (one activation scale per row: a row's result does not depend on
+the other rows of the call, so a list decodes in batches exactly as one sentence at a time;
+`int8_rows`, docs/throughput.md). Both need the operator library where they use it.
 """
 
 from __future__ import annotations
@@ -44,6 +49,7 @@ from automoe.checkpoint import CONFIG_NAME, read_model_config
 from automoe.modeling import DecoderState, MoETransformer
 
 from . import kernel
+from .int8_rows import quantize_rows
 from .onnx_moe import moe_form
 from .onnx_shortlist import add_to_export as add_shortlist_to_export
 
@@ -52,11 +58,12 @@ logger = logging.getLogger(__name__)
 ENCODER_FILE, DECODER_FILE, BEAM_FILE = "encoder.onnx", "decoder.onnx", "beam_search.onnx"
 BEAM_DECODER_FILE = "beam_decoder.onnx"  # written only while exporting: beam_search.onnx holds it
 OPSET = 17
-QUANTIZATIONS = (None, "int8")
+QUANTIZATIONS = (None, "int8", "int8-row")  # int8-row: every linear layer per row (`int8_rows`)
 WEIGHTS_FILE = "weights.onnx.data"
 # export_info.json "layout": 3 = weights stored once in WEIGHTS_FILE and, with a shortlist, the
 # fixed-width shortlist beam graphs (2: the scattered one only; absent: each graph held its weights)
 LAYOUT = 3
+INT8 = ("int8", "int8-row")
 MOE_DISPATCHES = ("compact", "kernel")
 CUSTOM_OPSETS = {kernel.DOMAIN: 1}  # automoe.Top1MoE (the kernel form)
 
@@ -325,7 +332,7 @@ def default_moe_dispatch(quantize: str | None) -> str:
     """How `to_onnx` exports MoE layers unless told: in int8 exports "kernel" (automoe's operator in
     the beam graph's decoder: the least decode-step overhead at batch 1, docs/moe_dispatch.md)
     where a C++ compiler builds it; the exact compact form everywhere else."""
-    return "kernel" if quantize == "int8" and kernel.available() else "compact"
+    return "kernel" if quantize in INT8 and kernel.available() else "compact"
 
 
 def is_current(folder: str | Path, quantize: str | None) -> bool:
@@ -354,8 +361,8 @@ def to_onnx(model_dir: str | Path, out_dir: str | Path, *, quantize: str | None 
     if quantize not in QUANTIZATIONS:
         raise ValueError(f"quantize={quantize!r} must be one of {list(QUANTIZATIONS)}")
     moe_dispatch = moe_dispatch or default_moe_dispatch(quantize)
-    if moe_dispatch == "kernel" and quantize != "int8":
-        raise ValueError("moe_dispatch='kernel' stores 8-bit expert weights: use it with quantize='int8' "
+    if moe_dispatch == "kernel" and quantize not in INT8:
+        raise ValueError("moe_dispatch='kernel' stores 8-bit expert weights: use it with quantize='int8' or 'int8-row' "
                          "(an fp32 export keeps the exact 'compact' dispatch)")
     _require("onnxruntime")
     _require("onnx")
@@ -365,13 +372,13 @@ def to_onnx(model_dir: str | Path, out_dir: str | Path, *, quantize: str | None 
     with staged_out_dir(out_dir, force) as tmp:
         forms = moe_graphs(arch, moe_dispatch)
         library = None
-        if "kernel" in forms.values():  # before the export: no build, no half-made folder
+        if "kernel" in forms.values() or quantize == "int8-row":  # built first: no half-made folder
             library = kernel.build_library()
             shutil.copyfile(library, tmp / kernel.LIBRARY_FILE)
         graphs = export_graphs(model, tmp, forms=forms)
-        if quantize == "int8":
+        if quantize in INT8:
             for path in dict.fromkeys(graphs.values()):  # beam_decoder may be decoder.onnx itself
-                quantize_int8(path)
+                quantize_rows(path) if quantize == "int8-row" else quantize_int8(path)
         if forms["beam_search"] == "kernel":
             fix_custom_op_shapes(graphs["beam_decoder"])
         build_beam_search(graphs["encoder"], graphs["beam_decoder"], tmp / BEAM_FILE, arch)

@@ -33,6 +33,8 @@ from pathlib import Path
 
 import numpy as np
 
+from .int8_rows import LINEAR_OP
+
 logger = logging.getLogger(__name__)
 
 SHORTLIST_BEAM_FILE = "beam_search_shortlist.onnx"
@@ -72,6 +74,8 @@ def find_projection(graph, vocab_size: int):
             weight = inits[node.input[1]]
             if len(weight.dims) == 2 and weight.dims[1] == vocab_size:
                 return node, numpy_helper.to_array(weight)
+        if node.op_type == LINEAR_OP and node.input[2] in inits and inits[node.input[2]].dims == [vocab_size]:
+            return node, numpy_helper.to_array(inits[node.input[1]])  # packed (int8_rows)
         stack.extend(i for i in node.input if i)
     raise ValueError(f"no output projection (a MatMul by a constant [d, {vocab_size}] matrix) upstream of "
                      f"'logits' in the {graph.name!r} graph")
@@ -114,6 +118,8 @@ def _shortlisted_projection(graph, vocab_size: int) -> str:
     from onnx import helper, numpy_helper
 
     node, weight = find_projection(graph, vocab_size)
+    if node.op_type == LINEAR_OP:
+        return _shortlisted_linear(graph, node, weight, vocab_size)
     _check_per_tensor(graph, node)
     rows = f"{node.input[1]}_rows"  # [V, d] so that a shortlist is contiguous rows
     graph.initializer.append(numpy_helper.from_array(weight.T.copy(), rows))
@@ -143,6 +149,30 @@ def _shortlisted_projection(graph, vocab_size: int) -> str:
         node.input[1] = columns
     for k, extra in enumerate(gather):
         graph.node.insert(index + k, extra)
+    _drop_dead_nodes(graph, keep={short})
+    return short
+
+
+def _shortlisted_linear(graph, node, packed: np.ndarray, vocab_size: int) -> str:
+    """`_shortlisted_projection` for an int8-row export: the projection's Int8Linear node becomes an
+    Int8LinearColumns node over the `shortlist` columns (the same per-row arithmetic, so the K logits
+    are bitwise the full projection's numbers for those ids)."""
+    from onnx import helper, numpy_helper
+
+    from .int8_rows import COLUMNS_OP, column_arrays
+    from .kernel import DOMAIN
+
+    if node.output[0] != "logits":
+        raise ValueError(f"the output projection {node.name!r} of the {graph.name!r} graph does not write 'logits' "
+                         "itself; export the model again with this automoe")
+    k4 = packed.size // (-(-vocab_size // 16) * 16)  # d rounded up to 4: the padding rows are zeros
+    columns = f"{node.input[1]}_columns"
+    graph.initializer.append(numpy_helper.from_array(column_arrays(packed, k4, vocab_size), columns))
+    short = "logits_shortlist"
+    node.output[0] = "logits_full_unused"
+    graph.node.insert(list(graph.node).index(node), helper.make_node(
+        COLUMNS_OP, [node.input[0], columns, *node.input[2:5], INPUT], [short], domain=DOMAIN,
+        name="shortlist_projection"))
     _drop_dead_nodes(graph, keep={short})
     return short
 

@@ -1,10 +1,11 @@
 """One beam search: a sentence translates the same alone, in any batch and at any position in it,
-on every engine (torch, ONNX Runtime fp32 and int8), for dense and MoE models.
+on every engine (torch, ONNX Runtime fp32, int8 and int8-row), for dense and MoE models.
 
-ONNX Runtime fp32 is tested on the stepped path (decoder.onnx under automoe's beam search, which
-`batch_min` selects); int8 exports quantize activations with one scale per tensor, so on that path
-a row would depend on its batch-mates, and `Translator` translates int8 lists one sentence at a
-time (serve.engines.BATCH_MIN): the int8 tests check that default."""
+ONNX Runtime fp32 and int8-row are tested on the stepped path (decoder.onnx under automoe's beam
+search, which `batch_min` selects) against the in-graph beam search one sentence at a time; int8
+exports quantize activations with one scale per tensor, so on that path a row would depend on its
+batch-mates, and `Translator` translates int8 lists one sentence at a time (serve.engines.BATCH_MIN):
+the int8 tests check that default."""
 
 from pathlib import Path
 
@@ -48,16 +49,17 @@ def _translations(tr: Translator, sources: list[str], beam: int = 4) -> dict[str
     return {"single": single, "batched": batched, "small batches": small, "reversed": reverse}
 
 
-@pytest.mark.parametrize("engine", ["torch", "onnxruntime", "onnxruntime-int8"])
+@pytest.mark.parametrize("engine", ["torch", "onnxruntime", "onnxruntime-int8", "onnxruntime-int8-row"])
 def test_a_sentence_translates_alike_alone_and_in_any_batch(model_dir, engine, tmp_path):
+    from automoe.bench import parse_engine
     from automoe.export.onnx import to_onnx
 
     if engine == "torch":
         tr = Translator.from_pretrained(model_dir)
     else:
-        quantize = "int8" if engine.endswith("int8") else None
+        quantize = parse_engine(engine)[1]
         tr = Translator.from_pretrained(to_onnx(model_dir, tmp_path / engine, quantize=quantize))
-        if quantize is None:
+        if quantize != "int8":  # per-row int8 and fp32: every row alone, so batches may take the stepped path
             tr.backend.batch_min = 2  # batches through decoder.onnx under automoe's beam search
     got = _translations(tr, SOURCES)
     for way in ("batched", "small batches", "reversed"):
@@ -67,14 +69,18 @@ def test_a_sentence_translates_alike_alone_and_in_any_batch(model_dir, engine, t
 
 @pytest.mark.skipif(not (SHIPPED / "model.safetensors").is_file(), reason="needs models/dense-small-bible")
 def test_shipped_dense_model_translates_alike_batched_and_alone(tmp_path):
-    """100 test verses with the shipped dense model on ONNX Runtime int8: identical translations
-    one at a time and as one list (the default path for int8 lists)."""
+    """100 test verses with the shipped dense model on ONNX Runtime int8 and int8-row: identical
+    translations one at a time and as one list (int8: the default path for its lists, one sentence
+    at a time; int8-row: the whole list through decoder.onnx)."""
     from automoe.evaluate import read_split
     from automoe.export.onnx import to_onnx
 
     sources, _ = read_split(DATA, "test", 100)
-    tr = Translator.from_pretrained(to_onnx(SHIPPED, tmp_path / "int8", quantize="int8"), threads=1)
-    single = [tr.translate([s])[0] for s in sources]
-    batched = tr.translate(sources)
-    differ = [i for i, (a, b) in enumerate(zip(single, batched)) if a != b]
-    assert not differ, f"{len(differ)} of {len(sources)} verses differ, e.g. {sources[differ[0]]!r}"
+    for quantize in ("int8", "int8-row"):
+        tr = Translator.from_pretrained(to_onnx(SHIPPED, tmp_path / quantize, quantize=quantize), threads=1)
+        if quantize == "int8-row":
+            tr.backend.batch_min = 2  # the stepped path: decoder.onnx at up to 100 sentences x 4 beams
+        single = [tr.translate([s])[0] for s in sources]
+        batched = tr.translate(sources)
+        differ = [i for i, (a, b) in enumerate(zip(single, batched)) if a != b]
+        assert not differ, f"{quantize}: {len(differ)} of {len(sources)} verses differ, e.g. {sources[differ[0]]!r}"

@@ -159,7 +159,7 @@ def test_ct2_vmap_decode_equals_full_decode(dense_dir, tmp_path):
     assert_shortlist_equals_full(full, Translator.from_pretrained(export, shortlist=True))
 
 
-@pytest.mark.parametrize("quantize", [None, "int8"])
+@pytest.mark.parametrize("quantize", [None, "int8", "int8-row"])
 def test_onnx_shortlist_beam_graph_equals_full_decode(moe_dir, tmp_path, quantize):
     from automoe.export.onnx import to_onnx
     from automoe.export.onnx_shortlist import SHORTLIST_BEAM_FILE, width_file
@@ -180,14 +180,15 @@ def test_onnx_shortlist_beam_graph_equals_full_decode(moe_dir, tmp_path, quantiz
         graph = onnx.load(str(export / name), load_external_data=False).graph
         assert max(len(t.raw_data) for t in _tensors(graph) if t.data_location != onnx.TensorProto.EXTERNAL) < 1024
     # one sentence: the shortlist beam graph; a batch: the step graphs' logits masked to the shortlist.
-    # int8: greedy only. The K logits are the full graph's numbers (greedy scores are equal to the
-    # last bit), but this random int8 model's beams switch tokens at near-ties that the shortlist's
-    # renormalised scores (shifted by ~1e-3) tip in 3 of 16 sentences, the same way on both paths.
+    # int8 and int8-row: greedy only. The K logits are the full graph's numbers (greedy scores are
+    # equal to the last bit), but this random int8 model's beams switch tokens at near-ties that the
+    # shortlist's renormalised scores (shifted by ~1e-3) tip in 1-3 of 16 sentences, the same way on
+    # both paths.
     beams = (1, 4) if quantize is None else (1,)
     assert_shortlist_equals_full(full, Translator.from_pretrained(export, shortlist=True), beams=beams)
 
 
-@pytest.mark.parametrize("quantize", [None, "int8"])
+@pytest.mark.parametrize("quantize", [None, "int8", "int8-row"])
 def test_onnx_fixed_width_and_scattered_shortlist_graphs_decode_alike(moe_dir, tmp_path, quantize):
     """The fixed-width graph (positions mapped back to ids, padding masked) and the scattered graph
     (a shortlist longer than every width falls back to it) give the same tokens and scores; the

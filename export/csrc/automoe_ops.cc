@@ -1,5 +1,6 @@
-// automoe's ONNX Runtime operator library: one operator, automoe.Top1MoE, a whole top-1
-// Mixture-of-Experts feed-forward layer in one int8 kernel for the few rows of a decode step.
+// automoe's ONNX Runtime operator library: automoe.Top1MoE, a whole top-1 Mixture-of-Experts
+// feed-forward layer in one int8 kernel for the few rows of a decode step, and automoe.Int8Linear,
+// one int8 linear layer with the same per-row arithmetic (batch-independent; see compute_linear).
 //
 // Why: at batch 1 with beam 4 a decoder step routes 4 tokens. ONNX Runtime's graph-level
 // dispatch (about 16 nodes per layer) and its fused com.microsoft.QMoE operator (1.4-1.9x the time
@@ -42,186 +43,7 @@ Api g_api;
 
 namespace {
 
-// ---------------------------------------------------------------------------------------------
-// int8 arithmetic
-
-int round_up(int v, int m) { return (v + m - 1) / m * m; }
-size_t packed_bytes(int K, int N) { return (size_t)round_up(N, 16) * round_up(K, 4); }
-
-// Per-row asymmetric uint8 quantization with 0 inside the range (zero point in [0, 255]);
-// q rows are K4 = round_up(K, 4) long, the tail padded with the zero point.
-void quantize_row_portable(const float* x, int K, uint8_t* q, float* scale, int32_t* zero) {
-  float lo = 0.f, hi = 0.f;
-  for (int k = 0; k < K; ++k) { lo = std::min(lo, x[k]); hi = std::max(hi, x[k]); }
-  float s = (hi - lo) / 255.f;
-  if (s == 0.f) s = 1.f;
-  int z = std::min(255, std::max(0, (int)nearbyintf(-lo / s)));
-  float inv = 1.f / s;
-  for (int k = 0; k < K; ++k) q[k] = (uint8_t)std::min(255, std::max(0, (int)nearbyintf(x[k] * inv) + z));
-  for (int k = K; k < round_up(K, 4); ++k) q[k] = (uint8_t)z;
-  *scale = s;
-  *zero = z;
-}
-
-// The portable int8 linear layer: out[r][n] = sx[r] * s[n] * (q[r] . W[:, n] - zx[r] * c[n]) + b[n],
-// optionally relu'd. q rows are round_up(K, 4) long.
-void linear_portable(const uint8_t* q, int rows, int K, const float* sx, const int32_t* zx, const int8_t* w,
-                     const float* s, const int32_t* c, const float* b, int N, bool relu, float* out) {
-  const int K4 = round_up(K, 4), KB = K4 / 4;
-  for (int r = 0; r < rows; ++r)
-    for (int n = 0; n < N; ++n) {
-      const int8_t* col = w + ((size_t)(n / 16) * KB * 16 + n % 16) * 4;
-      int32_t sum = 0;
-      for (int kb = 0; kb < KB; ++kb)
-        for (int j = 0; j < 4; ++j) sum += (int32_t)q[(size_t)r * K4 + kb * 4 + j] * col[(size_t)kb * 64 + j];
-      float v = (float)(sum - zx[r] * c[n]) * s[n] * sx[r] + b[n];
-      out[(size_t)r * N + n] = relu && v < 0.f ? 0.f : v;
-    }
-}
-
-// fp32 dot product (the router logits), portable version: 16 partial sums, lane j taking the
-// elements j mod 16, added in lane order (the AVX-512 version sums in the same order: same bits)
-float dot_portable(const float* a, const float* b, int n) {
-  float part[16] = {0};
-  int k = 0;
-  for (; k + 16 <= n; k += 16)
-    for (int j = 0; j < 16; ++j) part[j] += a[k + j] * b[k + j];
-  float sum = 0.f;
-  for (int j = 0; j < 16; ++j) sum += part[j];
-  for (; k < n; ++k) sum += a[k] * b[k];
-  return sum;
-}
-
-#if defined(__x86_64__)
-
-#define VNNI __attribute__((target("avx512f,avx512bw,avx512vl,avx512vnni")))
-
-// GCC 12's _mm512_reduce_* headers trip -W(maybe-)uninitialized (a false positive)
-#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
-#pragma GCC diagnostic ignored "-Wuninitialized"
-
-// dot_portable with AVX-512
-VNNI float dot_vnni(const float* a, const float* b, int n) {
-  __m512 acc = _mm512_setzero_ps();
-  int k = 0;
-  for (; k + 16 <= n; k += 16) acc = _mm512_add_ps(acc, _mm512_mul_ps(_mm512_loadu_ps(a + k), _mm512_loadu_ps(b + k)));
-  float part[16];
-  _mm512_storeu_ps(part, acc);
-  float sum = 0.f;
-  for (int j = 0; j < 16; ++j) sum += part[j];
-  for (; k < n; ++k) sum += a[k] * b[k];
-  return sum;
-}
-
-// quantize_row with AVX-512: the same results (min / max are exact, the rounding is the same).
-VNNI void quantize_row_vnni(const float* x, int K, uint8_t* q, float* scale, int32_t* zero) {
-  __m512 vlo = _mm512_setzero_ps(), vhi = _mm512_setzero_ps();
-  int k = 0;
-  for (; k + 16 <= K; k += 16) {
-    __m512 v = _mm512_loadu_ps(x + k);
-    vlo = _mm512_min_ps(vlo, v);
-    vhi = _mm512_max_ps(vhi, v);
-  }
-  float lo = _mm512_reduce_min_ps(vlo), hi = _mm512_reduce_max_ps(vhi);
-  for (; k < K; ++k) { lo = std::min(lo, x[k]); hi = std::max(hi, x[k]); }
-  float s = (hi - lo) / 255.f;
-  if (s == 0.f) s = 1.f;
-  int z = std::min(255, std::max(0, (int)nearbyintf(-lo / s)));
-  const float inv = 1.f / s;
-  const __m512 vinv = _mm512_set1_ps(inv);
-  const __m512i vz = _mm512_set1_epi32(z), v0 = _mm512_setzero_si512(), v255 = _mm512_set1_epi32(255);
-  for (k = 0; k + 16 <= K; k += 16) {
-    __m512i i = _mm512_add_epi32(_mm512_cvtps_epi32(_mm512_mul_ps(_mm512_loadu_ps(x + k), vinv)), vz);
-    i = _mm512_min_epi32(_mm512_max_epi32(i, v0), v255);
-    _mm_storeu_si128((__m128i*)(q + k), _mm512_cvtepi32_epi8(i));
-  }
-  for (; k < K; ++k) q[k] = (uint8_t)std::min(255, std::max(0, (int)nearbyintf(x[k] * inv) + z));
-  for (; k < round_up(K, 4); ++k) q[k] = (uint8_t)z;
-  *scale = s;
-  *zero = z;
-}
-
-// Column blocks nb0 .. nb0 + B - 1 of the linear layer with AVX-512 VNNI, M <= 4 rows: each
-// 64-byte load of W (16 columns x 4 k) feeds one vpdpbusd per row.
-template <int M, int B>
-VNNI void linear_blocks(const uint8_t* q, int K, const float* sx, const int32_t* zx, const int8_t* w, const float* s,
-                        const int32_t* c, const float* b, int nb0, int N, bool relu, float* out) {
-  const int K4 = round_up(K, 4), KB = K4 / 4;
-  const int8_t* wb = w + (size_t)nb0 * KB * 64;
-  __m512i a[M][B];
-#pragma GCC unroll 16
-  for (int r = 0; r < M; ++r)
-#pragma GCC unroll 16
-    for (int j = 0; j < B; ++j) a[r][j] = _mm512_setzero_si512();
-  for (int kb = 0; kb < KB; ++kb) {
-    __m512i v[B];
-#pragma GCC unroll 16
-    for (int j = 0; j < B; ++j) v[j] = _mm512_loadu_si512(wb + ((size_t)j * KB + kb) * 64);
-#pragma GCC unroll 16
-    for (int r = 0; r < M; ++r) {
-      int32_t four;
-      memcpy(&four, q + (size_t)r * K4 + kb * 4, 4);
-      const __m512i xb = _mm512_set1_epi32(four);
-#pragma GCC unroll 16
-      for (int j = 0; j < B; ++j) a[r][j] = _mm512_dpbusd_epi32(a[r][j], xb, v[j]);
-    }
-  }
-  for (int j = 0; j < B; ++j) {
-    const int n0 = (nb0 + j) * 16, count = std::min(16, N - n0);
-    const __mmask16 mask = (__mmask16)((1u << count) - 1);
-    const __m512 vs = _mm512_maskz_loadu_ps(mask, s + n0), vb = _mm512_maskz_loadu_ps(mask, b + n0);
-    const __m512i vc = _mm512_maskz_loadu_epi32(mask, c + n0);
-    for (int r = 0; r < M; ++r) {
-      const __m512i centered = _mm512_sub_epi32(a[r][j], _mm512_mullo_epi32(vc, _mm512_set1_epi32(zx[r])));
-      __m512 v = _mm512_add_ps(_mm512_mul_ps(_mm512_mul_ps(_mm512_cvtepi32_ps(centered), vs), _mm512_set1_ps(sx[r])), vb);
-      if (relu) v = _mm512_max_ps(v, _mm512_setzero_ps());
-      _mm512_mask_storeu_ps(out + (size_t)r * N + n0, mask, v);
-    }
-  }
-}
-
-// The linear layer for M <= 4 rows, B column blocks at a time. A decode step reads most expert
-// weights from memory, once, and one core's bandwidth grows with the number of streams the
-// hardware prefetchers follow: each column block is one contiguous stream, so as many blocks run
-// together as the 32 registers allow (M * B accumulators, B weights, 1 broadcast). In a scratch
-// test on AMD EPYC (Zen 4) a cold expert took 30-40% less time than with 2 blocks and a software
-// prefetch; the last blocks, fewer than B, run one at a time.
-template <int M, int B>
-VNNI void linear_vnni_m(const uint8_t* q, int K, const float* sx, const int32_t* zx, const int8_t* w,
-                        const float* s, const int32_t* c, const float* b, int N, bool relu, float* out) {
-  const int NB = round_up(N, 16) / 16;
-  int nb = 0;
-  for (; nb + B <= NB; nb += B) linear_blocks<M, B>(q, K, sx, zx, w, s, c, b, nb, N, relu, out);
-  for (; nb < NB; ++nb) linear_blocks<M, 1>(q, K, sx, zx, w, s, c, b, nb, N, relu, out);
-}
-
-VNNI void linear_vnni(const uint8_t* q, int rows, int K, const float* sx, const int32_t* zx, const int8_t* w,
-                      const float* s, const int32_t* c, const float* b, int N, bool relu, float* out) {
-  const int K4 = round_up(K, 4);
-  for (int r0 = 0; r0 < rows; r0 += 4) {  // each pass over W serves four rows
-    const uint8_t* qr = q + (size_t)r0 * K4;
-    float* o = out + (size_t)r0 * N;
-    switch (std::min(4, rows - r0)) {
-      case 4: linear_vnni_m<4, 4>(qr, K, sx + r0, zx + r0, w, s, c, b, N, relu, o); break;
-      case 3: linear_vnni_m<3, 6>(qr, K, sx + r0, zx + r0, w, s, c, b, N, relu, o); break;
-      case 2: linear_vnni_m<2, 8>(qr, K, sx + r0, zx + r0, w, s, c, b, N, relu, o); break;
-      default: linear_vnni_m<1, 12>(qr, K, sx + r0, zx + r0, w, s, c, b, N, relu, o); break;
-    }
-  }
-}
-
-// AUTOMOE_KERNEL_PORTABLE=1 forces the portable loops (tests compare both paths on one CPU)
-const bool kHasVnni = !getenv("AUTOMOE_KERNEL_PORTABLE") && __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
-                      __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512vnni");
-#else  // other CPUs: the portable loops
-const bool kHasVnni = false;
-#define quantize_row_vnni quantize_row_portable
-#define linear_vnni linear_portable
-#define dot_vnni dot_portable
-#endif
-const auto quantize_row = kHasVnni ? quantize_row_vnni : quantize_row_portable;
-const auto int8_linear = kHasVnni ? linear_vnni : linear_portable;
-const auto dot = kHasVnni ? dot_vnni : dot_portable;
+#include "int8_math.h"
 
 // ---------------------------------------------------------------------------------------------
 // the operator
@@ -374,6 +196,93 @@ OrtStatus* compute(Kernel* kernel, OrtKernelContext* ctx) {
   return nullptr;
 }
 
+// automoe.Int8Linear: y[r] = deq(q(x[r]) . W) + b, relu'd when the attribute relu is 1 (q: per-row
+// asymmetric uint8, W per-column symmetric int8, as in the MoE layer). Every row is computed alone,
+// so a row's output is bitwise the same whatever rows share the call. Inputs: 0 x float [..., K];
+// 1 w int8 (packed K x N); 2 s float [N]; 3 c int32 [N] (column sums of W); 4 b float [N].
+// Output: 0 y float [..., N].
+// automoe.Int8LinearColumns: the columns cols of the same layer, bitwise Int8Linear's numbers for
+// them (a vocabulary shortlist of the output projection). Inputs: 0 x; 1 W by columns, int8
+// [N][round_up(K, 4)], zero-padded; 2 s; 3 c; 4 b; 5 cols int64 [M]. Output: 0 y float [..., M].
+struct LinearKernel {
+  bool columns = false;
+  bool relu = false;
+  std::atomic<bool> weights_checked{false};
+};
+
+// The output of a linear op: x's shape with the last axis `n`.
+OrtStatus* linear_output(OrtKernelContext* ctx, const Tensor& x, int n, float** out) {
+  std::vector<int64_t> dims = x.dims;
+  dims.back() = n;
+  OrtValue* value = nullptr;
+  if (OrtStatus* st = g_api.fn<OrtStatus* (*)(OrtKernelContext*, size_t, const int64_t*, size_t, OrtValue**)>(
+          kKernelContextGetOutput)(ctx, 0, dims.data(), dims.size(), &value))
+    return st;
+  return g_api.fn<OrtStatus* (*)(OrtValue*, void**)>(kGetTensorMutableData)(value, (void**)out);
+}
+
+// x's rows quantized into the thread's scratch (k->qx, k->sx, k->zx); returns the row count.
+int quantize_rows(const Tensor& x, int K, Scratch* k) {
+  const int rows = K ? (int)(x.size() / K) : 0, K4 = round_up(K, 4);
+  const float* xs = (const float*)x.data;
+  k->qx.resize((size_t)rows * K4);
+  k->sx.resize(rows);
+  k->zx.resize(rows);
+  for (int r = 0; r < rows; ++r) quantize_row(xs + (size_t)r * K, K, k->qx.data() + (size_t)r * K4, &k->sx[r], &k->zx[r]);
+  return rows;
+}
+
+// Int8Linear (columns = false) and Int8LinearColumns (columns = true: input 1 is W by columns,
+// [N][K4], and input 5 the int64 columns to compute, in order).
+OrtStatus* compute_linear(LinearKernel* kernel, OrtKernelContext* ctx) {
+  const char* name = kernel->columns ? "automoe.Int8LinearColumns" : "automoe.Int8Linear";
+  const bool check = !kernel->weights_checked;
+  const size_t inputs = kernel->columns ? 6 : 5;
+  Tensor t[6];
+  for (size_t i = 0; i < inputs; ++i)
+    if (OrtStatus* st = read_input(ctx, i, &t[i], i == 0 || i == 2 || i == 5 || check)) return st;
+  const Tensor& x = t[0];
+  if (x.dims.empty()) return g_api.status(std::string(name) + ": x must have at least one axis");
+  const int K = (int)x.dims.back(), N = (int)t[2].size();
+  if (check) {
+    const int64_t bytes = kernel->columns ? (int64_t)N * round_up(K, 4) : (int64_t)packed_bytes(K, N);
+    if (t[1].size() != bytes || t[3].size() != N || t[4].size() != N)
+      return g_api.status(std::string(name) + ": the weights do not match K = " + std::to_string(K) + " and N = " +
+                          std::to_string(N) + "; re-export the model with automoe");
+    kernel->weights_checked = true;
+  }
+  const int M = kernel->columns ? (int)t[5].size() : N;
+  const int64_t* cols = kernel->columns ? (const int64_t*)t[5].data : nullptr;
+  for (int m = 0; m < (kernel->columns ? M : 0); ++m)
+    if (cols[m] < 0 || cols[m] >= N)
+      return g_api.status(std::string(name) + ": column " + std::to_string(cols[m]) + " is outside 0.." +
+                          std::to_string(N - 1));
+  float* out = nullptr;
+  if (OrtStatus* st = linear_output(ctx, x, M, &out)) return st;
+  Scratch* k = &t_scratch;
+  const int rows = quantize_rows(x, K, k);
+  if (rows == 0) return nullptr;
+  const float *s = (const float*)t[2].data, *b = (const float*)t[4].data;
+  const int32_t* c = (const int32_t*)t[3].data;
+  if (kernel->columns)
+    int8_linear_columns(k->qx.data(), rows, K, k->sx.data(), k->zx.data(), (const int8_t*)t[1].data, s, c, b, cols, M, out);
+  else
+    int8_linear(k->qx.data(), rows, K, k->sx.data(), k->zx.data(), (const int8_t*)t[1].data, s, c, b, N, kernel->relu, out);
+  return nullptr;
+}
+
+OrtStatus* create_linear(const OrtCustomOp* op, const void*, const OrtKernelInfo* info, void** kernel) {
+  int64_t relu = 0;
+  OrtStatus* st = g_api.fn<OrtStatus* (*)(const OrtKernelInfo*, const char*, int64_t*)>(kKernelInfoGetAttributeInt64)(
+      info, "relu", &relu);
+  if (st) g_api.release(st);  // absent: the default, 0
+  LinearKernel* k = new LinearKernel;
+  k->relu = relu != 0;
+  k->columns = op->GetInputTypeCount(op) == 6;
+  *kernel = k;
+  return nullptr;
+}
+
 OrtStatus* create_kernel(const OrtCustomOp*, const void*, const OrtKernelInfo* info, void** kernel) {
   int64_t router_scale = 1;
   OrtStatus* st = g_api.fn<OrtStatus* (*)(const OrtKernelInfo*, const char*, int64_t*)>(kKernelInfoGetAttributeInt64)(
@@ -396,20 +305,16 @@ void compute_v1(void* kernel, OrtKernelContext* ctx) {
 }
 
 const int kInputTypes[11] = {kFloat, kFloat, kInt8, kFloat, kInt32, kFloat, kInt8, kFloat, kInt32, kFloat, kInt64};
+const int kLinearInputTypes[6] = {kFloat, kInt8, kFloat, kInt32, kFloat, kInt64};
 
-OrtCustomOp make_op() {
+// The fields both operators share; the caller sets the name, inputs and kernel functions.
+OrtCustomOp base_op() {
   OrtCustomOp op;
   memset(&op, 0, sizeof(op));
   op.version = 16;  // the first with CreateKernelV2 / KernelComputeV2, which can report errors
-  op.CreateKernel = create_kernel_v1;
-  op.GetName = [](const OrtCustomOp*) { return "Top1MoE"; };
   op.GetExecutionProviderType = [](const OrtCustomOp*) -> const char* { return "CPUExecutionProvider"; };
-  op.GetInputType = [](const OrtCustomOp*, size_t i) { return i < 11 ? kInputTypes[i] : 0; };
-  op.GetInputTypeCount = [](const OrtCustomOp*) { return (size_t)11; };
   op.GetOutputType = [](const OrtCustomOp*, size_t) { return (int)kFloat; };
   op.GetOutputTypeCount = [](const OrtCustomOp*) { return (size_t)1; };
-  op.KernelCompute = compute_v1;
-  op.KernelDestroy = [](void* kernel) { delete (Kernel*)kernel; };
   op.GetInputCharacteristic = [](const OrtCustomOp*, size_t) { return 0; };   // required
   op.GetOutputCharacteristic = [](const OrtCustomOp*, size_t) { return 0; };  // required
   op.GetInputMemoryType = [](const OrtCustomOp*, size_t) { return 0; };       // default (CPU)
@@ -417,12 +322,50 @@ OrtCustomOp make_op() {
   op.GetVariadicInputHomogeneity = [](const OrtCustomOp*) { return 1; };
   op.GetVariadicOutputMinArity = [](const OrtCustomOp*) { return 1; };
   op.GetVariadicOutputHomogeneity = [](const OrtCustomOp*) { return 1; };
+  return op;
+}
+
+OrtCustomOp make_op() {
+  OrtCustomOp op = base_op();
+  op.CreateKernel = create_kernel_v1;
+  op.GetName = [](const OrtCustomOp*) { return "Top1MoE"; };
+  op.GetInputType = [](const OrtCustomOp*, size_t i) { return i < 11 ? kInputTypes[i] : 0; };
+  op.GetInputTypeCount = [](const OrtCustomOp*) { return (size_t)11; };
+  op.KernelCompute = compute_v1;
+  op.KernelDestroy = [](void* kernel) { delete (Kernel*)kernel; };
   op.CreateKernelV2 = create_kernel;
   op.KernelComputeV2 = [](void* kernel, OrtKernelContext* ctx) { return compute((Kernel*)kernel, ctx); };
   return op;
 }
 
+OrtCustomOp make_linear_op(bool columns) {
+  OrtCustomOp op = base_op();
+  op.CreateKernel = [](const OrtCustomOp* o, const void* api, const OrtKernelInfo* info) -> void* {
+    void* kernel = nullptr;
+    create_linear(o, api, info, &kernel);
+    return kernel;
+  };
+  if (columns) {
+    op.GetName = [](const OrtCustomOp*) { return "Int8LinearColumns"; };
+    op.GetInputType = [](const OrtCustomOp*, size_t i) { return i < 6 ? kLinearInputTypes[i] : 0; };
+    op.GetInputTypeCount = [](const OrtCustomOp*) { return (size_t)6; };
+  } else {
+    op.GetName = [](const OrtCustomOp*) { return "Int8Linear"; };
+    op.GetInputType = [](const OrtCustomOp*, size_t i) { return i < 5 ? kLinearInputTypes[i] : 0; };
+    op.GetInputTypeCount = [](const OrtCustomOp*) { return (size_t)5; };
+  }
+  op.KernelCompute = [](void* kernel, OrtKernelContext* ctx) {
+    if (OrtStatus* st = compute_linear((LinearKernel*)kernel, ctx)) g_api.release(st);
+  };
+  op.KernelDestroy = [](void* kernel) { delete (LinearKernel*)kernel; };
+  op.CreateKernelV2 = create_linear;
+  op.KernelComputeV2 = [](void* kernel, OrtKernelContext* ctx) { return compute_linear((LinearKernel*)kernel, ctx); };
+  return op;
+}
+
 OrtCustomOp g_op = make_op();
+OrtCustomOp g_linear_op = make_linear_op(false);
+OrtCustomOp g_columns_op = make_linear_op(true);
 
 }  // namespace
 
@@ -439,8 +382,9 @@ __attribute__((visibility("default"))) OrtStatus* RegisterCustomOps(OrtSessionOp
   OrtCustomOpDomain* domain = nullptr;
   if (OrtStatus* st = g_api.fn<OrtStatus* (*)(const char*, OrtCustomOpDomain**)>(kCreateCustomOpDomain)("automoe", &domain))
     return st;
-  if (OrtStatus* st = g_api.fn<OrtStatus* (*)(OrtCustomOpDomain*, const OrtCustomOp*)>(kCustomOpDomainAdd)(domain, &g_op))
-    return st;
+  for (const OrtCustomOp* op : {&g_op, &g_linear_op, &g_columns_op})
+    if (OrtStatus* st = g_api.fn<OrtStatus* (*)(OrtCustomOpDomain*, const OrtCustomOp*)>(kCustomOpDomainAdd)(domain, op))
+      return st;
   // the domain must outlive every session made with these options; it is never released
   return g_api.fn<OrtStatus* (*)(OrtSessionOptions*, OrtCustomOpDomain*)>(kAddCustomOpDomain)(options, domain);
 }
