@@ -7,6 +7,9 @@ A stack of 8 FFNs of the dense model's shape (384 -> 1536 -> 384, random weights
   per-row         int8_per_row.py: one activation scale per row (batch-independent)
   nbits-32 / -128 com.microsoft.MatMulNBits, 8-bit weights in blocks of 32 / 128, int8 compute
                   (accuracy_level 4: activations quantized per row and block)
+  int8-row        automoe's Int8Linear operator (export/int8_rows.py, what "int8-row" exports
+                  write): one scale per row, bias and Relu folded in, AVX-512 VNNI where the CPU
+                  has it (needs a C++ compiler; left out without one)
 Rows: 4 (one sentence, beam 4) and 128 (32 sentences). Forms interleaved round-robin, 1 thread,
 the minimum over repeats (on a shared host other load only adds time). Batch independence: the
 first row of an 8-row batch whose fourth row is 50x larger, against the first row alone, bitwise.
@@ -27,7 +30,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import RESULTS, append_jsonl, commits, environment  # noqa: E402
 
-FORMS = ("fp32", "per-tensor", "per-row", "nbits-32", "nbits-128")
+FORMS = ("fp32", "per-tensor", "per-row", "nbits-32", "nbits-128", "int8-row")
 
 
 def ffn_stack(d: int, width: int, layers: int, seed: int = 0):
@@ -66,6 +69,15 @@ def in_form(model, form: str, tmp: Path) -> bytes:
         copy = onnx.ModelProto()
         copy.CopyFrom(model)
         rewrite_per_row(copy, skip=set())
+        return copy.SerializeToString()
+    if form == "int8-row":
+        from automoe.export.int8_rows import rewrite_graph
+        from automoe.export.kernel import DOMAIN
+
+        copy = onnx.ModelProto()
+        copy.CopyFrom(model)
+        rewrite_graph(copy.graph, skip=set())
+        copy.opset_import.append(onnx.helper.make_opsetid(DOMAIN, 1))
         return copy.SerializeToString()
     if form == "per-tensor":
         from onnxruntime.quantization import QuantType, quantize_dynamic
@@ -110,34 +122,39 @@ def main(argv: list[str] | None = None) -> int:
 
     import onnxruntime as ort
 
+    from automoe.export import kernel
+
     logging.getLogger().setLevel(logging.ERROR)  # the quantizers log a line per tensor
     env = environment()
     d, width, layers = 384, 1536, 8
     model = ffn_stack(d, width, layers)
+    forms = FORMS if kernel.available() else tuple(f for f in FORMS if f != "int8-row")
     options = ort.SessionOptions()
     options.intra_op_num_threads, options.inter_op_num_threads = 1, 1
+    if "int8-row" in forms:
+        options.register_custom_ops_library(str(kernel.build_library()))
     with tempfile.TemporaryDirectory() as tmp:
         sessions = {f: ort.InferenceSession(in_form(model, f, Path(tmp)), options, providers=["CPUExecutionProvider"])
-                    for f in FORMS}
+                    for f in forms}
     rng = np.random.default_rng(1)
     records = {f: {"benchmark": "int8_forms", "form": f, "d": d, "width": width, "layers": layers, "threads": 1,
-                   "repeats": args.repeats, **env} for f in FORMS}
+                   "repeats": args.repeats, **env} for f in forms}
     for rows in (4, 128):
         x = rng.standard_normal((rows, d)).astype(np.float32)
         reference = sessions["fp32"].run(None, {"x": x})[0]
-        best = {f: float("inf") for f in FORMS}
+        best = {f: float("inf") for f in forms}
         for i in range(args.repeats):
-            for f in FORMS[i % len(FORMS):] + FORMS[: i % len(FORMS)]:
+            for f in forms[i % len(forms):] + forms[: i % len(forms)]:
                 start = time.perf_counter()
                 out = sessions[f].run(None, {"x": x})[0]
                 best[f] = min(best[f], time.perf_counter() - start)
-        for f in FORMS:
+        for f in forms:
             out = sessions[f].run(None, {"x": x})[0]
             records[f][f"us_per_matmul_{rows}_rows"] = round(best[f] * 1e6 / (2 * layers), 2)
             records[f][f"rel_error_{rows}_rows"] = round(float(np.abs(out - reference).max() / np.abs(reference).max()), 5)
     x = rng.standard_normal((8, d)).astype(np.float32)
     x[3] *= 50
-    for f in FORMS:
+    for f in forms:
         batched, alone = sessions[f].run(None, {"x": x})[0][0], sessions[f].run(None, {"x": x[:1]})[0][0]
         records[f]["batch_independent"] = bool(np.array_equal(batched, alone))
     for r in records.values():

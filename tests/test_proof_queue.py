@@ -103,3 +103,20 @@ def test_the_full_darts_model_continues_its_quarter_run_in_its_own_folder(tmp_pa
     (quarter / "checkpoint.safetensors").write_bytes(b"changed")  # copied once: a resumed run keeps its own
     dict(proof_queue.steps())["darts-small-bible-model"]()
     assert (run / "checkpoint.safetensors").read_bytes() == b"quarter"
+
+
+def test_until_stops_after_its_step_and_refuses_an_unknown_one(tmp_path, monkeypatch, capsys):
+    """`--until NAME` runs the steps up to NAME and no further (to free the cores for a benchmark);
+    a name that is no step is refused before anything runs."""
+    import pytest
+
+    ran = []
+    plan = [(name, proof_queue.InProcess(lambda name=name: ran.append(name))) for name in ("a", "b", "c")]
+    monkeypatch.setattr(proof_queue, "steps", lambda: plan)
+    monkeypatch.setattr(proof_queue, "done", lambda name: False)
+    monkeypatch.setattr(proof_queue, "RUNS", tmp_path)
+    assert proof_queue.main(["--until", "b"]) == 0
+    assert ran == ["a", "b"]
+    with pytest.raises(SystemExit):
+        proof_queue.main(["--until", "d"])
+    assert "'d' is not a step" in capsys.readouterr().err and ran == ["a", "b"]

@@ -49,6 +49,7 @@ so the queue can be stopped at any time and started again):
 
     nohup .venv/bin/python tools/proof_queue.py >> ~/.cache/automoe/runs/queue.log 2>&1 &
     python tools/proof_queue.py --list      # what is done, what is next
+    python tools/proof_queue.py --until search-methods   # stop after that step (free the cores)
 """
 
 from __future__ import annotations
@@ -451,8 +452,15 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--list", action="store_true", help="print each step and whether it is done")
     p.add_argument("--only", default=None, help="run only this step")
+    p.add_argument("--until", default=None, help="stop after this step (e.g. to free the cores for a benchmark)")
     args = p.parse_args(argv)
+    names = [name for name, _ in steps()]
+    for flag in ("only", "until"):
+        if getattr(args, flag) not in (None, *names):
+            p.error(f"--{flag} {getattr(args, flag)!r} is not a step; --list shows them")
     for name, action in steps():
+        if args.until and names.index(name) > names.index(args.until):
+            break
         if args.list:
             state = "done" if done(name) else ("started" if (RUNS / name).exists() else "to do")
             print(f"{name:36s} {state}")
