@@ -77,22 +77,42 @@ def cpu_table(records: list[dict]) -> str:
         return "_Every bench run so far ran on one processor._"
     cpus = sorted(runs, key=lambda c: runs[c][0]["date"])
     measured = [r for c in cpus for r in runs[c] if "skipped" not in r]
-    engines = list(dict.fromkeys(r["engine"] for r in measured))
     models = list(dict.fromkeys(label(r) for r in measured))
     cell = {(c, label(r), r["engine"]): r for c in cpus for r in runs[c] if "skipped" not in r and r["threads"] == 1}
-    head = [f"{e}, {c}" for c in cpus for e in engines]
+    columns = list(dict.fromkeys((c, e) for c, _, e in cell))  # each processor's engines, in run order
+    head = [f"{e}, {c}" for c, e in columns]
     rows = ["| model | " + " | ".join(head) + " |", "|---|" + "---:|" * len(head)]
     for m in models:
         cells = []
-        for c in cpus:
-            for e in engines:
-                r = cell.get((c, m, e))
-                cells.append(f"{r['median_ms']:.1f} ms ({r['speedup']:.2f}x)" if r and r.get("speedup") else "")
+        for c, e in columns:
+            r = cell.get((c, m, e))
+            cells.append(f"{r['median_ms']:.1f} ms ({r['speedup']:.2f}x)" if r and r.get("speedup") else "")
         rows.append(f"| `{m}` | " + " | ".join(cells) + " |")
     notes = "; ".join(f"{c}: run of {runs[c][0]['date'][:10]}, commit `{(runs[c][0]['git_commit'] or '')[:10]}`"
                       for c in cpus)
     return "\n".join(rows) + ("\n\nMedian latency and speedup vs the dense model of the same run (1 thread, batch 1, "
                               f"beam 4, {runs[cpus[-1]][0]['sentences']} test sentences); {notes}.")
+
+
+def int8_row_table(records: list[dict], tensor: str = "onnxruntime-int8", row: str = "onnxruntime-int8-row") -> str:
+    """A Markdown table of the last bench run's models in ONNX Runtime's two int8 forms (per-tensor
+    `quantize_dynamic` and automoe's per-row operator), timed in the same run: median ms, the
+    per-row form's speedup over the per-tensor one, and both test BLEU scores."""
+    run = [r for r in last_run(records) if "skipped" not in r and r["threads"] == 1]
+    cell = {(label(r), r["engine"]): r for r in run}
+    models = [m for m in dict.fromkeys(label(r) for r in run) if (m, tensor) in cell and (m, row) in cell]
+    if not models:
+        return f"_The last bench run timed no model on both {tensor} and {row}._"
+    rows = [f"| model | {tensor} ms | {row} ms | {row} speedup | BLEU, {tensor} | BLEU, {row} |",
+            "|---|---:|---:|---:|---:|---:|"]
+    for m in models:
+        a, b = cell[(m, tensor)], cell[(m, row)]
+        rows.append(f"| `{m}` | {a['median_ms']:.1f} | {b['median_ms']:.1f} | {a['median_ms'] / b['median_ms']:.2f}x | "
+                    f"{a['bleu']:.2f} | {b['bleu']:.2f} |")
+    r0 = cell[(models[0], row)]
+    return "\n".join(rows) + (f"\n\nMedian latency per sentence (1 thread, batch 1, beam {r0['beam']}, {r0['sentences']} "
+                              f"test sentences), models and engines interleaved in one `automoe bench` run; {r0['cpu']}, "
+                              f"commit `{(r0['git_commit'] or '')[:10]}`.")
 
 
 def markdown_table(records: list[dict]) -> str:

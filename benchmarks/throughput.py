@@ -142,7 +142,7 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("models", nargs="+", help="model folders (a dense and a MoE model)")
     p.add_argument("--data", required=True, help="dataset folder (test split)")
-    p.add_argument("--engines", default="torch,onnxruntime,onnxruntime-int8,ctranslate2,ctranslate2-int8")
+    p.add_argument("--engines", default="torch,onnxruntime,onnxruntime-int8,onnxruntime-int8-row,ctranslate2,ctranslate2-int8")
     p.add_argument("--threads", default="1,2")
     p.add_argument("--batches", default="1,8,32")
     p.add_argument("--sentences", type=int, default=64, help="throughput sentences (first N of the test split)")

@@ -170,7 +170,8 @@ def to_ctranslate2(model_dir: str | Path, out_dir: str | Path, *, quantize: str 
     checksums are verified unless `verify=False`; export_info.json records the sha256 of every
     file written ("sha256")."""
     if quantize not in QUANTIZATIONS:
-        raise ValueError(f"quantize={quantize!r} must be one of {list(QUANTIZATIONS)}")
+        hint = " (int8-row is automoe's ONNX Runtime form: export with --to onnx)" if quantize == "int8-row" else ""
+        raise ValueError(f"quantize={quantize!r} must be one of {list(QUANTIZATIONS)} for CTranslate2{hint}")
     model_dir, out_dir = Path(model_dir), Path(out_dir)
     arch, meta = read_model_config(model_dir)
     check_ctranslate2(arch)  # before any work

@@ -729,6 +729,31 @@ def test_cpu_table_sets_each_processors_last_run_side_by_side():
     assert header == "| model | onnxruntime-int8, AMD | onnxruntime-int8, Xeon |"
     assert small == "| `small` | 15.0 ms (2.00x) | 20.0 ms (2.00x) |"  # AMD's later run replaced its first
     assert "`moe`" not in table and "run of 2026-01-02" in table
+    # an engine only one processor ran gets a column for that processor only
+    extra = [dict(r, engine="onnxruntime-int8-row") for r in run("c", "Xeon", "2026-01-03", 30.0, 10.0)]
+    header = cpu_table(records + extra).splitlines()[0]
+    assert header == "| model | onnxruntime-int8, AMD | onnxruntime-int8, Xeon | onnxruntime-int8-row, Xeon |"
+
+
+def test_int8_row_table_pairs_each_model_of_the_last_run_in_both_int8_forms():
+    from automoe.bench_results import int8_row_table
+
+    def row(run_id, engine, model, ms, bleu, **extra):
+        return {"benchmark": "bench", "run_id": run_id, "cpu": "Xeon", "date": "2026-01-01", "git_commit": "abc",
+                "engine": engine, "threads": 1, "sentences": 9, "beam": 4, "model": model, "median_ms": ms,
+                "bleu": bleu, **extra}
+
+    assert "timed no model" in int8_row_table([row("a", "onnxruntime-int8", "dense", 30.0, 18.0)])
+    records = [row("a", "onnxruntime-int8-row", "dense", 1.0, 1.0),  # an earlier run: not read
+               row("b", "onnxruntime-int8", "dense", 30.0, 18.86), row("b", "onnxruntime-int8-row", "dense", 25.0, 19.02),
+               row("b", "onnxruntime-int8", "dense", 27.0, 18.7, shortlist=True),
+               row("b", "onnxruntime-int8-row", "dense", 20.0, 18.9, shortlist=True),
+               row("b", "onnxruntime-int8", "moe", 10.0, 20.0), row("b", "ctranslate2-int8", "dense", 20.0, 19.0),
+               row("b", "onnxruntime-int8-row", "switch", 0, 0, skipped="reason")]
+    lines = int8_row_table(records).split("\n\n")[0].splitlines()
+    assert lines[2] == "| `dense` | 30.0 | 25.0 | 1.20x | 18.86 | 19.02 |"
+    assert lines[3] == "| `dense + shortlist` | 27.0 | 20.0 | 1.35x | 18.70 | 18.90 |"
+    assert len(lines) == 4  # moe has no int8-row row, switch was skipped
 
 
 def test_search_quarter_table_sets_the_last_run_of_each_search_side_by_side():

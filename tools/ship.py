@@ -119,7 +119,7 @@ def family_card(out: Path, space: str = "small", family: str | None = None, budg
                       meta.get("training") or {}, read_records(EVAL, model=str(out)),
                       read_records(RESULTS / "engines.jsonl", model=str(out)),
                       usage=f'```python\nfrom automoe import Translator\n\ntr = Translator.from_pretrained("{out}", '
-                            f'engine="onnxruntime", quantize="int8")\nprint(tr.translate(["Jesus wept."]))\n```',
+                            f'engine="onnxruntime", quantize="int8-row")\nprint(tr.translate(["Jesus wept."]))\n```',
                       limitations="Trained for a few CPU hours on the public-domain Bible (WEB -> Elberfelder 1932) "
                                   "only; expect low quality outside that domain.",
                       bench_records=read_records(BENCH, model=out.name))
