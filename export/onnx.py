@@ -373,7 +373,14 @@ def to_onnx(model_dir: str | Path, out_dir: str | Path, *, quantize: str | None 
         forms = moe_graphs(arch, moe_dispatch)
         library = None
         if "kernel" in forms.values() or quantize == "int8-row":  # built first: no half-made folder
-            library = kernel.build_library()
+            try:
+                library = kernel.build_library()
+            except kernel.KernelUnavailable as e:
+                if quantize != "int8-row":
+                    raise
+                raise kernel.KernelUnavailable(f"quantize='int8-row' runs automoe's operator library, which does not "
+                                               f"build here: {e}. Export with quantize='int8' (ONNX Runtime's own "
+                                               "int8) instead") from e
             shutil.copyfile(library, tmp / kernel.LIBRARY_FILE)
         graphs = export_graphs(model, tmp, forms=forms)
         if quantize in INT8:

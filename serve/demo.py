@@ -59,12 +59,15 @@ def _experts_summary(arch) -> str:
 
 def available_engines() -> tuple[str, ...]:
     """The engine choices, named as `automoe bench` names them: torch always, and each runtime
-    whose package (onnxruntime, ctranslate2) can be imported, in fp32 and int8 ("onnxruntime-int8",
-    the shipped CPU setting)."""
+    whose package (onnxruntime, ctranslate2) can be imported, in fp32 and int8; "onnxruntime-int8-row"
+    (automoe's per-row int8, the shipped CPU setting) only where a C++ compiler builds its operator."""
     import importlib.util
 
+    from automoe.export import kernel
+
     return tuple(e for e in ENGINES if parse_engine(e)[0] == "torch"
-                 or importlib.util.find_spec(parse_engine(e)[0]) is not None)
+                 or importlib.util.find_spec(parse_engine(e)[0]) is not None
+                 and (parse_engine(e)[1] != "int8-row" or kernel.available()))
 
 
 def _skip_note(path: Path) -> str | None:

@@ -184,3 +184,13 @@ def test_without_a_compiler_the_kernel_says_so_and_exports_fall_back_to_compact(
         kernel.build_library()
     monkeypatch.setattr(kernel, "available", lambda: False)
     assert onnx_export.default_moe_dispatch("int8") == "compact"
+    # int8-row has no form without the operator: refused, naming the int8 export that works here
+    from automoe.config import SearchSpace
+    from automoe.random_model import save_random_model
+
+    arch = SearchSpace.preset("tiny").largest().replace(vocab_size=300)
+    model_dir = save_random_model(arch, tmp_path / "dense", seed=0)
+    with pytest.raises(kernel.KernelUnavailable, match="quantize='int8-row' runs automoe's operator library.*"
+                                                       "does not run.*quantize='int8'"):
+        onnx_export.to_onnx(model_dir, tmp_path / "out", quantize="int8-row")
+    assert not (tmp_path / "out").exists()
