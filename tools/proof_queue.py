@@ -431,21 +431,22 @@ def supernet_stats(supernets: dict[str, str]) -> None:
     from automoe.mos import MixtureOfSupernets, mixing_spread
     from automoe.supernet_folder import load_supernet
 
-    with SUPERNETS.open("a", encoding="utf-8") as out:
-        for folder, note in supernets.items():
-            if not Path(folder, "supernet_info.json").is_file():
-                continue
-            info = json.loads(Path(folder, "supernet_info.json").read_text())
-            supernet = load_supernet(folder)
-            space = supernet.space
-            archs = [space.largest(), space.smallest()] + [ArchConfig.load(a) for a in EVAL_ARCHS[2:]]
-            record = {"benchmark": "supernet_training", "model": folder, "note": note,
-                      "weight_sharing": supernet.sharing.to_dict(), "tokens_seen": info["tokens_seen"],
-                      "updates": info["updates"], "valid": info["valid"], "init_from": info.get("init_from"),
-                      "mixing_spread": (mixing_spread(supernet, archs) if isinstance(supernet, MixtureOfSupernets)
-                                        else None),
-                      "git_commit": git_commit(), "date": datetime.datetime.now(datetime.timezone.utc).isoformat()}
-            out.write(json.dumps(record) + "\n")
+    records = []
+    for folder, note in supernets.items():
+        if not Path(folder, "supernet_info.json").is_file():
+            continue
+        info = json.loads(Path(folder, "supernet_info.json").read_text())
+        supernet = load_supernet(folder)
+        space = supernet.space
+        archs = [space.largest(), space.smallest()] + [ArchConfig.load(a) for a in EVAL_ARCHS[2:]]
+        records.append({"benchmark": "supernet_training", "model": folder, "note": note,
+                        "weight_sharing": supernet.sharing.to_dict(), "tokens_seen": info["tokens_seen"],
+                        "updates": info["updates"], "valid": info["valid"], "init_from": info.get("init_from"),
+                        "mixing_spread": (mixing_spread(supernet, archs) if isinstance(supernet, MixtureOfSupernets)
+                                          else None),
+                        "git_commit": git_commit(), "date": datetime.datetime.now(datetime.timezone.utc).isoformat()})
+    if records:
+        append_records(SUPERNETS, records)
 
 
 def main(argv: list[str] | None = None) -> int:
