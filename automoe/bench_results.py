@@ -116,7 +116,8 @@ def int8_row_table(records: list[dict], tensor: str = "onnxruntime-int8", row: s
 
 
 def markdown_table(records: list[dict]) -> str:
-    """A Markdown table of one run's records (best speedup first within each engine/threads)."""
+    """A Markdown table of one run's records: engines in the run's order, best speedup first within
+    each engine and thread count."""
     if not records:
         return "_No bench run yet (`automoe bench`)._"
     listed = any(r.get("shortlist") for r in records)
@@ -124,7 +125,9 @@ def markdown_table(records: list[dict]) -> str:
     rows = ["| model | family | engine | threads | BLEU | chrF | median ms | p90 ms | speedup vs dense | "
             "sent/s @ batch | GFLOPs | active / total params |" + extra_head,
             "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|" + extra_rule]
-    order = sorted(records, key=lambda r: (r["engine"], r["threads"], "skipped" in r, -(r.get("speedup") or 0)))
+    engines = list(dict.fromkeys(r["engine"] for r in records))  # in the run's order (`--engines`)
+    order = sorted(records, key=lambda r: (engines.index(r["engine"]), r["threads"], "skipped" in r,
+                                           -(r.get("speedup") or 0)))
     for r in order:
         params = f"{_params(r['active_params'])} / {_params(r['total_params'])}"
         tail = ""
