@@ -59,7 +59,8 @@ def add_data_verbs(verbs) -> None:
     distill.add_argument("--out", required=True, help="output dataset folder, e.g. data/bible-en-de-distill")
     distill.add_argument("--engine", default=None, choices=["torch", "onnxruntime", "ctranslate2"],
                          help="default: ctranslate2 for a dense teacher, onnxruntime otherwise")
-    distill.add_argument("--quantize", default="int8", choices=["int8", "none"], help="(default int8)")
+    distill.add_argument("--quantize", default="int8", choices=["int8", "int8-row", "none"],
+                         help="the teacher's export (default int8; int8-row: onnxruntime only)")
     distill.add_argument("--beam", type=int, default=4)
     distill.add_argument("--threads", type=int, default=None)
     distill.add_argument("--force", action="store_true", help="start over (drops an interrupted or finished run)")

@@ -136,7 +136,8 @@ def add_search_verbs(verbs) -> None:
     lt.add_argument("--samples", type=int, required=True)
     lt.add_argument("--out", required=True, help="JSONL table (appended; resumes)")
     lt.add_argument("--threads", type=int, default=1)
-    lt.add_argument("--quantize", default="int8", choices=["int8", "none"])
+    lt.add_argument("--quantize", default="int8", choices=["int8", "int8-row", "none"],
+                    help="the export's int8 form (int8-row: onnxruntime only, automoe's per-row operator; default int8)")
     lt.add_argument("--sentences", type=int, default=20, help="dev sentences timed per architecture")
     lt.add_argument("--out-len", type=int, default=30, help="fixed output length")
     lt.add_argument("--seed", type=int, default=0)
