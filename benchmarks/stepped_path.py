@@ -4,8 +4,9 @@ int8-row exports (export/int8_rows.py) quantize every row alone, so a list may r
 decoder.onnx under automoe's beam search in batches (`OnnxEngine.batch_min`) and still give every
 sentence its translation alone. Whether that is faster decides `serve.engines.BATCH_MIN`. Per
 model, the same test sentences are translated (1 thread, beam 4) one at a time through
-beam_search.onnx and in lists of 8 and 32 through the stepped path, the ways interleaved list by
-list, and compared sentence by sentence. Then the stepped path at the largest batch runs once
+beam_search.onnx, in lists of 8 and 32 through the stepped path, and in the same lists through
+beam_search.onnx at batch > 1 (ONNX Runtime's BeamSearch operator over a whole list), the ways
+interleaved list by list, and compared sentence by sentence. Then the stepped path at the largest batch runs once
 more under cProfile and ONNX Runtime's profiler: the decoder graph's kernel time by operator
 type, and the Python-side time of the beam search, per step.
 Appends one record per model to benchmarks/results/stepped_path.jsonl.
@@ -43,6 +44,27 @@ def _timed_lists(translator, sources: list[str], size: int, batch_min: int | Non
     return time.perf_counter() - start, out
 
 
+def _beam_graph_lists(translator, sources: list[str], size: int) -> tuple[float, list[str]]:
+    """Seconds to translate `sources` in lists of `size` with ONNX Runtime's BeamSearch operator run
+    on each whole list (the beam graph at batch > 1, which `OnnxEngine` does not use: the operator
+    reads a later sentence's stopping score from a shifted window, docs/throughput.md)."""
+    from automoe.generate import default_max_length
+    from automoe.serve.engines import _pad, _strip
+
+    engine, out, start = translator.backend, [], time.perf_counter()
+    for i in range(0, len(sources), size):
+        encoded = translator._encode(sources[i: i + size])
+        texts = [""] * len(encoded)
+        for batch in translator._batches(encoded):
+            ids = [encoded[j] for j in batch]
+            limit = default_max_length(translator, max(len(x) for x in ids))
+            sequences, _ = engine.run_beam_graph(_pad(ids, engine.config.pad_id), 4, limit)
+            for j, seq in zip(batch, sequences):
+                texts[j] = translator.tokenizer.decode(_strip(seq[0][1:], engine.config))
+        out += texts
+    return time.perf_counter() - start, out
+
+
 def profile(translator, sources: list[str], size: int) -> dict:
     """The stepped path over `sources` in lists of `size`, profiled: decoder steps, ms per step in
     ONNX Runtime's kernels by operator type (the top ones), and ms per step outside session.run."""
@@ -77,12 +99,15 @@ def table(run: list[dict]) -> str:
     if not run:
         return "_Not measured yet (benchmarks/stepped_path.py)._"
     sizes = sorted({int(k) for r in run for k in r["stepped_ms"]})
+    graph = [s for s in sizes if all(str(s) in r.get("beam_graph_ms", {}) for r in run)]
     lines = ["| model | one at a time, ms/sentence | " + " | ".join(f"stepped, lists of {s}: ms/sentence (same)"
                                                                     for s in sizes)
+             + "".join(f" | beam graph, lists of {s} (same)" for s in graph)
              + " | decoder step at the largest list: kernels ms (top operators) | Python ms per step |",
-             "|---|---:|" + "---:|" * len(sizes) + "---|---:|"]
+             "|---|---:|" + "---:|" * (len(sizes) + len(graph)) + "---|---:|"]
     for r in run:
         cells = [f"{r['stepped_ms'][str(s)]:.1f} ({r['same'][str(s)]}/{r['sentences']})" for s in sizes]
+        cells += [f"{r['beam_graph_ms'][str(s)]:.1f} ({r['beam_graph_same'][str(s)]}/{r['sentences']})" for s in graph]
         ops = ", ".join(f"{op} {ms:.2f}" for op, ms in r["profile"]["kernel_ms_per_step"].items())
         lines.append(f"| `{r['model']}` | {r['single_ms']:.1f} | " + " | ".join(cells)
                      + f" | {r['profile']['kernel_total_ms_per_step']:.2f}: {ops} | {r['profile']['python_ms_per_step']:.2f} |")
@@ -113,12 +138,16 @@ def main(argv: list[str] | None = None) -> int:
     for tr in translators.values():  # warm up both paths
         _timed_lists(tr, sources[:8], 8, None)
         _timed_lists(tr, sources[:8], 8, 2)
-    best = {(m, way): float("inf") for m in translators for way in [None, *sizes]}
+    ways = [None, *sizes, *(f"beam-graph-{s}" for s in sizes)]
+    best = {(m, way): float("inf") for m in translators for way in ways}
     outputs = {}
     for _ in range(args.repeats):
         for m, tr in translators.items():
-            for way in [None, *sizes]:
-                seconds, out = _timed_lists(tr, sources, way or 1, None if way is None else 2)
+            for way in ways:
+                if isinstance(way, str):
+                    seconds, out = _beam_graph_lists(tr, sources, int(way.rsplit("-", 1)[1]))
+                else:
+                    seconds, out = _timed_lists(tr, sources, way or 1, None if way is None else 2)
                 best[(m, way)] = min(best[(m, way)], seconds)
                 outputs[(m, way)] = out
     env = environment()
@@ -131,6 +160,9 @@ def main(argv: list[str] | None = None) -> int:
             "single_ms": round(best[(m, None)] / len(sources) * 1e3, 2),
             "stepped_ms": {str(s): round(best[(m, s)] / len(sources) * 1e3, 2) for s in sizes},
             "same": {str(s): sum(a == b for a, b in zip(single, outputs[(m, s)])) for s in sizes},
+            "beam_graph_ms": {str(s): round(best[(m, f"beam-graph-{s}")] / len(sources) * 1e3, 2) for s in sizes},
+            "beam_graph_same": {str(s): sum(a == b for a, b in zip(single, outputs[(m, f"beam-graph-{s}")]))
+                                for s in sizes},
             "profile": profile(tr, sources, sizes[-1]), **env})
         _stepped(tr, None)
         print(json.dumps({k: records[-1][k] for k in ("model", "single_ms", "stepped_ms", "same", "profile")}))
