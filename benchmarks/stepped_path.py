@@ -49,7 +49,7 @@ def _beam_graph_lists(translator, sources: list[str], size: int) -> tuple[float,
     on each whole list (the beam graph at batch > 1, which `OnnxEngine` does not use: the operator
     reads a later sentence's stopping score from a shifted window, docs/throughput.md)."""
     from automoe.generate import default_max_length
-    from automoe.serve.engines import _pad, _strip
+    from automoe.serve.engines import _pad
 
     engine, out, start = translator.backend, [], time.perf_counter()
     for i in range(0, len(sources), size):
@@ -58,9 +58,9 @@ def _beam_graph_lists(translator, sources: list[str], size: int) -> tuple[float,
         for batch in translator._batches(encoded):
             ids = [encoded[j] for j in batch]
             limit = default_max_length(translator, max(len(x) for x in ids))
-            sequences, _ = engine.run_beam_graph(_pad(ids, engine.config.pad_id), 4, limit)
-            for j, seq in zip(batch, sequences):
-                texts[j] = translator.tokenizer.decode(_strip(seq[0][1:], engine.config))
+            generation = engine._beam_graph(_pad(ids, engine.config.pad_id), 4, limit)
+            for j, tokens in zip(batch, generation.tokens):
+                texts[j] = translator.tokenizer.decode(tokens)
         out += texts
     return time.perf_counter() - start, out
 

@@ -80,7 +80,7 @@ def main(argv: list[str] | None = None) -> int:
     sentences = (data / "test.src").read_text(encoding="utf-8").splitlines()[:3]
     print(f"\n== the fastest model within 1 BLEU of {base.name} on {engine_names[0]}: {fast['model']} "
           f"({fast['speedup']:.2f}x, BLEU {fast['bleu']:.2f})")
-    quantize = engine_names[0].partition("-")[2]  # "int8-row" or "int8"
+    quantize = bench.parse_engine(engine_names[0])[1]  # "int8-row" or "int8"
     translator = Translator.from_pretrained(fast["folder"], engine="onnxruntime", quantize=quantize, threads=1)
     for source, target in zip(sentences, translator.translate(sentences, beam=4)):
         print(f"  en: {source}\n  de: {target}\n")

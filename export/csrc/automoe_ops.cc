@@ -58,12 +58,12 @@ struct Tensor {
   }
 };
 
-// The data of input `index`, and its dims when `dims` (a shape query costs an allocation).
-OrtStatus* read_input(OrtKernelContext* ctx, size_t index, Tensor* t, bool dims) {
+// The data of input `index` of operator `op`, and its dims when `dims` (a shape query costs an allocation).
+OrtStatus* read_input(OrtKernelContext* ctx, const char* op, size_t index, Tensor* t, bool dims) {
   const OrtValue* value = nullptr;
   OrtStatus* st = g_api.fn<OrtStatus* (*)(OrtKernelContext*, size_t, const OrtValue**)>(kKernelContextGetInput)(ctx, index, &value);
   if (st) return st;
-  if (!value) return g_api.status("automoe.Top1MoE: input " + std::to_string(index) + " is missing");
+  if (!value) return g_api.status(std::string(op) + ": input " + std::to_string(index) + " is missing");
   if (!dims) return g_api.fn<OrtStatus* (*)(OrtValue*, void**)>(kGetTensorMutableData)(const_cast<OrtValue*>(value), &t->data);
   OrtTensorTypeAndShapeInfo* info = nullptr;
   if ((st = g_api.fn<OrtStatus* (*)(const OrtValue*, OrtTensorTypeAndShapeInfo**)>(kGetTensorTypeAndShape)(value, &info))) return st;
@@ -76,6 +76,17 @@ OrtStatus* read_input(OrtKernelContext* ctx, size_t index, Tensor* t, bool dims)
   g_api.fn<void (*)(OrtTensorTypeAndShapeInfo*)>(kReleaseTensorTypeAndShapeInfo)(info);
   if (st) return st;
   return g_api.fn<OrtStatus* (*)(OrtValue*, void**)>(kGetTensorMutableData)(const_cast<OrtValue*>(value), &t->data);
+}
+
+// Output 0: x's shape with the last axis `n`, and its data.
+OrtStatus* output_like(OrtKernelContext* ctx, const Tensor& x, int n, float** out) {
+  std::vector<int64_t> dims = x.dims;
+  dims.back() = n;
+  OrtValue* value = nullptr;
+  if (OrtStatus* st = g_api.fn<OrtStatus* (*)(OrtKernelContext*, size_t, const int64_t*, size_t, OrtValue**)>(
+          kKernelContextGetOutput)(ctx, 0, dims.data(), dims.size(), &value))
+    return st;
+  return g_api.fn<OrtStatus* (*)(OrtValue*, void**)>(kGetTensorMutableData)(value, (void**)out);
 }
 
 // Scratch memory of one call. Per thread, not per node: ONNX Runtime may run one session (so one
@@ -98,7 +109,7 @@ OrtStatus* compute(Kernel* kernel, OrtKernelContext* ctx) {
   const bool check = !kernel->weights_checked;
   Tensor t[11];
   for (size_t i = 0; i < 11; ++i)  // data pointers; dims of x, widths, and the rest while checking them
-    if (OrtStatus* st = read_input(ctx, i, &t[i], i == 0 || i == 10 || check)) return st;
+    if (OrtStatus* st = read_input(ctx, "automoe.Top1MoE", i, &t[i], i == 0 || i == 10 || check)) return st;
   const Tensor &x = t[0], &router = t[1], &widths = t[10];
   if (x.dims.empty()) return g_api.status("automoe.Top1MoE: x must have at least one axis");
   const int d = (int)x.dims.back();
@@ -124,12 +135,8 @@ OrtStatus* compute(Kernel* kernel, OrtKernelContext* ctx) {
     kernel->weights_checked = true;
   }
 
-  OrtValue* out_value = nullptr;
-  if (OrtStatus* st = g_api.fn<OrtStatus* (*)(OrtKernelContext*, size_t, const int64_t*, size_t, OrtValue**)>(
-          kKernelContextGetOutput)(ctx, 0, x.dims.data(), x.dims.size(), &out_value))
-    return st;
   float* out = nullptr;
-  if (OrtStatus* st = g_api.fn<OrtStatus* (*)(OrtValue*, void**)>(kGetTensorMutableData)(out_value, (void**)&out)) return st;
+  if (OrtStatus* st = output_like(ctx, x, d, &out)) return st;
   if (rows == 0) return nullptr;
 
   // route: the first maximum of the logits, like torch.max of the probabilities; its probability
@@ -210,17 +217,6 @@ struct LinearKernel {
   std::atomic<bool> weights_checked{false};
 };
 
-// The output of a linear op: x's shape with the last axis `n`.
-OrtStatus* linear_output(OrtKernelContext* ctx, const Tensor& x, int n, float** out) {
-  std::vector<int64_t> dims = x.dims;
-  dims.back() = n;
-  OrtValue* value = nullptr;
-  if (OrtStatus* st = g_api.fn<OrtStatus* (*)(OrtKernelContext*, size_t, const int64_t*, size_t, OrtValue**)>(
-          kKernelContextGetOutput)(ctx, 0, dims.data(), dims.size(), &value))
-    return st;
-  return g_api.fn<OrtStatus* (*)(OrtValue*, void**)>(kGetTensorMutableData)(value, (void**)out);
-}
-
 // x's rows quantized into the thread's scratch (k->qx, k->sx, k->zx); returns the row count.
 int quantize_rows(const Tensor& x, int K, Scratch* k) {
   const int rows = K ? (int)(x.size() / K) : 0, K4 = round_up(K, 4);
@@ -240,7 +236,7 @@ OrtStatus* compute_linear(LinearKernel* kernel, OrtKernelContext* ctx) {
   const size_t inputs = kernel->columns ? 6 : 5;
   Tensor t[6];
   for (size_t i = 0; i < inputs; ++i)
-    if (OrtStatus* st = read_input(ctx, i, &t[i], i == 0 || i == 2 || i == 5 || check)) return st;
+    if (OrtStatus* st = read_input(ctx, name, i, &t[i], i == 0 || i == 2 || i == 5 || check)) return st;
   const Tensor& x = t[0];
   if (x.dims.empty()) return g_api.status(std::string(name) + ": x must have at least one axis");
   const int K = (int)x.dims.back(), N = (int)t[2].size();
@@ -258,7 +254,7 @@ OrtStatus* compute_linear(LinearKernel* kernel, OrtKernelContext* ctx) {
       return g_api.status(std::string(name) + ": column " + std::to_string(cols[m]) + " is outside 0.." +
                           std::to_string(N - 1));
   float* out = nullptr;
-  if (OrtStatus* st = linear_output(ctx, x, M, &out)) return st;
+  if (OrtStatus* st = output_like(ctx, x, M, &out)) return st;
   Scratch* k = &t_scratch;
   const int rows = quantize_rows(x, K, k);
   if (rows == 0) return nullptr;
@@ -271,47 +267,54 @@ OrtStatus* compute_linear(LinearKernel* kernel, OrtKernelContext* ctx) {
   return nullptr;
 }
 
-OrtStatus* create_linear(const OrtCustomOp* op, const void*, const OrtKernelInfo* info, void** kernel) {
-  int64_t relu = 0;
+// The int attribute `name` of a node, or `fallback` where the node has none.
+int64_t int_attribute(const OrtKernelInfo* info, const char* name, int64_t fallback) {
+  int64_t value = fallback;
   OrtStatus* st = g_api.fn<OrtStatus* (*)(const OrtKernelInfo*, const char*, int64_t*)>(kKernelInfoGetAttributeInt64)(
-      info, "relu", &relu);
-  if (st) g_api.release(st);  // absent: the default, 0
+      info, name, &value);
+  if (st) g_api.release(st);
+  return st ? fallback : value;
+}
+
+OrtStatus* create_linear(const OrtCustomOp* op, const void*, const OrtKernelInfo* info, void** kernel) {
   LinearKernel* k = new LinearKernel;
-  k->relu = relu != 0;
+  k->relu = int_attribute(info, "relu", 0) != 0;
   k->columns = op->GetInputTypeCount(op) == 6;
   *kernel = k;
   return nullptr;
 }
 
 OrtStatus* create_kernel(const OrtCustomOp*, const void*, const OrtKernelInfo* info, void** kernel) {
-  int64_t router_scale = 1;
-  OrtStatus* st = g_api.fn<OrtStatus* (*)(const OrtKernelInfo*, const char*, int64_t*)>(kKernelInfoGetAttributeInt64)(
-      info, "router_scale", &router_scale);
-  if (st) g_api.release(st);  // absent: the default, 1
   Kernel* k = new Kernel;
-  k->router_scale = router_scale != 0;
+  k->router_scale = int_attribute(info, "router_scale", 1) != 0;
   *kernel = k;
   return nullptr;
-}
-
-void* create_kernel_v1(const OrtCustomOp* op, const void* api, const OrtKernelInfo* info) {
-  void* kernel = nullptr;
-  create_kernel(op, api, info, &kernel);
-  return kernel;
-}
-
-void compute_v1(void* kernel, OrtKernelContext* ctx) {
-  if (OrtStatus* st = compute((Kernel*)kernel, ctx)) g_api.release(st);
 }
 
 const int kInputTypes[11] = {kFloat, kFloat, kInt8, kFloat, kInt32, kFloat, kInt8, kFloat, kInt32, kFloat, kInt64};
 const int kLinearInputTypes[6] = {kFloat, kInt8, kFloat, kInt32, kFloat, kInt64};
 
-// The fields both operators share; the caller sets the name, inputs and kernel functions.
+using CreateFn = OrtStatus* (*)(const OrtCustomOp*, const void*, const OrtKernelInfo*, void**);
+
+// The fields every operator shares, with kernel objects of type K made by Create and run by Compute
+// (the version-1 entries too, which report errors by releasing them); the caller sets the name and
+// the inputs.
+template <class K, CreateFn Create, OrtStatus* (*Compute)(K*, OrtKernelContext*)>
 OrtCustomOp base_op() {
   OrtCustomOp op;
   memset(&op, 0, sizeof(op));
   op.version = 16;  // the first with CreateKernelV2 / KernelComputeV2, which can report errors
+  op.CreateKernel = [](const OrtCustomOp* o, const void* api, const OrtKernelInfo* info) -> void* {
+    void* kernel = nullptr;
+    if (OrtStatus* st = Create(o, api, info, &kernel)) g_api.release(st);
+    return kernel;
+  };
+  op.KernelCompute = [](void* kernel, OrtKernelContext* ctx) {
+    if (OrtStatus* st = Compute((K*)kernel, ctx)) g_api.release(st);
+  };
+  op.KernelDestroy = [](void* kernel) { delete (K*)kernel; };
+  op.CreateKernelV2 = Create;
+  op.KernelComputeV2 = [](void* kernel, OrtKernelContext* ctx) { return Compute((K*)kernel, ctx); };
   op.GetExecutionProviderType = [](const OrtCustomOp*) -> const char* { return "CPUExecutionProvider"; };
   op.GetOutputType = [](const OrtCustomOp*, size_t) { return (int)kFloat; };
   op.GetOutputTypeCount = [](const OrtCustomOp*) { return (size_t)1; };
@@ -326,25 +329,15 @@ OrtCustomOp base_op() {
 }
 
 OrtCustomOp make_op() {
-  OrtCustomOp op = base_op();
-  op.CreateKernel = create_kernel_v1;
+  OrtCustomOp op = base_op<Kernel, create_kernel, compute>();
   op.GetName = [](const OrtCustomOp*) { return "Top1MoE"; };
   op.GetInputType = [](const OrtCustomOp*, size_t i) { return i < 11 ? kInputTypes[i] : 0; };
   op.GetInputTypeCount = [](const OrtCustomOp*) { return (size_t)11; };
-  op.KernelCompute = compute_v1;
-  op.KernelDestroy = [](void* kernel) { delete (Kernel*)kernel; };
-  op.CreateKernelV2 = create_kernel;
-  op.KernelComputeV2 = [](void* kernel, OrtKernelContext* ctx) { return compute((Kernel*)kernel, ctx); };
   return op;
 }
 
 OrtCustomOp make_linear_op(bool columns) {
-  OrtCustomOp op = base_op();
-  op.CreateKernel = [](const OrtCustomOp* o, const void* api, const OrtKernelInfo* info) -> void* {
-    void* kernel = nullptr;
-    create_linear(o, api, info, &kernel);
-    return kernel;
-  };
+  OrtCustomOp op = base_op<LinearKernel, create_linear, compute_linear>();
   if (columns) {
     op.GetName = [](const OrtCustomOp*) { return "Int8LinearColumns"; };
     op.GetInputType = [](const OrtCustomOp*, size_t i) { return i < 6 ? kLinearInputTypes[i] : 0; };
@@ -354,12 +347,6 @@ OrtCustomOp make_linear_op(bool columns) {
     op.GetInputType = [](const OrtCustomOp*, size_t i) { return i < 5 ? kLinearInputTypes[i] : 0; };
     op.GetInputTypeCount = [](const OrtCustomOp*) { return (size_t)5; };
   }
-  op.KernelCompute = [](void* kernel, OrtKernelContext* ctx) {
-    if (OrtStatus* st = compute_linear((LinearKernel*)kernel, ctx)) g_api.release(st);
-  };
-  op.KernelDestroy = [](void* kernel) { delete (LinearKernel*)kernel; };
-  op.CreateKernelV2 = create_linear;
-  op.KernelComputeV2 = [](void* kernel, OrtKernelContext* ctx) { return compute_linear((LinearKernel*)kernel, ctx); };
   return op;
 }
 

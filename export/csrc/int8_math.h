@@ -172,44 +172,9 @@ VNNI void linear_vnni_m(const uint8_t* q, int K, const float* sx, const int32_t*
   for (; nb < NB; ++nb) linear_blocks<M, 1>(q, K, sx, zx, w, s, c, b, nb, N, relu, out);
 }
 
-// Column blocks nb0 .. nb1 - 1 for rows r0 .. rows - 1, four rows at a time (many rows: the blocks'
-// weights, G * K bytes, stay in L1 cache across the row passes).
-template <int G>
-VNNI void linear_vnni_rows(const uint8_t* q, int rows, int K, const float* sx, const int32_t* zx, const int8_t* w,
-                           const float* s, const int32_t* c, const float* b, int nb0, int nb1, int N, bool relu,
-                           float* out) {
-  const int K4 = round_up(K, 4);
-  for (int r0 = 0; r0 < rows; r0 += 4) {
-    const uint8_t* qr = q + (size_t)r0 * K4;
-    float* o = out + (size_t)r0 * N;
-    const int M = std::min(4, rows - r0);
-    for (int nb = nb0; nb < nb1;) {
-      const bool full = nb + G <= nb1;
-#define AUTOMOE_BLOCKS(m) (full ? linear_blocks<m, G>(qr, K, sx + r0, zx + r0, w, s, c, b, nb, N, relu, o) \
-                                : linear_blocks<m, 1>(qr, K, sx + r0, zx + r0, w, s, c, b, nb, N, relu, o))
-      switch (M) {
-        case 4: AUTOMOE_BLOCKS(4); break;
-        case 3: AUTOMOE_BLOCKS(3); break;
-        case 2: AUTOMOE_BLOCKS(2); break;
-        default: AUTOMOE_BLOCKS(1); break;
-      }
-#undef AUTOMOE_BLOCKS
-      nb += full ? G : 1;
-    }
-  }
-}
-
 VNNI void linear_vnni(const uint8_t* q, int rows, int K, const float* sx, const int32_t* zx, const int8_t* w,
                       const float* s, const int32_t* c, const float* b, int N, bool relu, float* out) {
   const int K4 = round_up(K, 4);
-  if (rows > 4) {  // many rows: weights are reused, so keep a group of column blocks in L1 for all rows
-    constexpr int G = 4;
-    const int NB = round_up(N, 16) / 16;
-    const int chunk = std::max(G, 32768 / (16 * K4) / G * G);  // column blocks of about 32 KB of weights
-    for (int nb = 0; nb < NB; nb += chunk)
-      linear_vnni_rows<G>(q, rows, K, sx, zx, w, s, c, b, nb, std::min(NB, nb + chunk), N, relu, out);
-    return;
-  }
   for (int r0 = 0; r0 < rows; r0 += 4) {  // each pass over W serves four rows
     const uint8_t* qr = q + (size_t)r0 * K4;
     float* o = out + (size_t)r0 * N;
