@@ -63,6 +63,14 @@ def parse_engine(name: str) -> tuple[str, str | None]:
     return engine, quant or None
 
 
+def default_engine() -> str:
+    """The headline engine: ONNX Runtime with automoe's int8-row operator where a C++ compiler builds
+    it here, else ONNX Runtime's own int8."""
+    from .export import kernel
+
+    return "onnxruntime-int8-row" if kernel.available() else "onnxruntime-int8"
+
+
 def model_family(arch: ArchConfig) -> str:
     """'dense' when every layer has one FFN, 'switch' when every layer has the same number (> 1)
     of experts of one width, 'automoe' otherwise (heterogeneous experts or mixed layers).

@@ -23,7 +23,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
     models interleaved in one run; speedup vs the dense baseline; writes JSONL, a Markdown table and plots."""
     from . import bench, bench_results
 
-    engines = tuple(e.strip() for e in args.engines.split(",") if e.strip())
+    engines = tuple(e.strip() for e in (args.engines or bench.default_engine()).split(",") if e.strip())
     for name in engines:
         bench.parse_engine(name)
     if args.quick and args.sentences:
@@ -55,8 +55,9 @@ def add_bench_verb(verbs) -> None:
                          description=cmd_bench.__doc__, intermixed=True)
     p.add_argument("models", nargs="+", help="model folders or Hub ids (a supernet folder is skipped with a note)")
     p.add_argument("--data", default="data/bible-en-de", help="dataset folder whose test split is translated")
-    p.add_argument("--engines", default="onnxruntime-int8",
-                   help=f"comma-separated engines from {', '.join(ENGINES)} (default onnxruntime-int8)")
+    p.add_argument("--engines", default=None,
+                   help=f"comma-separated engines from {', '.join(ENGINES)} (default onnxruntime-int8-row, or "
+                        "onnxruntime-int8 where no C++ compiler builds automoe's int8 operator)")
     p.add_argument("--threads", type=_int_list, default=(1,), help="comma-separated intra-op thread counts (default 1)")
     p.add_argument("--quick", action="store_true", help="the first 300 test sentences only")
     p.add_argument("--sentences", type=int, default=None, help="the first N test sentences (default: all)")

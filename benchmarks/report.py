@@ -362,7 +362,8 @@ def supernets_table() -> str:
             + (" `mos-scratch-*` rows: the subnets the evolutionary search found in `mos-neuron-scratch` at the 1/2 "
                "and 1/3 budgets of the shipped searches (same settings), evaluated there and in v3."
                if any(a.startswith("mos-scratch-") for a in archs) else "")
-            + _supernet_training([r for r in records if r.get("benchmark") == "supernet_training"]))
+            + _supernet_training([r for r in records if r.get("benchmark") == "supernet_training"])
+            + _supernet_finetune([r for r in records if r.get("benchmark") == "supernet_finetune"], rows))
 
 
 def _supernet_training(records: list[dict]) -> str:
@@ -382,6 +383,26 @@ def _supernet_training(records: list[dict]) -> str:
             "Router spread: the largest difference between the mixing coefficients that two of the four subnets "
             "above get for the same matrix (0: the router gives every architecture the same mixture; "
             "`automoe.mos.mixing_spread`).")
+
+
+def _supernet_finetune(records: list[dict], inherited: list[dict]) -> str:
+    """The same architecture fine-tuned from each supernet on the same recipe and budget: its test
+    BLEU before (inherited weights, `inherited` records) and after."""
+    latest = {Path(r["supernet"]).name: r for r in records}
+    if not latest:
+        return ""
+    before = {Path(r["model"]).name: r["bleu"] for r in inherited if Path(str(r.get("arch_name"))).stem == "automoe-0.333"}
+    lines = ["| fine-tuned from | test BLEU before (inherited) | target tokens | wall h | dev BLEU | test BLEU |",
+             "|---|---:|---:|---:|---:|---:|"]
+    for name, r in latest.items():
+        start = f"{before[name]:.2f}" if name in before else ""
+        lines.append(f"| `{name}` | {start} | {r['tokens_seen'] / 1e6:.2f}M | {r['wall_seconds'] / 3600:.2f} | "
+                     f"{r['dev_bleu']:.2f} | {r['test_bleu']:.2f} |")
+    r0 = next(iter(latest.values()))
+    return ("\n\n" + "\n".join(lines) + "\n\nThe 1/3 architecture (`automoe-0.333`) fine-tuned from each supernet "
+            "with the shipped models' recipe on the recipe comparison's budget (the same seed and batches; from v3 "
+            f"it is that comparison's inherit run, recipes.jsonl); torch, beam {r0['beam']}, all dev and test "
+            "sentences.")
 
 
 def darts_memory() -> str:

@@ -97,6 +97,15 @@ def test_cli(models, tmp_path, capsys):
     assert main(["bench", str(models["dense"]), "--data", str(DATA), "--quick", "--sentences", "5"]) == 2
 
 
+def test_default_engine_is_int8_row_where_the_operator_builds(monkeypatch):
+    from automoe.export import kernel
+
+    monkeypatch.setattr(kernel, "available", lambda: True)
+    assert bench.default_engine() == "onnxruntime-int8-row"
+    monkeypatch.setattr(kernel, "available", lambda: False)  # no C++ compiler
+    assert bench.default_engine() == "onnxruntime-int8"
+
+
 def test_shortlist_variant_records_its_cost_and_speedup(models, tmp_path):
     """With shortlist=True, a model with a shortlist gets one more record (same run) with the BLEU
     cost and own speedup; a model without one gets a skipped record saying how to build it."""

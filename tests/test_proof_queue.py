@@ -41,7 +41,8 @@ def test_every_step_is_a_command_an_in_process_step_or_the_recipe_pick():
     plan = proof_queue.steps()
     assert len({name for name, _ in plan}) == len(plan)
     in_process = {name for name, action in plan if isinstance(action, proof_queue.InProcess)}
-    assert in_process == {"supernets-eval", "supernets-stats", "darts-quarter-eval", "mos-scratch-eval"}
+    assert in_process == {"supernets-eval", "supernets-stats", "darts-quarter-eval", "mos-scratch-eval",
+                          "mos-finetune-eval"}
     assert all(callable(action.work) for name, action in plan if name in in_process)
     assert [name for name, action in plan if action is None] == ["pick-recipe"]
     assert all(callable(action) for name, action in plan if name not in in_process and action is not None)
@@ -62,6 +63,29 @@ def test_mos_scratch_searches_run_on_the_mos_supernet_at_the_shipped_budgets(tmp
     v3 = proof_queue.evolution_search_command()  # the timed 1/3 search of supernet v3, as before
     assert v3[v3.index("--supernet") + 1] == proof_queue.SUPERNET
     assert v3[v3.index("--out") + 1] == str(tmp_path / "evolution-search-third")
+
+
+def test_mos_finetune_is_the_recipe_comparisons_inherit_run_from_the_mos_supernet(tmp_path, monkeypatch):
+    """The fine-tune from the MoS supernet differs from the recipe comparison's inherit run (from v3)
+    in its starting weights only: same architecture, recipe, seed and token budget."""
+    monkeypatch.setattr(proof_queue, "RUNS", tmp_path)
+    plan = dict(proof_queue.steps())
+    mos = plan[proof_queue.MOS_FINETUNE]()
+    v3 = plan["automoe-small-bible-third-inherit"]()
+    assert mos[mos.index("--init-from") + 1] == str(tmp_path / "mos-neuron-scratch")
+    assert v3[v3.index("--init-from") + 1] == proof_queue.SUPERNET
+
+    def settings(cmd):  # every option with its value, but the run's own folders and starting weights
+        options, i = {}, cmd.index("model") + 1
+        while i < len(cmd):
+            takes_value = i + 1 < len(cmd) and not cmd[i + 1].startswith("--")
+            options[cmd[i]] = cmd[i + 1] if takes_value else True
+            i += 2 if takes_value else 1
+        return {k: v for k, v in options.items() if k not in ("--out", "--run-dir", "--init-from")}
+
+    assert settings(mos) == settings(v3)
+    names = [name for name, _ in proof_queue.steps()]
+    assert names.index("mos-scratch-eval") < names.index(proof_queue.MOS_FINETUNE) < names.index("mos-finetune-eval")
 
 
 def test_a_lost_runs_folder_does_not_undo_what_the_work_tree_holds(tmp_path, monkeypatch):

@@ -638,6 +638,16 @@ def test_supernets_table_sets_each_subnet_beside_the_shipped_model_of_its_archit
     assert "| `cmp-mos-layer (copies)` | mos-layer | 3.00M | 33.26 | 52.24 | 0.0047 |" in table
     assert table.splitlines()[:5] == lines[:5]  # the BLEU table ignores the training records
 
+    third = dict(common, arch_name="benchmarks/results/search/automoe-0.333.json", arch=smallest)
+    records["supernets"] += [dict(third, model="models/supernet-v3", bleu=5.5),
+                             dict(third, model="/runs/mos-neuron-scratch", bleu=9.0)]
+    tuned = dict(benchmark="supernet_finetune", tokens_seen=4_550_894, wall_seconds=1800, beam=4)
+    records["supernets"] += [dict(tuned, supernet="/work/models/supernet-v3", dev_bleu=15.16, test_bleu=14.87),
+                             dict(tuned, supernet="/runs/mos-neuron-scratch", dev_bleu=16.0, test_bleu=15.5)]
+    table = report.supernets_table()
+    assert "| `supernet-v3` | 5.50 | 4.55M | 0.50 | 15.16 | 14.87 |" in table
+    assert "| `mos-neuron-scratch` | 9.00 | 4.55M | 0.50 | 16.00 | 15.50 |" in table
+
 
 def test_paper_scale_table_pairs_each_model_with_and_without_its_shortlist(monkeypatch):
     import report

@@ -23,14 +23,14 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 def engines() -> tuple[str, str]:
-    """ONNX Runtime int8-row where automoe's operator builds (a C++ compiler), else ONNX Runtime's
-    own int8; and CTranslate2 int8."""
-    from automoe.export import kernel
+    """`automoe bench`'s default ONNX Runtime engine (int8-row where automoe's operator builds, else
+    ONNX Runtime's own int8) and CTranslate2 int8."""
+    from automoe.bench import default_engine
 
-    if kernel.available():
-        return "onnxruntime-int8-row", "ctranslate2-int8"
-    print("== no C++ compiler builds automoe's int8 operator here: ONNX Runtime runs its own int8 form")
-    return "onnxruntime-int8", "ctranslate2-int8"
+    engine = default_engine()
+    if engine == "onnxruntime-int8":
+        print("== no C++ compiler builds automoe's int8 operator here: ONNX Runtime runs its own int8 form")
+    return engine, "ctranslate2-int8"
 
 
 def ensure_data(folder: Path) -> Path:

@@ -45,7 +45,9 @@ so the queue can be stopped at any time and started again):
      18.3M target tokens); mos-scratch-search-half, -third: the two evolutionary searches run again
      on it (the shipped searches' budgets and settings); mos-scratch-eval: the test BLEU of its four
      subnets and of its two searched ones (these also on v3), and its training record
-     -> benchmarks/results/supernets.jsonl (issue #27: MoS against prefix sharing at v3's budget).
+     -> benchmarks/results/supernets.jsonl (issue #27: MoS against prefix sharing at v3's budget);
+     mos-scratch-inherit-third, mos-finetune-eval: the shipped 1/3 architecture fine-tuned from it
+     like the recipe comparison's inherit run from v3, both scored -> the same file.
 
     nohup .venv/bin/python tools/proof_queue.py >> ~/.cache/automoe/runs/queue.log 2>&1 &
     python tools/proof_queue.py --list      # what is done, what is next
@@ -107,6 +109,9 @@ MOS_SCRATCH_LEGS = (  # (--lr, --warmup-updates, --balance-coef, --seed, target 
     ("3e-4", "50", "0.1", "3", 3_402_069))
 # the two searches run again on the MoS-from-scratch supernet (#27), at the shipped searches' budgets
 MOS_SCRATCH_SEARCHES = {"mos-scratch-search-half": 0.5, "mos-scratch-search-third": 0.3333}
+# the shipped 1/3 architecture fine-tuned from it as the recipe comparison's inherit run was from v3
+# (same recipe, seed and budget): how much retraining each supernet's weights still need
+MOS_FINETUNE = "mos-scratch-inherit-third"
 # the searches of #28's comparison keep their small outputs (best.json, best_info.json, logs) in the work
 # tree once finished: the models trained from them and the comparison need nothing else from RUNS
 KEPT_SEARCHES = {"evolution-search-third": SEARCH / "evolution-0.333-timed",
@@ -134,13 +139,15 @@ def automoe(*args: str) -> list[str]:
     return [sys.executable, "-m", "automoe", *args]
 
 
-def train_command(name: str, arch: str, recipe: str, extra: list[str] = (), tokens: int = TOKENS) -> list[str]:
-    """`automoe train model` for one run under the shared recipe; resumes when a checkpoint exists."""
+def train_command(name: str, arch: str, recipe: str, extra: list[str] = (), tokens: int = TOKENS,
+                  supernet: str = SUPERNET) -> list[str]:
+    """`automoe train model` for one run under the shared recipe (the inherit recipe starts from
+    `supernet`'s weights); resumes when a checkpoint exists."""
     data = DISTILLED if recipe == "distill" else DATA
     cmd = automoe("train", "model", "--arch", arch, "--data", data, "--out", str(RUNS / "models" / name),
                   "--run-dir", str(RUNS / name), "--max-tokens-seen", str(tokens), *RECIPE, *extra)
     if recipe == "inherit":
-        cmd += ["--init-from", SUPERNET]
+        cmd += ["--init-from", supernet]
     if (RUNS / name / "checkpoint.safetensors").exists():
         cmd.append("--resume")
     return cmd
@@ -165,6 +172,8 @@ def done_in_tree(name: str) -> bool:
         return (KEPT_SEARCHES[name] / "best_info.json").exists()
     if name == "darts-quarter-eval":
         return bool(read_records(SEARCH_QUARTER, method="darts"))
+    if name in (MOS_FINETUNE, "mos-finetune-eval"):
+        return bool(read_records(SUPERNETS, benchmark="supernet_finetune"))
     if name.startswith("cmp-") or name.startswith("supernets-"):
         models = {r.get("model") for r in read_records(SUPERNETS)}
         return all(any(m and m.endswith(f"cmp-{kind}") for m in models) for kind in SHARING)
@@ -298,7 +307,20 @@ def evaluate_mos_scratch() -> None:
         searched.append(str(named))
     evaluate_supernets([scratch], EVAL_ARCHS + tuple(searched))
     evaluate_supernets([MOS_START], tuple(searched))
-    supernet_stats({scratch: "from scratch, v3's schedule"})
+    legs = len(MOS_SCRATCH_LEGS)
+    supernet_stats({str(RUNS / mos_scratch_name(leg)): f"from scratch, v3's schedule, leg {leg} of {legs}"
+                    for leg in range(1, legs + 1)})
+
+
+def evaluate_mos_finetune() -> None:
+    """Dev and test BLEU of the 1/3 architecture fine-tuned from the MoS-from-scratch supernet, beside
+    the recipe comparison's run of the same architecture, recipe and budget from v3 (recipes.jsonl):
+    one `supernet_finetune` record each -> benchmarks/results/supernets.jsonl."""
+    v3 = next(r for r in read_records(RECIPES) if r["recipe"] == "inherit")
+    v3 = {**v3, "benchmark": "supernet_finetune", "supernet": MOS_START, "from": str(RECIPES.relative_to(ROOT))}
+    mos = model_record(RUNS / "models" / MOS_FINETUNE, "supernet_finetune", arch_name="automoe-third",
+                       recipe="inherit", supernet=mos_scratch_supernet())
+    append_records(SUPERNETS, [v3, mos])
 
 
 def evaluate_supernets(supernets: list[str], archs: tuple[str, ...] = EVAL_ARCHS) -> None:
@@ -419,6 +441,9 @@ def steps() -> list[tuple[str, object]]:
         plan.append((name, lambda name=name, fraction=fraction: evolution_search_command(scratch, RUNS / name,
                                                                                          fraction)))
     plan.append(("mos-scratch-eval", InProcess(evaluate_mos_scratch)))
+    plan.append((MOS_FINETUNE, lambda: train_command(MOS_FINETUNE, third, "inherit", tokens=COMPARE_TOKENS,
+                                                     supernet=scratch)))
+    plan.append(("mos-finetune-eval", InProcess(evaluate_mos_finetune)))
     return plan
 
 
