@@ -608,7 +608,7 @@ def test_card_speed_rows_say_how_they_decode_and_name_a_skipped_engine_once():
 
 
 def test_supernets_table_sets_each_subnet_beside_the_shipped_model_of_its_architecture(monkeypatch):
-    import report
+    import supernet_tables as report
 
     largest, smallest = SearchSpace.preset("small").largest().to_dict(), SearchSpace.preset("small").smallest().to_dict()
     common = {"split": "test", "sentences": 1007, "beam": 4, "bleu_signature": "sig"}

@@ -67,6 +67,7 @@ from pathlib import Path
 
 from automoe.bench_results import append_records
 from automoe.card import read_records
+from queue_records import model_record, supernet_record
 
 ROOT = Path(__file__).resolve().parent.parent
 # Outside the work tree: a session's checkout is laid anew, while the machine's other files may stay
@@ -190,36 +191,9 @@ def run_step(name: str, cmd: list[str]) -> None:
     (RUNS / name / "DONE").write_text(datetime.datetime.now().isoformat() + "\n")
 
 
-def evaluate(model: Path, split: str) -> dict:
-    """BLEU/chrF of a model folder on a split of the original data (torch, beam 4)."""
-    from automoe.evaluate import evaluate as evaluate_split
-    from automoe.serve import Translator
-
-    return evaluate_split(Translator.from_pretrained(model, threads=2), DATA, split=split, beam=4)
-
-
-def model_record(model: Path, benchmark: str, **fields) -> dict:
-    """A results record of a trained model folder: its training budget and time, dev and test
-    BLEU/chrF (torch, beam 4, all sentences of each split), the machine and commit."""
-    from automoe.artifacts import git_commit
-    from automoe.bench import cpu_name
-    from automoe.checkpoint import read_model_config
-
-    training = read_model_config(model)[1]["training"]
-    dev, test = evaluate(model, "dev"), evaluate(model, "test")
-    return {"benchmark": benchmark, **fields, "model": str(model), "data": training["data"],
-            "init_from": training.get("init_from"), "tokens_seen": training["tokens_seen"],
-            "updates": training["updates"], "wall_seconds": training["wall_seconds"],
-            "dev_bleu": dev["bleu"], "dev_chrf": dev["chrf"], "test_bleu": test["bleu"], "test_chrf": test["chrf"],
-            "sentences": {"dev": dev["sentences"], "test": test["sentences"]}, "beam": 4,
-            "bleu_signature": test["bleu_signature"], "chrf_signature": test["chrf_signature"],
-            "cpu": cpu_name(), "git_commit": git_commit(),
-            "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}
-
-
 def pick_recipe() -> str:
     """Score the three recipe runs (dev and test), append their records, return the best by dev BLEU."""
-    records = [model_record(RUNS / "models" / f"automoe-small-bible-third-{recipe}", "recipes",
+    records = [model_record(RUNS / "models" / f"automoe-small-bible-third-{recipe}", "recipes", DATA,
                             arch_name="automoe-third", recipe=recipe) for recipe in RECIPE_NAMES]
     best = max(records, key=lambda r: r["dev_bleu"])
     for r in records:
@@ -233,7 +207,7 @@ def evaluate_darts_quarter() -> None:
     beside the evolutionary one's chosen run of the same recipe and budget (recipes.jsonl):
     one record each -> benchmarks/results/search_quarter.jsonl."""
     evolution = read_records(RECIPES, chosen=True)[-1]
-    darts = model_record(RUNS / "models" / DARTS_QUARTER, "search_quarter", method="darts",
+    darts = model_record(RUNS / "models" / DARTS_QUARTER, "search_quarter", DATA, method="darts",
                          arch=str((KEPT_SEARCHES["darts-small-bible"] / "best.json").relative_to(ROOT)),
                          recipe=evolution["recipe"])
     evolution = {**evolution, "benchmark": "search_quarter", "method": "evolution",
@@ -318,7 +292,7 @@ def evaluate_mos_finetune() -> None:
     one `supernet_finetune` record each -> benchmarks/results/supernets.jsonl."""
     v3 = next(r for r in read_records(RECIPES) if r["recipe"] == "inherit")
     v3 = {**v3, "benchmark": "supernet_finetune", "supernet": MOS_START, "from": str(RECIPES.relative_to(ROOT))}
-    mos = model_record(RUNS / "models" / MOS_FINETUNE, "supernet_finetune", arch_name="automoe-third",
+    mos = model_record(RUNS / "models" / MOS_FINETUNE, "supernet_finetune", DATA, arch_name="automoe-third",
                        recipe="inherit", supernet=mos_scratch_supernet())
     append_records(SUPERNETS, [v3, mos])
 
@@ -448,30 +422,11 @@ def steps() -> list[tuple[str, object]]:
 
 
 def supernet_stats(supernets: dict[str, str]) -> None:
-    """One training record per supernet folder (folder -> note), appended to
-    benchmarks/results/supernets.jsonl: its last validation perplexities and, for a MoS supernet,
-    how far its router tells the four evaluated subnets apart (`automoe.mos.mixing_spread`)."""
-    from automoe.artifacts import git_commit
-    from automoe.config import ArchConfig
-    from automoe.mos import MixtureOfSupernets, mixing_spread
-    from automoe.supernet_folder import load_supernet
-
-    records = []
-    for folder, note in supernets.items():
-        if not Path(folder, "supernet_info.json").is_file():
-            continue
-        info = json.loads(Path(folder, "supernet_info.json").read_text())
-        supernet = load_supernet(folder)
-        space = supernet.space
-        archs = [space.largest(), space.smallest()] + [ArchConfig.load(a) for a in EVAL_ARCHS[2:]]
-        records.append({"benchmark": "supernet_training", "model": folder, "note": note,
-                        "weight_sharing": supernet.sharing.to_dict(), "tokens_seen": info["tokens_seen"],
-                        "updates": info["updates"], "valid": info["valid"], "init_from": info.get("init_from"),
-                        "mixing_spread": (mixing_spread(supernet, archs) if isinstance(supernet, MixtureOfSupernets)
-                                          else None),
-                        "git_commit": git_commit(), "date": datetime.datetime.now(datetime.timezone.utc).isoformat()})
-    if records:
-        append_records(SUPERNETS, records)
+    """One training record per supernet folder (folder -> note; `queue_records.supernet_record`, the
+    router spread over the four evaluated subnets) -> benchmarks/results/supernets.jsonl."""
+    records = [supernet_record(folder, note, EVAL_ARCHS[2:]) for folder, note in supernets.items()]
+    if any(records):
+        append_records(SUPERNETS, [r for r in records if r])
 
 
 def main(argv: list[str] | None = None) -> int:
