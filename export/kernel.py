@@ -138,6 +138,12 @@ def unpack_weights(packed: torch.Tensor, K: int, N: int) -> torch.Tensor:
     return packed.reshape(n16 // 16, k4 // 4, 16, 4).permute(1, 3, 0, 2).reshape(k4, n16)[:K, :N]
 
 
+def packed_depth(packed: np.ndarray, N: int) -> int:
+    """K rounded up to 4 of a packed matrix of N columns (`pack_weights`' layout): the rows past K
+    are zeros, so unpacking it as that many rows gives the same products."""
+    return packed.size // _padded(0, N)[1]
+
+
 def layer_inputs(experts: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]]) -> list[torch.Tensor]:
     """A layer's experts, each (fc1.weight [W, d], fc1.bias, fc2.weight [d, W], fc2.bias) as
     torch.nn.Linear holds them, -> the operator's inputs 2..10: w1, s1, c1, b1, w2, s2, c2, b2,

@@ -160,12 +160,12 @@ def _shortlisted_linear(graph, node, packed: np.ndarray, vocab_size: int) -> str
     from onnx import helper, numpy_helper
 
     from .int8_rows import COLUMNS_OP, column_arrays
-    from .kernel import DOMAIN
+    from .kernel import DOMAIN, packed_depth
 
     if node.output[0] != "logits":
         raise ValueError(f"the output projection {node.name!r} of the {graph.name!r} graph does not write 'logits' "
                          "itself; export the model again with this automoe")
-    k4 = packed.size // (-(-vocab_size // 16) * 16)  # d rounded up to 4: the padding rows are zeros
+    k4 = packed_depth(packed, vocab_size)
     columns = f"{node.input[1]}_columns"
     graph.initializer.append(numpy_helper.from_array(column_arrays(packed, k4, vocab_size), columns))
     short = "logits_shortlist"

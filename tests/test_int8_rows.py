@@ -89,6 +89,14 @@ def test_int8_linear_rows_do_not_depend_on_their_batch_mates(layer):
         assert np.array_equal(alone, together)
 
 
+@pytest.mark.parametrize("K,N", [(1, 1), (4, 16), (5, 17), (384, 8000)])
+def test_packed_depth_is_k_rounded_up_to_four(K, N):
+    packed = kernel.pack_weights(np.ones((K, N), np.int8))
+    assert kernel.packed_depth(packed, N) == -(-K // 4) * 4
+    assert np.array_equal(kernel.unpack_weights(torch.from_numpy(packed), kernel.packed_depth(packed, N), N)[:K],
+                          np.ones((K, N), np.int8))
+
+
 def test_int8_linear_columns_are_bitwise_the_full_layers_columns(layer):
     """Int8LinearColumns (a shortlisted output projection) gives exactly Int8Linear's numbers for
     the columns asked, in their order, and refuses a column outside the layer."""
