@@ -87,6 +87,15 @@ def test_mos_finetune_is_the_recipe_comparisons_inherit_run_from_the_mos_superne
     names = [name for name, _ in proof_queue.steps()]
     assert names.index("mos-scratch-eval") < names.index(proof_queue.MOS_FINETUNE) < names.index("mos-finetune-eval")
 
+    # continued to the full budget in its own folder, still recorded as inherited from the MoS supernet
+    (tmp_path / proof_queue.MOS_FINETUNE).mkdir()
+    for file in ("checkpoint.safetensors", "train.jsonl"):
+        (tmp_path / proof_queue.MOS_FINETUNE / file).write_text(file)
+    full = plan[proof_queue.MOS_FULL]()
+    assert (tmp_path / proof_queue.MOS_FULL / "train.jsonl").read_text() == "train.jsonl"
+    assert full[full.index("--init-from") + 1] == str(tmp_path / "mos-neuron-scratch") and full[-1] == "--resume"
+    assert full[full.index("--max-tokens-seen") + 1] == str(proof_queue.TOKENS)
+
 
 def test_a_lost_runs_folder_does_not_undo_what_the_work_tree_holds(tmp_path, monkeypatch):
     """With RUNS empty (a new machine), the steps whose models are shipped or whose results are

@@ -47,7 +47,9 @@ so the queue can be stopped at any time and started again):
      subnets and of its two searched ones (these also on v3), and its training record
      -> benchmarks/results/supernets.jsonl (issue #27: MoS against prefix sharing at v3's budget);
      mos-scratch-inherit-third, mos-finetune-eval: the shipped 1/3 architecture fine-tuned from it
-     like the recipe comparison's inherit run from v3, both scored -> the same file.
+     like the recipe comparison's inherit run from v3, both scored -> the same file;
+     automoe-small-bible-third-mos: that run continued to the full budget, to ship if it beats
+     automoe-small-bible-third (the same architecture, started from v3).
 
     nohup .venv/bin/python tools/proof_queue.py >> ~/.cache/automoe/runs/queue.log 2>&1 &
     python tools/proof_queue.py --list      # what is done, what is next
@@ -113,6 +115,7 @@ MOS_SCRATCH_SEARCHES = {"mos-scratch-search-half": 0.5, "mos-scratch-search-thir
 # the shipped 1/3 architecture fine-tuned from it as the recipe comparison's inherit run was from v3
 # (same recipe, seed and budget): how much retraining each supernet's weights still need
 MOS_FINETUNE = "mos-scratch-inherit-third"
+MOS_FULL = "automoe-small-bible-third-mos"  # that run continued to the full budget: a candidate to ship
 # the searches of #28's comparison keep their small outputs (best.json, best_info.json, logs) in the work
 # tree once finished: the models trained from them and the comparison need nothing else from RUNS
 KEPT_SEARCHES = {"evolution-search-third": SEARCH / "evolution-0.333-timed",
@@ -221,16 +224,17 @@ def chosen_recipe() -> str | None:
     return chosen[-1]["recipe"] if chosen else None
 
 
-def continue_run(name: str, source: str, arch: str) -> list[str]:
-    """The command that continues a shorter run of the chosen recipe (`source`) to the full budget in
-    its own run folder (the shorter run is copied once, so it stays as it was measured). The
-    inverse-sqrt schedule does not depend on the budget, so this is the run a full budget would be."""
+def continue_run(name: str, source: str, arch: str, supernet: str = SUPERNET) -> list[str]:
+    """The command that continues a shorter run of the chosen recipe (`source`, started from
+    `supernet`'s weights if it inherited) to the full budget in its own run folder (the shorter run
+    is copied once, so it stays as it was measured). The inverse-sqrt schedule does not depend on
+    the budget, so this is the run a full budget would be."""
     run = RUNS / name
     if not (run / "checkpoint.safetensors").exists():
         run.mkdir(parents=True, exist_ok=True)
         for file in ("checkpoint.safetensors", "train.jsonl"):
             shutil.copyfile(RUNS / source / file, run / file)
-    return train_command(name, arch, chosen_recipe())
+    return train_command(name, arch, chosen_recipe(), supernet=supernet)
 
 
 def supernet_command(kind: str) -> list[str]:
@@ -418,6 +422,7 @@ def steps() -> list[tuple[str, object]]:
     plan.append((MOS_FINETUNE, lambda: train_command(MOS_FINETUNE, third, "inherit", tokens=COMPARE_TOKENS,
                                                      supernet=scratch)))
     plan.append(("mos-finetune-eval", InProcess(evaluate_mos_finetune)))
+    plan.append((MOS_FULL, lambda: continue_run(MOS_FULL, MOS_FINETUNE, third, supernet=scratch)))
     return plan
 
 
