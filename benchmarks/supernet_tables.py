@@ -75,19 +75,22 @@ def _supernet_training(records: list[dict]) -> str:
 def _supernet_finetune(records: list[dict], inherited: list[dict]) -> str:
     """The same architecture fine-tuned from each supernet on the same recipe and budget: its test
     BLEU before (inherited weights, `inherited` records) and after."""
-    latest = {Path(r["supernet"]).name: r for r in records}
+    latest = {(Path(r["supernet"]).name, round(r["tokens_seen"], -5)): r for r in records}
     if not latest:
         return ""
     before = {Path(r["model"]).name: r["bleu"] for r in inherited
               if Path(str(r.get("arch_name"))).stem == "automoe-0.333"}
     lines = ["| fine-tuned from | test BLEU before (inherited) | target tokens | wall h | dev BLEU | test BLEU |",
              "|---|---:|---:|---:|---:|---:|"]
-    for name, r in latest.items():
+    for (name, _), r in latest.items():
         start = f"{before[name]:.2f}" if name in before else ""
         lines.append(f"| `{name}` | {start} | {r['tokens_seen'] / 1e6:.2f}M | {r['wall_seconds'] / 3600:.2f} | "
                      f"{r['dev_bleu']:.2f} | {r['test_bleu']:.2f} |")
     r0 = next(iter(latest.values()))
+    budgets = sorted({tokens for _, tokens in latest})
+    continued = (" and continued to the full one (from v3: the shipped `automoe-small-bible-third`)"
+                 if len(budgets) > 1 else "")
     return ("\n\n" + "\n".join(lines) + "\n\nThe 1/3 architecture (`automoe-0.333`) fine-tuned from each supernet "
-            "with the shipped models' recipe on the recipe comparison's budget (the same seed and batches; from v3 "
-            f"it is that comparison's inherit run, recipes.jsonl); torch, beam {r0['beam']}, all dev and test "
-            "sentences.")
+            "with the shipped models' recipe (the same seed and batches) on the recipe comparison's budget (from "
+            f"v3: that comparison's inherit run, recipes.jsonl){continued}; torch, beam {r0['beam']}, all dev and "
+            "test sentences.")

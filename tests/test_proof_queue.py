@@ -42,7 +42,7 @@ def test_every_step_is_a_command_an_in_process_step_or_the_recipe_pick():
     assert len({name for name, _ in plan}) == len(plan)
     in_process = {name for name, action in plan if isinstance(action, proof_queue.InProcess)}
     assert in_process == {"supernets-eval", "supernets-stats", "darts-quarter-eval", "mos-scratch-eval",
-                          "mos-finetune-eval"}
+                          "mos-finetune-eval", "mos-full-eval"}
     assert all(callable(action.work) for name, action in plan if name in in_process)
     assert [name for name, action in plan if action is None] == ["pick-recipe"]
     assert all(callable(action) for name, action in plan if name not in in_process and action is not None)
@@ -106,7 +106,8 @@ def test_a_lost_runs_folder_does_not_undo_what_the_work_tree_holds(tmp_path, mon
     for name in ("switch-small-bible", "pick-recipe", "automoe-small-bible-third-distill",
                  "hat-small-bible-third", "cmp-mos-neuron", "supernets-stats"):
         assert proof_queue.done(name), name
-    for name in ("darts-small-bible", "darts-small-bible-model", "mos-neuron-scratch", "mos-scratch-eval"):
+    for name in ("darts-small-bible", "darts-small-bible-model", "mos-neuron-scratch", "mos-scratch-eval",
+                 proof_queue.MOS_FULL):
         assert not proof_queue.done(name), name
     run = tmp_path / "runs" / "darts-small-bible"
     run.mkdir(parents=True)

@@ -647,6 +647,13 @@ def test_supernets_table_sets_each_subnet_beside_the_shipped_model_of_its_archit
     table = report.supernets_table()
     assert "| `supernet-v3` | 5.50 | 4.55M | 0.50 | 15.16 | 14.87 |" in table
     assert "| `mos-neuron-scratch` | 9.00 | 4.55M | 0.50 | 16.00 | 15.50 |" in table
+    assert "continued to the full one" not in table
+    records["supernets"].append(dict(tuned, supernet="/runs/mos-neuron-scratch", tokens_seen=18_201_418,
+                                     dev_bleu=21.0, test_bleu=20.5))
+    table = report.supernets_table()  # one row per supernet and budget
+    assert "| `mos-neuron-scratch` | 9.00 | 4.55M | 0.50 | 16.00 | 15.50 |" in table
+    assert "| `mos-neuron-scratch` | 9.00 | 18.20M | 0.50 | 21.00 | 20.50 |" in table
+    assert "continued to the full one" in table
 
 
 def test_paper_scale_table_pairs_each_model_with_and_without_its_shortlist(monkeypatch):

@@ -49,7 +49,8 @@ so the queue can be stopped at any time and started again):
      mos-scratch-inherit-third, mos-finetune-eval: the shipped 1/3 architecture fine-tuned from it
      like the recipe comparison's inherit run from v3, both scored -> the same file;
      automoe-small-bible-third-mos: that run continued to the full budget, to ship if it beats
-     automoe-small-bible-third (the same architecture, started from v3).
+     automoe-small-bible-third (the same architecture, started from v3); mos-full-eval: both scored
+     alike -> the same file.
 
     nohup .venv/bin/python tools/proof_queue.py >> ~/.cache/automoe/runs/queue.log 2>&1 &
     python tools/proof_queue.py --list      # what is done, what is next
@@ -170,7 +171,7 @@ def done_in_tree(name: str) -> bool:
     recipe runs and the distilled data exist only for the pick, which recipes.jsonl records."""
     if name in SEARCHED or name in ("switch-small-bible", "automoe-small-bible-third"):
         return (ROOT / "models" / name / "model.safetensors").exists()
-    if name == "pick-recipe" or name == "distill" or name.startswith("automoe-small-bible-third-"):
+    if name in ("pick-recipe", "distill", *(f"automoe-small-bible-third-{recipe}" for recipe in RECIPE_NAMES)):
         return chosen_recipe() is not None
     if name in KEPT_SEARCHES:
         return (KEPT_SEARCHES[name] / "best_info.json").exists()
@@ -301,6 +302,16 @@ def evaluate_mos_finetune() -> None:
     append_records(SUPERNETS, [v3, mos])
 
 
+def evaluate_mos_full() -> None:
+    """The same comparison at the full budget: the shipped automoe-small-bible-third (started from v3)
+    and MOS_FULL (started from the MoS supernet), both scored alike -> `supernet_finetune` records."""
+    records = [model_record(ROOT / "models" / "automoe-small-bible-third", "supernet_finetune", DATA,
+                            arch_name="automoe-third", recipe="inherit", supernet=MOS_START),
+               model_record(RUNS / "models" / MOS_FULL, "supernet_finetune", DATA, arch_name="automoe-third",
+                            recipe="inherit", supernet=mos_scratch_supernet())]
+    append_records(SUPERNETS, records)
+
+
 def evaluate_supernets(supernets: list[str], archs: tuple[str, ...] = EVAL_ARCHS) -> None:
     """Inherited-weight test BLEU (beam 4, all test sentences, no fine-tuning) of the same subnets
     (by default the four of EVAL_ARCHS) of each supernet folder, appended to
@@ -423,6 +434,7 @@ def steps() -> list[tuple[str, object]]:
                                                      supernet=scratch)))
     plan.append(("mos-finetune-eval", InProcess(evaluate_mos_finetune)))
     plan.append((MOS_FULL, lambda: continue_run(MOS_FULL, MOS_FINETUNE, third, supernet=scratch)))
+    plan.append(("mos-full-eval", InProcess(evaluate_mos_full)))
     return plan
 
 
