@@ -69,6 +69,11 @@ def _training(training: dict) -> str:
                    f"{total['wall_seconds'] / 3600:.2f} h.")
     epochs = training.get("epochs")
     recipe = RECIPES.get(training.get("recipe"), "")
+    if "inherited weights" in recipe and training.get("init_from"):  # which supernet: the folder's name
+        supernet = f"`{Path(str(training['init_from'])).name}`"
+        if training.get("init_note"):
+            supernet += f" ({training['init_note']})"
+        recipe = recipe.replace("the supernet's inherited weights", f"the inherited weights of the supernet {supernet}")
     data = str(training.get("data"))
     if Path(data).is_absolute():  # a folder of the training machine (e.g. distilled data under ~/.cache): its name
         data = Path(data).name

@@ -72,25 +72,30 @@ def _supernet_training(records: list[dict]) -> str:
             "`automoe.mos.mixing_spread`).")
 
 
+# the searched architectures of the fine-tune records (arch_name) -> their files in benchmarks/results/search/
+FINETUNED_ARCHS = {"automoe-third": "automoe-0.333", "automoe-half": "automoe-0.500"}
+
+
 def _supernet_finetune(records: list[dict], inherited: list[dict]) -> str:
     """The same architecture fine-tuned from each supernet on the same recipe and budget: its test
-    BLEU before (inherited weights, `inherited` records) and after."""
-    latest = {(Path(r["supernet"]).name, round(r["tokens_seen"], -5)): r for r in records}
+    BLEU before (inherited weights, `inherited` records) and after; a row per architecture,
+    supernet and budget."""
+    latest = {(FINETUNED_ARCHS[r["arch_name"]], Path(r["supernet"]).name, round(r["tokens_seen"], -5)): r
+              for r in records}
     if not latest:
         return ""
-    before = {Path(r["model"]).name: r["bleu"] for r in inherited
-              if Path(str(r.get("arch_name"))).stem == "automoe-0.333"}
-    lines = ["| fine-tuned from | test BLEU before (inherited) | target tokens | wall h | dev BLEU | test BLEU |",
-             "|---|---:|---:|---:|---:|---:|"]
-    for (name, _), r in latest.items():
-        start = f"{before[name]:.2f}" if name in before else ""
-        lines.append(f"| `{name}` | {start} | {r['tokens_seen'] / 1e6:.2f}M | {r['wall_seconds'] / 3600:.2f} | "
-                     f"{r['dev_bleu']:.2f} | {r['test_bleu']:.2f} |")
+    before = {(Path(str(r.get("arch_name"))).stem, Path(r["model"]).name): r["bleu"] for r in inherited}
+    lines = ["| architecture | fine-tuned from | test BLEU before (inherited) | target tokens | wall h | dev BLEU | "
+             "test BLEU |", "|---|---|---:|---:|---:|---:|---:|"]
+    for (arch, name, _), r in sorted(latest.items(), key=lambda item: (item[0][0], item[0][2])):
+        start = f"{before[arch, name]:.2f}" if (arch, name) in before else ""
+        lines.append(f"| {arch} | `{name}` | {start} | {r['tokens_seen'] / 1e6:.2f}M | "
+                     f"{r['wall_seconds'] / 3600:.2f} | {r['dev_bleu']:.2f} | {r['test_bleu']:.2f} |")
     r0 = next(iter(latest.values()))
-    budgets = sorted({tokens for _, tokens in latest})
-    continued = (" and continued to the full one (from v3: the shipped `automoe-small-bible-third`)"
-                 if len(budgets) > 1 else "")
-    return ("\n\n" + "\n".join(lines) + "\n\nThe 1/3 architecture (`automoe-0.333`) fine-tuned from each supernet "
-            "with the shipped models' recipe (the same seed and batches) on the recipe comparison's budget (from "
-            f"v3: that comparison's inherit run, recipes.jsonl){continued}; torch, beam {r0['beam']}, all dev and "
-            "test sentences.")
+    full = " and continued to the full one" if any(tokens > 10e6 for *_, tokens in latest) else ""
+    return ("\n\n" + "\n".join(lines) + "\n\nThe searched architectures fine-tuned from each supernet with the "
+            "shipped models' recipe (the same seed and batches): the 1/3 one on the recipe comparison's budget "
+            f"(from v3: that comparison's inherit run, recipes.jsonl){full}. The full-budget runs from v3 are the "
+            "`automoe-small-bible-*` models as first shipped; each architecture ships the run with the higher dev "
+            f"BLEU (its card names the supernet it started from). torch, beam {r0['beam']}, all dev and test "
+            "sentences.")

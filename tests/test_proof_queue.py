@@ -42,7 +42,7 @@ def test_every_step_is_a_command_an_in_process_step_or_the_recipe_pick():
     assert len({name for name, _ in plan}) == len(plan)
     in_process = {name for name, action in plan if isinstance(action, proof_queue.InProcess)}
     assert in_process == {"supernets-eval", "supernets-stats", "darts-quarter-eval", "mos-scratch-eval",
-                          "mos-finetune-eval", "mos-full-eval"}
+                          "mos-finetune-eval", "mos-full-eval", "mos-half-eval"}
     assert all(callable(action.work) for name, action in plan if name in in_process)
     assert [name for name, action in plan if action is None] == ["pick-recipe"]
     assert all(callable(action) for name, action in plan if name not in in_process and action is not None)
@@ -95,6 +95,13 @@ def test_mos_finetune_is_the_recipe_comparisons_inherit_run_from_the_mos_superne
     assert (tmp_path / proof_queue.MOS_FULL / "train.jsonl").read_text() == "train.jsonl"
     assert full[full.index("--init-from") + 1] == str(tmp_path / "mos-neuron-scratch") and full[-1] == "--resume"
     assert full[full.index("--max-tokens-seen") + 1] == str(proof_queue.TOKENS)
+
+    # the 1/2 architecture: the shipped automoe-small-bible-half's run but for its starting weights
+    half, shipped = plan[proof_queue.MOS_HALF](), plan["automoe-small-bible-half"]()
+    assert half[half.index("--init-from") + 1] == str(tmp_path / "mos-neuron-scratch")
+    assert shipped[shipped.index("--init-from") + 1] == proof_queue.SUPERNET
+    assert settings(half) == settings(shipped) and half[half.index("--max-tokens-seen") + 1] == str(proof_queue.TOKENS)
+    assert names.index(proof_queue.MOS_HALF) < names.index("mos-half-eval")
 
 
 def test_a_lost_runs_folder_does_not_undo_what_the_work_tree_holds(tmp_path, monkeypatch):

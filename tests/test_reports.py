@@ -71,6 +71,19 @@ def test_card_states_the_whole_budget_of_a_continued_run():
     assert "all 2 segments together: 1773 updates, 13,970,863 target tokens processed, 2.03 h" in card
 
 
+def test_card_names_the_supernet_an_inherited_model_started_from():
+    """The recipe line says which supernet (its folder's name, never this machine's path) and the
+    shipper's note on it; a model trained from scratch names none."""
+    arch = SearchSpace.preset("small").largest()
+    base = {"data": "data/x", "updates": 5, "tokens_seen": 100, "epochs": 1, "wall_seconds": 1.0, "seed": 1,
+            "train_config": {}}
+    inherit = {**base, "recipe": "inherit", "init_from": "/root/runs/mos-neuron-scratch", "init_note": "not shipped"}
+    card = model_card("Title", "Summary.", arch, inherit, [])
+    assert "inherited weights of the supernet `mos-neuron-scratch` (not shipped)" in card and "/root" not in card
+    card = model_card("Title", "Summary.", arch, {**base, "recipe": "scratch", "init_from": "models/s"}, [])
+    assert "Recipe: trained from scratch." in card and "`s`" not in card
+
+
 class _FakeSession:
     """Stands in for an onnxruntime session: logs which step it ran."""
 
@@ -641,19 +654,24 @@ def test_supernets_table_sets_each_subnet_beside_the_shipped_model_of_its_archit
     third = dict(common, arch_name="benchmarks/results/search/automoe-0.333.json", arch=smallest)
     records["supernets"] += [dict(third, model="models/supernet-v3", bleu=5.5),
                              dict(third, model="/runs/mos-neuron-scratch", bleu=9.0)]
-    tuned = dict(benchmark="supernet_finetune", tokens_seen=4_550_894, wall_seconds=1800, beam=4)
+    tuned = dict(benchmark="supernet_finetune", tokens_seen=4_550_894, wall_seconds=1800, beam=4,
+                 arch_name="automoe-third")
     records["supernets"] += [dict(tuned, supernet="/work/models/supernet-v3", dev_bleu=15.16, test_bleu=14.87),
                              dict(tuned, supernet="/runs/mos-neuron-scratch", dev_bleu=16.0, test_bleu=15.5)]
     table = report.supernets_table()
-    assert "| `supernet-v3` | 5.50 | 4.55M | 0.50 | 15.16 | 14.87 |" in table
-    assert "| `mos-neuron-scratch` | 9.00 | 4.55M | 0.50 | 16.00 | 15.50 |" in table
+    assert "| automoe-0.333 | `supernet-v3` | 5.50 | 4.55M | 0.50 | 15.16 | 14.87 |" in table
+    assert "| automoe-0.333 | `mos-neuron-scratch` | 9.00 | 4.55M | 0.50 | 16.00 | 15.50 |" in table
     assert "continued to the full one" not in table
-    records["supernets"].append(dict(tuned, supernet="/runs/mos-neuron-scratch", tokens_seen=18_201_418,
-                                     dev_bleu=21.0, test_bleu=20.5))
-    table = report.supernets_table()  # one row per supernet and budget
-    assert "| `mos-neuron-scratch` | 9.00 | 4.55M | 0.50 | 16.00 | 15.50 |" in table
-    assert "| `mos-neuron-scratch` | 9.00 | 18.20M | 0.50 | 21.00 | 20.50 |" in table
-    assert "continued to the full one" in table
+    records["supernets"] += [dict(tuned, supernet="/runs/mos-neuron-scratch", tokens_seen=18_201_418,
+                                  dev_bleu=21.0, test_bleu=20.5),
+                             dict(tuned, supernet="/runs/mos-neuron-scratch", tokens_seen=18_201_418,
+                                  arch_name="automoe-half", dev_bleu=22.0, test_bleu=21.5)]
+    rows = [line for line in report.supernets_table().splitlines() if line.startswith("| automoe-0.")]
+    assert rows[-4:] == ["| automoe-0.333 | `supernet-v3` | 5.50 | 4.55M | 0.50 | 15.16 | 14.87 |",  # one row per
+                         "| automoe-0.333 | `mos-neuron-scratch` | 9.00 | 4.55M | 0.50 | 16.00 | 15.50 |",  # budget
+                         "| automoe-0.333 | `mos-neuron-scratch` | 9.00 | 18.20M | 0.50 | 21.00 | 20.50 |",
+                         "| automoe-0.500 | `mos-neuron-scratch` |  | 18.20M | 0.50 | 22.00 | 21.50 |"]
+    assert "continued to the full one" in report.supernets_table()
 
 
 def test_paper_scale_table_pairs_each_model_with_and_without_its_shortlist(monkeypatch):

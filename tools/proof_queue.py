@@ -117,6 +117,9 @@ MOS_SCRATCH_SEARCHES = {"mos-scratch-search-half": 0.5, "mos-scratch-search-thir
 # (same recipe, seed and budget): how much retraining each supernet's weights still need
 MOS_FINETUNE = "mos-scratch-inherit-third"
 MOS_FULL = "automoe-small-bible-third-mos"  # that run continued to the full budget: a candidate to ship
+# the shipped 1/2 architecture trained as automoe-small-bible-half was (same recipe, seed, full budget)
+# but from the MoS supernet: the other candidate to ship
+MOS_HALF = "automoe-small-bible-half-mos"
 # the searches of #28's comparison keep their small outputs (best.json, best_info.json, logs) in the work
 # tree once finished: the models trained from them and the comparison need nothing else from RUNS
 KEPT_SEARCHES = {"evolution-search-third": SEARCH / "evolution-0.333-timed",
@@ -302,12 +305,14 @@ def evaluate_mos_finetune() -> None:
     append_records(SUPERNETS, [v3, mos])
 
 
-def evaluate_mos_full() -> None:
-    """The same comparison at the full budget: the shipped automoe-small-bible-third (started from v3)
-    and MOS_FULL (started from the MoS supernet), both scored alike -> `supernet_finetune` records."""
-    records = [model_record(ROOT / "models" / "automoe-small-bible-third", "supernet_finetune", DATA,
-                            arch_name="automoe-third", recipe="inherit", supernet=MOS_START),
-               model_record(RUNS / "models" / MOS_FULL, "supernet_finetune", DATA, arch_name="automoe-third",
+def evaluate_mos_full(shipped: str = "automoe-small-bible-third", run: str = MOS_FULL,
+                      arch_name: str = "automoe-third") -> None:
+    """The same comparison at the full budget: the shipped model `shipped` (started from v3) and the
+    run `run` of its architecture (started from the MoS supernet), both scored alike ->
+    `supernet_finetune` records."""
+    records = [model_record(ROOT / "models" / shipped, "supernet_finetune", DATA,
+                            arch_name=arch_name, recipe="inherit", supernet=MOS_START),
+               model_record(RUNS / "models" / run, "supernet_finetune", DATA, arch_name=arch_name,
                             recipe="inherit", supernet=mos_scratch_supernet())]
     append_records(SUPERNETS, records)
 
@@ -435,6 +440,10 @@ def steps() -> list[tuple[str, object]]:
     plan.append(("mos-finetune-eval", InProcess(evaluate_mos_finetune)))
     plan.append((MOS_FULL, lambda: continue_run(MOS_FULL, MOS_FINETUNE, third, supernet=scratch)))
     plan.append(("mos-full-eval", InProcess(evaluate_mos_full)))
+    plan.append((MOS_HALF, lambda: train_command(MOS_HALF, str(SEARCH / SEARCHED["automoe-small-bible-half"]),
+                                                 chosen_recipe(), supernet=scratch)))
+    plan.append(("mos-half-eval", InProcess(lambda: evaluate_mos_full("automoe-small-bible-half", MOS_HALF,
+                                                                      "automoe-half"))))
     return plan
 
 

@@ -126,8 +126,10 @@ def family_card(out: Path, space: str = "small", family: str | None = None, budg
 
 
 def ship_model(src: Path, out: Path, data: str, beam: int, limit: int | None, family: str, space: str,
-               budget: str | None) -> None:
-    """A trained model folder -> fp16 copy in `out` (may be `src`), test BLEU record and card."""
+               budget: str | None, init_note: str | None = None) -> None:
+    """A trained model folder -> fp16 copy in `out` (may be `src`), test BLEU record and card
+    (`init_note`: what the card says of the supernet the model inherited from, e.g. that it is not
+    shipped)."""
     import torch
 
     from automoe.data import load_tokenizer
@@ -141,6 +143,8 @@ def ship_model(src: Path, out: Path, data: str, beam: int, limit: int | None, fa
     # the demo opens on the best shipped model by this recorded score
     training = {**(model.meta.get("training") or {}), "family": family, "budget": budget,
                 "eval": {k: record[k] for k in ("split", "sentences", "beam", "bleu", "chrf")}}
+    if init_note:
+        training["init_note"] = init_note
     model.save_pretrained(out, tokenizer_file=tok_file, training=training, dtype=torch.float16)
     (out / "README.md").write_text(family_card(out, space, family, budget), encoding="utf-8")
     print(f"{out}: BLEU {record['bleu']:.2f} chrF {record['chrf']:.2f} ({record['sentences']} sentences, beam {beam})")
@@ -159,6 +163,8 @@ def main(argv: list[str] | None = None) -> int:
                    help="which card text (model: default dense; card: the family recorded when shipped)")
     p.add_argument("--budget", default=None, help="with --family automoe/hat: the latency budget, e.g. 1/3")
     p.add_argument("--space", default="small", help="with `model`: the search space named in the card")
+    p.add_argument("--init-note", default=None,
+                   help="with `model`: a note on the supernet it inherited from, for the card (e.g. where it is)")
     args = p.parse_args(argv)
     args.out = args.out or args.run_dir
     if args.kind != "card" and not args.data:
@@ -170,7 +176,7 @@ def main(argv: list[str] | None = None) -> int:
         ship_supernet(Path(args.run_dir), Path(args.out), args.data, args.beam, args.limit)
     else:
         ship_model(Path(args.run_dir), Path(args.out), args.data, args.beam, args.limit, args.family or "dense", args.space,
-                   args.budget)
+                   args.budget, args.init_note)
     return 0
 
 
