@@ -73,7 +73,9 @@ def _training(training: dict) -> str:
         supernet = f"`{Path(str(training['init_from'])).name}`"
         if training.get("init_note"):
             supernet += f" ({training['init_note']})"
-        recipe = recipe.replace("the supernet's inherited weights", f"the inherited weights of the supernet {supernet}")
+        recipe = recipe.replace("the supernet's inherited weights (extracted subnet)",
+                                "the supernet's inherited weights").replace(
+            "the supernet's inherited weights", f"the inherited weights (extracted subnet) of the supernet {supernet}")
     data = str(training.get("data"))
     if Path(data).is_absolute():  # a folder of the training machine (e.g. distilled data under ~/.cache): its name
         data = Path(data).name

@@ -79,7 +79,8 @@ def test_card_names_the_supernet_an_inherited_model_started_from():
             "train_config": {}}
     inherit = {**base, "recipe": "inherit", "init_from": "/root/runs/mos-neuron-scratch", "init_note": "not shipped"}
     card = model_card("Title", "Summary.", arch, inherit, [])
-    assert "inherited weights of the supernet `mos-neuron-scratch` (not shipped)" in card and "/root" not in card
+    assert ("Recipe: fine-tuned from the inherited weights (extracted subnet) of the supernet "
+            "`mos-neuron-scratch` (not shipped). Trained on") in card and "/root" not in card
     card = model_card("Title", "Summary.", arch, {**base, "recipe": "scratch", "init_from": "models/s"}, [])
     assert "Recipe: trained from scratch." in card and "`s`" not in card
 
