@@ -47,10 +47,10 @@ def _arch_table(arch: ArchConfig) -> str:
 
 RECIPES = {
     "scratch": "Recipe: trained from scratch. ",
-    "inherit": "Recipe: fine-tuned from the supernet's inherited weights (extracted subnet). ",
+    "inherit": "Recipe: fine-tuned from the inherited weights (extracted subnet) of {supernet}. ",
     "distill": "Recipe: sequence-level knowledge distillation: trained from scratch on the dense baseline's beam-4 "
                "translations of the training sources (`automoe data distill`); dev/test keep human references. ",
-    "inherit+distill": "Recipe: fine-tuned from the supernet's inherited weights on the dense baseline's beam-4 "
+    "inherit+distill": "Recipe: fine-tuned from the inherited weights of {supernet} on the dense baseline's beam-4 "
                        "translations of the training sources (`automoe data distill`). ",
 }
 
@@ -68,14 +68,12 @@ def _training(training: dict) -> str:
                    f"{total['updates']} updates, {total['tokens_seen']:,} target tokens processed, "
                    f"{total['wall_seconds'] / 3600:.2f} h.")
     epochs = training.get("epochs")
-    recipe = RECIPES.get(training.get("recipe"), "")
-    if "inherited weights" in recipe and training.get("init_from"):  # which supernet: the folder's name
-        supernet = f"`{Path(str(training['init_from'])).name}`"
+    supernet = "the supernet"
+    if training.get("init_from"):  # which supernet: the folder's name, never the training machine's path
+        supernet += f" `{Path(str(training['init_from'])).name}`"
         if training.get("init_note"):
             supernet += f" ({training['init_note']})"
-        recipe = recipe.replace("the supernet's inherited weights (extracted subnet)",
-                                "the supernet's inherited weights").replace(
-            "the supernet's inherited weights", f"the inherited weights (extracted subnet) of the supernet {supernet}")
+    recipe = RECIPES.get(training.get("recipe"), "").format(supernet=supernet)
     data = str(training.get("data"))
     if Path(data).is_absolute():  # a folder of the training machine (e.g. distilled data under ~/.cache): its name
         data = Path(data).name

@@ -92,7 +92,7 @@ def _supernet_finetune(records: list[dict], inherited: list[dict]) -> str:
         lines.append(f"| {arch} | `{name}` | {start} | {r['tokens_seen'] / 1e6:.2f}M | "
                      f"{r['wall_seconds'] / 3600:.2f} | {r['dev_bleu']:.2f} | {r['test_bleu']:.2f} |")
     r0 = next(iter(latest.values()))
-    full = " and continued to the full one" if any(tokens > 10e6 for *_, tokens in latest) else ""
+    full = " and continued to the full one" if len({tokens for *_, tokens in latest}) > 1 else ""
     return ("\n\n" + "\n".join(lines) + "\n\nThe searched architectures fine-tuned from each supernet with the "
             "shipped models' recipe (the same seed and batches): the 1/3 one on the recipe comparison's budget "
             f"(from v3: that comparison's inherit run, recipes.jsonl){full}. The full-budget runs from v3 are the "
