@@ -145,3 +145,27 @@ def test_reference_dense_is_the_largest_dense_architecture():
     assert bench.reference_dense({"small": tiny.smallest(), "big": tiny.largest(), "sw": tiny.switch_baseline(3)}) \
         == "big"
     assert bench.reference_dense({"sw": tiny.switch_baseline(3)}) is None
+
+
+def test_main_job_picks_the_fastest_record_within_one_bleu_of_the_baseline_without_shortlist():
+    """`make run` translates with the fastest model, or model + shortlist, within 1 BLEU of the dense
+    baseline decoded over the full vocabulary (not of the baseline's own shortlist row)."""
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tools"))
+    from main_job import pick_fast_model
+
+    def rec(model, bleu, ms, engine="onnxruntime-int8-row", shortlist=False):
+        return {"model": model, "baseline": "dense", "engine": engine, "bleu": bleu, "median_ms": ms,
+                "shortlist": shortlist}
+
+    records = [rec("dense", 21.0, 28.0, shortlist=True),  # listed first: must not be the reference
+               rec("dense", 20.0, 30.0),
+               rec("small", 19.5, 10.0), rec("small", 19.2, 7.0, shortlist=True),
+               rec("tiny", 18.9, 4.0),  # 1.1 BLEU below the baseline
+               rec("small", 19.5, 1.0, engine="ctranslate2-int8"),  # another engine
+               {"model": "moe", "baseline": "dense", "engine": "onnxruntime-int8-row", "skipped": "no"}]
+    fast = pick_fast_model(records, "onnxruntime-int8-row")
+    assert (fast["model"], fast["shortlist"]) == ("small", True)
+    assert bench_results.label(fast) == "small + shortlist"
+    assert pick_fast_model(records, "onnxruntime-int8-row", max_drop=0.4)["model"] == "dense"
